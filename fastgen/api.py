@@ -1,0 +1,218 @@
+"""The public API: `DiffusionClassifier` and the one-call `classify`.
+
+Both validate their arguments, then hand the work to the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastgen.classes import ClassSpec, build_classes
+from fastgen.engine.losses import check_loss
+from fastgen.engine.policies import Policy, make_policy
+from fastgen.engine.runner import Engine
+from fastgen.engine.sampling import NoiseBank, SamplePlan
+from fastgen.images import ImageError, ImageInput, load_pixels
+from fastgen.models import Adapter, load_adapter
+from fastgen.reference import reference_classify
+from fastgen.result import ImageResult
+
+DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}  # fmt: skip
+
+
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype must be one of {sorted(DTYPES)} or a torch.dtype, got {dtype!r}")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class DiffusionClassifier:
+    """A diffusion model turned zero-shot classifier over a fixed set of classes.
+
+    Prompt (or label) conditions are computed once here and reused for every image.
+    """
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        classes: ClassSpec,
+        *,
+        policy: Policy,
+        loss: str = "l2",
+        timesteps: str = "even",
+        weighting: float = 0.0,
+        seed: int = 0,
+        batch_size: int = 64,
+        encode_batch_size: int = 16,
+    ):
+        self.adapter = adapter
+        self.classes = classes
+        self.policy = policy
+        self.loss = check_loss(loss)
+        self.timesteps = timesteps
+        self.weighting = float(weighting)
+        self.seed = int(seed)
+        if batch_size < 1 or encode_batch_size < 1:
+            raise ValueError("batch_size and encode_batch_size must be >= 1")
+        self.batch_size = batch_size
+        self.encode_batch_size = encode_batch_size
+        self.denoise = adapter.denoiser
+        with torch.no_grad():
+            self.conditions = adapter.encode_conditions(classes)
+        if torch.is_floating_point(self.conditions) and not torch.isfinite(self.conditions).all():
+            raise FloatingPointError("the text encoder produced non-finite prompt embeddings")
+        self.plan = SamplePlan(adapter.alphas_cumprod, mode=timesteps, seed=self.seed, weighting=self.weighting)
+        self.noise = NoiseBank(adapter.x0_shape, seed=self.seed, device=adapter.device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path,
+        *,
+        classes: ClassSpec | str | Path | Sequence[str] | dict[str, int] | None = None,
+        templates: Sequence[str] | str | None = None,
+        aggregate: str = "mean",
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        policy: str | Policy | None = None,
+        policy_options: dict[str, Any] | None = None,
+        loss: str = "l2",
+        timesteps: str = "even",
+        weighting: float = 0.0,
+        seed: int = 0,
+        batch_size: int = 64,
+        local_files_only: bool | None = None,
+        allow_pickle: bool = False,
+    ) -> "DiffusionClassifier":
+        """Load `model` (hub id, folder or `builtin:NAME`) and fix the candidate classes.
+
+        `classes`/`templates`/`policy` default to the model's own `fastgen.json` when it has
+        one. `policy` is `paired` (default), `stages` or `exhaustive`, with `policy_options`
+        such as `{"n_samples": 100}` or `{"n_samples": (50, 500), "to_keep": (5, 1)}`.
+        """
+        check_loss(loss)
+        adapter = load_adapter(
+            model,
+            device=device or default_device(),
+            dtype=parse_dtype(dtype),
+            local_files_only=local_files_only,
+            allow_pickle=allow_pickle,
+        )
+        defaults = adapter.defaults
+        if classes is None and "classes" in defaults:
+            classes = defaults["classes"]
+            templates = templates if templates is not None else defaults.get("templates")
+        spec = build_classes(classes, templates=templates, aggregate=aggregate)
+        options = dict(policy_options or {})
+        if policy is None and "policy" in defaults:
+            default_policy = dict(defaults["policy"])
+            policy = default_policy.pop("name", None)
+            options = {**default_policy, **options}
+        chosen = make_policy(policy, **options)
+        return cls(
+            adapter, spec, policy=chosen, loss=loss, timesteps=timesteps, weighting=weighting,
+            seed=seed, batch_size=batch_size,
+        )  # fmt: skip
+
+    # -- classification -----------------------------------------------------------------------
+    def _x0_stream(self, items: Iterable[tuple[Any, ImageInput]]) -> Iterator[tuple[Any, Any]]:
+        """(key, x0) per image, encoding in chunks; an image that fails yields (key, error)."""
+        chunk: list[tuple[Any, torch.Tensor]] = []
+
+        def flush():
+            if chunk:
+                x0 = self.adapter.encode_images(torch.stack([p for _, p in chunk]))
+                yield from ((key, x0[i]) for i, (key, _) in enumerate(chunk))
+                chunk.clear()
+
+        size, channels = self.adapter.image_size, self.adapter.image_channels
+        for key, image in items:
+            try:
+                chunk.append((key, load_pixels(image, size=size, channels=channels)))
+            except ImageError as error:
+                yield key, error
+            if len(chunk) >= self.encode_batch_size:
+                yield from flush()
+        yield from flush()
+
+    def _engine(self) -> Engine:
+        return Engine(
+            self.denoise,
+            self.conditions,
+            self.classes.prompt_class,
+            self.classes.names,
+            alphas_cumprod=self.adapter.alphas_cumprod,
+            prediction_type=self.adapter.prediction_type,
+            x0_shape=self.adapter.x0_shape,
+            policy=self.policy,
+            plan=self.plan,
+            noise=self.noise,
+            loss=self.loss,
+            aggregate=self.classes.aggregate,
+            batch_size=self.batch_size,
+            device=self.adapter.device,
+            dtype=self.adapter.dtype,
+        )
+
+    def classify_stream(
+        self, items: Iterable[tuple[Any, ImageInput]]
+    ) -> Iterator[tuple[Any, ImageResult | ImageError]]:
+        """Classify (key, image) pairs; yields (key, result or ImageError) as images finish."""
+        yield from self._engine().run(self._x0_stream(items))
+
+    def classify(
+        self, images: ImageInput | Sequence[ImageInput], *, on_error: str = "raise"
+    ) -> list[ImageResult | ImageError]:
+        """Classify images (PIL images, paths, HWC arrays, CHW tensors, or a batched NCHW
+        tensor); results come back in input order. `on_error="return"` puts an `ImageError` in
+        place of an image that cannot be read instead of raising it."""
+        if on_error not in ("raise", "return"):
+            raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
+        if isinstance(images, (str, Path)) or not isinstance(images, (Sequence, torch.Tensor)):
+            images = [images]
+        elif isinstance(images, torch.Tensor) and images.dim() == 3:
+            images = [images]
+        results: list[Any] = [None] * len(images)
+        for index, outcome in self.classify_stream(enumerate(images)):
+            if isinstance(outcome, ImageError) and on_error == "raise":
+                raise outcome
+            results[index] = outcome
+        for index, image in enumerate(images):
+            if isinstance(image, (str, Path)) and isinstance(results[index], ImageResult):
+                results[index].path = str(image)
+        return results
+
+    def classify_reference(self, image: ImageInput) -> ImageResult:
+        """The same classification through `fastgen.reference` (slow; for checking)."""
+        pixels = load_pixels(image, size=self.adapter.image_size, channels=self.adapter.image_channels)
+        return reference_classify(
+            self.adapter, pixels, self.classes, policy=self.policy, loss=self.loss,
+            timesteps=self.timesteps, weighting=self.weighting, seed=self.seed,
+        )  # fmt: skip
+
+
+def classify(
+    images: ImageInput | Sequence[ImageInput],
+    classes: ClassSpec | str | Path | Sequence[str] | dict[str, int] | None = None,
+    *,
+    model: str | Path = "builtin:digits",
+    **options: Any,
+) -> list[ImageResult]:
+    """Load `model`, classify `images` among `classes`, return one result per image."""
+    return DiffusionClassifier.from_pretrained(model, classes=classes, **options).classify(images)

@@ -1,0 +1,1 @@
+"""The shared-noise, class-batched scheduler: sampling plan, policies, planner and runner."""

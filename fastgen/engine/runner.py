@@ -1,0 +1,204 @@
+"""The shared-noise, class-batched engine.
+
+Images stream in; each becomes a job whose rounds (alive classes' prompts x new samples) are
+queued as rows; the planner cuts full batches across images; after each batch the errors are
+scattered back, and a job whose round is complete asks its policy what comes next. Every row's
+value depends only on (image, prompt, sample index), never on its batch neighbours.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fastgen.engine import ops
+from fastgen.engine.losses import check_loss, target_coefficients
+from fastgen.engine.planner import Batch, RowQueue
+from fastgen.engine.policies import Policy
+from fastgen.engine.sampling import NoiseBank, SamplePlan
+from fastgen.result import ImageResult
+
+log = logging.getLogger(__name__)
+
+Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def aggregate_classes(
+    prompt_errors: torch.Tensor, prompts_of: list[list[int]], classes: list[int], rule: str
+) -> torch.Tensor:
+    """Per-sample class errors [len(classes), n] from per-prompt errors [P, n].
+
+    `mean`: the mean over the class's prompts; `min`: the row of the prompt with the lowest mean.
+    """
+    rows = []
+    for k in classes:
+        block = prompt_errors[prompts_of[k]]
+        if rule == "mean":
+            rows.append(block.mean(dim=0))
+        else:
+            rows.append(block[int(torch.argmin(block.double().mean(dim=1)))])
+    return torch.stack(rows)
+
+
+@dataclass
+class _Job:
+    key: object
+    slot: int
+    prompt_errors: torch.Tensor  # [P, max_samples] fp32, filled as rows complete
+    alive: list[int]
+    n_done: int = 0
+    n_target: int = 0
+    pending: int = 0
+    evals: int = 0
+    partial: dict[int, tuple[float, int]] = field(default_factory=dict)  # pruned class -> (mean, n)
+
+
+class Engine:
+    """Scores images against every class on shared (timestep, noise) samples."""
+
+    def __init__(
+        self,
+        denoise: Denoise,
+        conditions: torch.Tensor,
+        prompt_class: list[int],
+        class_names: tuple[str, ...],
+        *,
+        alphas_cumprod: torch.Tensor,
+        prediction_type: str,
+        x0_shape: tuple[int, ...],
+        policy: Policy,
+        plan: SamplePlan,
+        noise: NoiseBank,
+        loss: str = "l2",
+        aggregate: str = "mean",
+        batch_size: int = 64,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.denoise = denoise
+        self.conditions = conditions
+        self.class_names = class_names
+        self.prompts_of = [[p for p, c in enumerate(prompt_class) if c == k] for k in range(len(class_names))]
+        self.alphas_cumprod = alphas_cumprod.double().cpu()
+        self.prediction_type = prediction_type
+        target_coefficients(prediction_type, self.alphas_cumprod[:1])  # validates early
+        self.loss = check_loss(loss)
+        self.aggregate = aggregate
+        self.policy = policy
+        self.plan = plan
+        self.noise = noise
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.x0_shape = tuple(x0_shape)
+        self._x0_bank = torch.empty((0, *self.x0_shape), device=self.device)
+        self._free_slots: list[int] = []
+        self._queue = RowQueue()
+        self._finished: list[_Job] = []
+
+    # -- image admission and x0 slots ---------------------------------------------------------
+    def _take_slot(self, x0: torch.Tensor) -> int:
+        if not self._free_slots:
+            grown = max(8, 2 * self._x0_bank.shape[0])
+            extra = grown - self._x0_bank.shape[0]
+            self._free_slots = list(range(self._x0_bank.shape[0], grown))[::-1]
+            self._x0_bank = torch.cat([self._x0_bank, self._x0_bank.new_zeros((extra, *self.x0_shape))])
+        slot = self._free_slots.pop()
+        self._x0_bank[slot] = x0.to(self._x0_bank.device, torch.float32)
+        return slot
+
+    def _admit(self, key: object, x0: torch.Tensor) -> None:
+        if tuple(x0.shape) != self.x0_shape:
+            raise ValueError(f"x0 of shape {tuple(x0.shape)} does not match the model's {self.x0_shape}")
+        n_prompts = len(self.conditions)
+        errors = torch.full((n_prompts, self.policy.max_samples), math.nan)
+        job = _Job(key, self._take_slot(x0), errors, alive=list(range(len(self.class_names))))
+        self._start_round(job, self.policy.first_round())
+
+    def _start_round(self, job: _Job, n_target: int) -> None:
+        job.n_target = n_target
+        prompts = [p for k in job.alive for p in self.prompts_of[k]]
+        job.pending = self._queue.push(job, job.slot, prompts, job.n_done, n_target)
+        job.evals += job.pending
+
+    # -- one denoiser batch -------------------------------------------------------------------
+    @torch.inference_mode()
+    def _run_batch(self, batch: Batch) -> None:
+        n_needed = int(batch.sample.max()) + 1
+        timesteps = self.plan.timesteps(n_needed)[batch.sample]
+        eps_bank = self.noise.ensure(n_needed)
+        abar = self.alphas_cumprod[timesteps]
+        slot, sample = batch.slot.to(self.device), batch.sample.to(self.device)
+        to_dev = lambda v: v.float().to(self.device)  # noqa: E731
+        x_t = ops.noised_batch(
+            self._x0_bank, eps_bank, slot, sample, to_dev(abar.sqrt()), to_dev((1 - abar).sqrt()), self.dtype
+        )
+        cond = self.conditions[batch.prompt.to(self.conditions.device)]
+        prediction = self.denoise(x_t, timesteps.to(self.device), cond)
+        a, b = target_coefficients(self.prediction_type, abar)
+        weight = self.plan.weight(timesteps)
+        errors = ops.prediction_errors(
+            prediction, self._x0_bank, eps_bank, slot, sample, to_dev(a), to_dev(b), to_dev(weight), self.loss
+        ).cpu()
+        if not torch.isfinite(errors).all():
+            raise FloatingPointError(
+                "the denoiser returned non-finite values; with fp16 this is overflow: use "
+                "dtype=torch.float32 or bfloat16"
+            )
+        for job, first, end in batch.segments:
+            job.prompt_errors[batch.prompt[first:end], batch.sample[first:end]] = errors[first:end]
+            job.pending -= end - first
+            if job.pending == 0:
+                self._end_round(job)
+
+    def _end_round(self, job: _Job) -> None:
+        n = job.n_target
+        class_errors = aggregate_classes(job.prompt_errors[:, :n], self.prompts_of, job.alive, self.aggregate)
+        kept, next_target = self.policy.next_round(class_errors, job.alive)
+        for row, k in enumerate(job.alive):
+            if k not in kept:
+                job.partial[k] = (float(class_errors[row].double().mean()), n)
+        job.alive, job.n_done = list(kept), n
+        if next_target is None:
+            for row, k in enumerate(job.alive):
+                job.partial[k] = (float(class_errors[row].double().mean()), n)
+            self._finished.append(job)
+            self._free_slots.append(job.slot)
+        else:
+            self._start_round(job, next_target)
+
+    def _result(self, job: _Job) -> ImageResult:
+        k_all = len(self.class_names)
+        partial = np.array([job.partial[k][0] for k in range(k_all)])
+        n_samples = np.array([job.partial[k][1] for k in range(k_all)], dtype=np.int64)
+        errors = np.where(np.isin(np.arange(k_all), job.alive), partial, np.nan)
+        return ImageResult(self.class_names, errors, partial, n_samples, job.evals)
+
+    # -- the stream ---------------------------------------------------------------------------
+    def run(self, items: Iterable[tuple[object, torch.Tensor | Exception]]) -> Iterator[tuple[object, ImageResult | Exception]]:
+        """Score a stream of (key, x0) items; yields (key, result) as images finish, in
+        completion order. An item whose x0 is an exception is passed through as is."""
+        source = iter(items)
+        exhausted = False
+        while True:
+            while not exhausted and self._queue.queued < self.batch_size:
+                item = next(source, None)
+                if item is None:
+                    exhausted = True
+                elif isinstance(item[1], Exception):
+                    yield item
+                else:
+                    self._admit(*item)
+            if self._queue.queued == 0:
+                break
+            self._run_batch(self._queue.take(self.batch_size))
+            finished, self._finished = self._finished, []
+            for job in finished:
+                yield job.key, self._result(job)

@@ -1,0 +1,98 @@
+"""What the engine needs from a model: images -> x0, classes -> conditions, and a denoiser.
+
+The engine never looks inside an adapter. A denoiser is an `nn.Module` with
+`forward(x_t [B,C,H,W], t [B] int64, cond [B,...]) -> prediction [B,C,H,W]`; backends wrap or
+export exactly this module.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+from fastgen.classes import ClassSpec
+
+
+class Adapter(ABC):
+    """A loaded model family member, seen through the few operations classification needs."""
+
+    kind: str  # "latent-text", "pixel-text", "class-conditional"
+    denoiser: nn.Module
+    prediction_type: str
+    alphas_cumprod: torch.Tensor  # [T] float64 on CPU
+    image_size: int  # pixels fed to encode_images are [C, image_size, image_size]
+    image_channels: int
+    name: str = ""
+    defaults: dict[str, Any] = {}
+
+    def __init__(self, *, device: torch.device, dtype: torch.dtype):
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    @abstractmethod
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] pixels in [0, 1] -> x0 [B, c, h, w] in fp32 on the device."""
+
+    @abstractmethod
+    def encode_conditions(self, classes: ClassSpec) -> torch.Tensor:
+        """One condition per entry of `classes.flat_prompts`, stacked on the device."""
+
+    @property
+    def x0_shape(self) -> tuple[int, ...]:
+        """Shape of one image's x0, known without encoding anything."""
+        return self._x0_shape
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+
+def scheduler_facts(scheduler: Any) -> tuple[torch.Tensor, str]:
+    """alphas_cumprod and prediction type from a diffusers scheduler, with a clear refusal for
+    schedulers that have no discrete DDPM noise schedule (flow matching)."""
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    if alphas is None:
+        raise ValueError(
+            f"scheduler {type(scheduler).__name__} has no alphas_cumprod; fastgen supports "
+            "DDPM-style (epsilon / v_prediction / sample) schedulers"
+        )
+    prediction_type = scheduler.config.get("prediction_type", "epsilon")
+    return torch.as_tensor(alphas, dtype=torch.float64).cpu(), prediction_type
+
+
+class TextDenoiser(nn.Module):
+    """UNet2DConditionModel conditioned on prompt embeddings."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.unet(x_t, t, encoder_hidden_states=cond, return_dict=False)[0]
+
+
+class LabelUNetDenoiser(nn.Module):
+    """UNet2DModel conditioned on class labels."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.unet(x_t, t, class_labels=cond, return_dict=False)[0]
+
+
+class DiTDenoiser(nn.Module):
+    """DiTTransformer2DModel; drops the learned-variance half of the output when present."""
+
+    def __init__(self, transformer: nn.Module, latent_channels: int):
+        super().__init__()
+        self.transformer = transformer
+        self.latent_channels = latent_channels
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        out = self.transformer(x_t, timestep=t, class_labels=cond, return_dict=False)[0]
+        return out[:, : self.latent_channels]

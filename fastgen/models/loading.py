@@ -1,0 +1,106 @@
+"""Load model components with diffusers' and transformers' own `from_pretrained`.
+
+A model is a hub id or a local folder in the Stable Diffusion layout. Each component is loaded
+from its subfolder with the class named in `model_index.json`. Weights load from safetensors
+only, unless the caller explicitly allows pickle checkpoints.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastgen.models.layout import read_defaults, read_model_index
+
+
+class ModelLoadError(ValueError):
+    """The model folder or hub id does not hold what its kind needs."""
+
+
+def model_index(model: str | Path, *, local_files_only: bool) -> tuple[dict[str, Any], Path | None]:
+    """The model's `model_index.json` and its local folder (None for a hub id)."""
+    path = Path(model)
+    if path.is_dir():
+        return read_model_index(path), path
+    if path.exists() or str(model).startswith((".", "/")):
+        raise ModelLoadError(f"model {str(model)!r} is not a folder; pass a model folder or hub id")
+    from diffusers import DiffusionPipeline
+
+    try:
+        index = DiffusionPipeline.load_config(str(model), local_files_only=local_files_only)
+    except Exception as error:  # hub errors come in many types; all mean the same to the user
+        raise ModelLoadError(
+            f"cannot read model_index.json of {str(model)!r} ({error}); pass a local model "
+            "folder, or a hub id with network access (or a populated cache)"
+        ) from None
+    return dict(index), None
+
+
+def require_components(
+    index: dict[str, Any], folder: Path | None, names: tuple[str, ...], kind: str, model: str
+) -> None:
+    for name in names:
+        missing = name not in index or (folder is not None and not (folder / name).is_dir())
+        if missing:
+            raise ModelLoadError(
+                f"model {model!r} is missing the component '{name}/' that a {kind} model needs "
+                f"(needs: {', '.join(n + '/' for n in names)}); check the folder is a complete "
+                "diffusers model"
+            )
+
+
+def load_component(
+    model: str | Path,
+    index: dict[str, Any],
+    name: str,
+    *,
+    local_files_only: bool,
+    allow_pickle: bool,
+    dtype: torch.dtype | None = None,
+) -> Any:
+    library, class_name = index[name][:2]
+    try:
+        cls = getattr(importlib.import_module(library), class_name)
+    except (ImportError, AttributeError):
+        raise ModelLoadError(
+            f"component '{name}' names class {library}.{class_name}, which is not available; "
+            "upgrade diffusers/transformers"
+        ) from None
+    kwargs: dict[str, Any] = {"subfolder": name, "local_files_only": local_files_only}
+    is_weights = hasattr(cls, "save_pretrained") and hasattr(cls, "state_dict")
+    if is_weights:
+        kwargs["use_safetensors"] = not allow_pickle
+        if dtype is not None:
+            # transformers names the argument `dtype`; diffusers still `torch_dtype`.
+            kwargs["dtype" if library == "transformers" else "torch_dtype"] = dtype
+        if library == "diffusers":
+            kwargs["low_cpu_mem_usage"] = False
+    try:
+        component = cls.from_pretrained(str(model), **kwargs)
+    except (OSError, EnvironmentError, ValueError) as error:
+        hint = ""
+        if is_weights and not allow_pickle:
+            hint = (
+                " Weights load from safetensors only; a pickle checkpoint (.bin/.ckpt) is "
+                "refused unless you pass allow_pickle=True and trust its source."
+            )
+        raise ModelLoadError(f"cannot load component '{name}' of {str(model)!r}: {error}.{hint}") from None
+    return component
+
+
+def folder_defaults(folder: Path | None) -> dict[str, Any]:
+    return read_defaults(folder) if folder is not None else {}
+
+
+def quiet_hub_libraries() -> None:
+    """Progress bars of weight loading are noise inside a classifier's own progress bar."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()

@@ -1,0 +1,101 @@
+"""The plain algorithm: one image at a time, one class at a time, one denoiser call per sample.
+
+This is the oracle every fast path is tested against. It is written to be read, not to be
+fast. It shares with the engine only the definitions of *which* sample is which (the timestep
+sequence and the seeded noise), the policies' decisions, and the adapter; every error is
+computed here from scratch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastgen.classes import ClassSpec
+from fastgen.engine.policies import Policy
+from fastgen.engine.sampling import NoiseBank, SamplePlan
+from fastgen.models.base import Adapter
+from fastgen.result import ImageResult
+
+
+def one_error(adapter: Adapter, x0, condition, t: int, eps, *, loss: str, weighting: float) -> float:
+    """w(t) * mean loss between the model's prediction and its target, for one sample."""
+    abar = adapter.alphas_cumprod[t].item()
+    x_t = math.sqrt(abar) * x0 + math.sqrt(1 - abar) * eps
+    with torch.no_grad():
+        prediction = adapter.denoiser(
+            x_t[None].to(adapter.dtype),
+            torch.tensor([t], device=adapter.device),
+            condition[None],
+        )[0].float()
+    if adapter.prediction_type == "epsilon":
+        target = eps
+    elif adapter.prediction_type == "v_prediction":
+        target = math.sqrt(abar) * eps - math.sqrt(1 - abar) * x0
+    else:  # "sample"
+        target = x0
+    if loss == "l2":
+        value = ((prediction - target) ** 2).mean()
+    elif loss == "l1":
+        value = (prediction - target).abs().mean()
+    else:
+        value = F.huber_loss(prediction, target, delta=1.0)
+    weight = math.exp(-weighting * t / adapter.num_train_timesteps)
+    return weight * value.item()
+
+
+def class_sample_errors(errors: dict, prompts: list[int], n: int, aggregate: str) -> list[float]:
+    """One class's per-sample errors: mean over its prompts, or the best prompt's row."""
+    if aggregate == "mean":
+        return [sum(errors[p][s] for p in prompts) / len(prompts) for s in range(n)]
+    best = min(prompts, key=lambda p: (np.mean([errors[p][s] for s in range(n)]), p))
+    return [errors[best][s] for s in range(n)]
+
+
+def reference_classify(
+    adapter: Adapter,
+    pixels: torch.Tensor,
+    classes: ClassSpec,
+    *,
+    policy: Policy,
+    loss: str = "l2",
+    timesteps: str = "even",
+    weighting: float = 0.0,
+    seed: int = 0,
+) -> ImageResult:
+    """Classify one image ([C, H, W] pixels in [0, 1]) the slow, obvious way."""
+    x0 = adapter.encode_images(pixels[None])[0].float()
+    conditions = adapter.encode_conditions(classes)
+    prompts_of = [[p for p, c in enumerate(classes.prompt_class) if c == k] for k in range(len(classes))]
+    plan = SamplePlan(adapter.alphas_cumprod, mode=timesteps, seed=seed, weighting=weighting)
+    noise = NoiseBank(tuple(x0.shape), seed=seed, device=adapter.device)
+
+    errors: dict[int, dict[int, float]] = {p: {} for p in range(len(conditions))}
+    alive = list(range(len(classes)))
+    final: dict[int, tuple[float, int]] = {}
+    evals, n_done, n_target = 0, 0, policy.first_round()
+    while True:
+        for k in alive:
+            for p in prompts_of[k]:
+                for s in range(n_done, n_target):
+                    t = int(plan.timesteps(s + 1)[s])
+                    eps = noise.get([s])[0]
+                    errors[p][s] = one_error(adapter, x0, conditions[p], t, eps, loss=loss, weighting=weighting)
+                    evals += 1
+        per_class = [class_sample_errors(errors, prompts_of[k], n_target, classes.aggregate) for k in alive]
+        kept, next_target = policy.next_round(torch.tensor(per_class, dtype=torch.float32), alive)
+        for k, row in zip(alive, per_class):
+            if k not in kept or next_target is None:
+                final[k] = (float(np.mean(np.array(row, dtype=np.float32), dtype=np.float64)), n_target)
+        alive, n_done = kept, n_target
+        if next_target is None:
+            break
+        n_target = next_target
+
+    partial = np.array([final[k][0] for k in range(len(classes))])
+    n_samples = np.array([final[k][1] for k in range(len(classes))])
+    errors_out = np.array([final[k][0] if k in alive else math.nan for k in range(len(classes))])
+    return ImageResult(classes.names, errors_out, partial, n_samples, evals)
