@@ -163,12 +163,11 @@ class Engine:
         class_errors = aggregate_classes(job.prompt_errors[:, :n], self.prompts_of, job.alive, self.aggregate)
         kept, next_target = self.policy.next_round(class_errors, job.alive)
         for row, k in enumerate(job.alive):
-            if k not in kept:
+            # Every class's mean so far; overwritten while it survives, final once it stops.
+            if k not in kept or next_target is None:
                 job.partial[k] = (float(class_errors[row].double().mean()), n)
         job.alive, job.n_done = list(kept), n
         if next_target is None:
-            for row, k in enumerate(job.alive):
-                job.partial[k] = (float(class_errors[row].double().mean()), n)
             self._finished.append(job)
             self._free_slots.append(job.slot)
         else:

@@ -1,0 +1,158 @@
+"""The `fastgen` command line: argparse subcommands that call the public API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from fastgen.engine.losses import LOSSES
+from fastgen.engine.policies import POLICIES
+from fastgen.engine.sampling import TIMESTEP_MODES
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model and scoring")
+    group.add_argument("--model", default="builtin:digits", help="hub id, folder or builtin:NAME")
+    group.add_argument("--classes", help="file with one name per line, a prompt CSV, or a comma list")
+    group.add_argument("--template", action="append", dest="templates", help="prompt template with {} (repeatable)")
+    group.add_argument("--aggregate", choices=("mean", "min"), default="mean", help="combine several prompts of a class")
+    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    group.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default fp32)")
+    group.add_argument("--batch-size", type=int, default=64, help="denoiser rows per batch")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--loss", choices=LOSSES, default="l2")
+    group.add_argument("--timesteps", choices=TIMESTEP_MODES, default="even")
+    group.add_argument("--weighting", type=float, default=0.0, help="k in w(t)=exp(-k t); 0 is uniform")
+    group.add_argument("--local-files-only", action="store_true", help="never touch the network")
+    group.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (trusted only)")
+    policy = parser.add_argument_group("adaptive evaluation")
+    policy.add_argument("--policy", choices=POLICIES, default=None, help="default: the model's, else paired")
+    policy.add_argument("--n-samples", type=_int_list, help="exhaustive: N; stages: N1,N2,...")
+    policy.add_argument("--to-keep", type=_int_list, help="stages: K1,K2,...")
+    policy.add_argument("--alpha", type=float, help="paired: drop a class when p < alpha")
+    policy.add_argument("--min-samples", type=int, help="paired: samples before the first test")
+    policy.add_argument("--max-samples", type=int, help="paired: cap on samples per class")
+    policy.add_argument("--check-every", type=int, help="paired: samples between tests")
+
+
+def classifier_from_args(args: argparse.Namespace):
+    from fastgen.api import DiffusionClassifier
+
+    options = {
+        "alpha": args.alpha,
+        "min_samples": args.min_samples,
+        "max_samples": args.max_samples,
+        "check_every": args.check_every,
+        "to_keep": args.to_keep,
+    }
+    if args.n_samples is not None:
+        options["n_samples"] = args.n_samples[0] if args.policy == "exhaustive" else args.n_samples
+    return DiffusionClassifier.from_pretrained(
+        args.model,
+        classes=args.classes,
+        templates=args.templates,
+        aggregate=args.aggregate,
+        device=args.device,
+        dtype=args.dtype,
+        policy=args.policy,
+        policy_options={k: v for k, v in options.items() if v is not None},
+        loss=args.loss,
+        timesteps=args.timesteps,
+        weighting=args.weighting,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        local_files_only=args.local_files_only or None,
+        allow_pickle=args.allow_pickle,
+    )
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from fastgen.batch_job import classify_files
+    from fastgen.images import find_images
+
+    paths = find_images(args.images)
+    if not paths:
+        raise SystemExit("fastgen classify: no image files found in the given inputs")
+    clf = classifier_from_args(args)
+    summary = classify_files(
+        clf,
+        paths,
+        out=args.out,
+        labels_from_folders=args.labels_from_folders,
+        progress=not args.no_progress,
+    )
+    print(
+        f"images: {summary.total}, computed: {summary.computed}, skipped (already in output): "
+        f"{summary.skipped}, failed: {summary.failed}",
+        file=sys.stderr,
+    )
+    if summary.accuracy is not None:
+        print(f"accuracy: {summary.accuracy:.4f} over {summary.labelled} labelled images", file=sys.stderr)
+    return 0
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    import torch
+
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        **{p: _version(p) for p in ("fastgen", "torch", "diffusers", "transformers", "triton", "onnx", "onnxruntime", "tensorrt")},
+        "cuda_available": torch.cuda.is_available(),
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or ["cpu"],
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for key, value in info.items():
+            print(f"{key:>14}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastgen", description="Generative classification with diffusion models")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    classify = sub.add_parser("classify", help="classify image files into a JSON-lines file")
+    classify.add_argument("images", nargs="+", help="image files, folders (recursive) or globs")
+    classify.add_argument("--out", type=Path, help="results .jsonl (resumable); default: stdout")
+    classify.add_argument("--labels-from-folders", action="store_true", help="report accuracy, label = parent folder name")
+    classify.add_argument("--no-progress", action="store_true")
+    add_model_options(classify)
+    classify.set_defaults(func=cmd_classify)
+
+    env = sub.add_parser("env", help="versions and devices")
+    env.add_argument("--json", action="store_true")
+    env.set_defaults(func=cmd_env)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
+        print(f"fastgen {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

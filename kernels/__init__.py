@@ -1,0 +1,1 @@
+"""Triton kernels for the work around the denoiser, installed as `fastgen.kernels`."""

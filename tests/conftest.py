@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny random-weight models of every kind, saved and loaded through the real
+`from_pretrained` folder layout, and a guard that fails any test touching the network."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from fastgen.testing import make_dit, make_label_unet, make_latent_text, make_pixel_text  # noqa: E402
+
+_real_connect = socket.socket.connect
+
+
+def _local_only_connect(self, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("/"):
+        raise RuntimeError(f"test tried to reach the network ({address}); tests must run offline")
+    return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_network():
+    socket.socket.connect = _local_only_connect
+    yield
+    socket.socket.connect = _real_connect
+
+
+MODEL_BUILDERS = {
+    "latent-text": lambda path: make_latent_text(path),
+    "latent-text-v": lambda path: make_latent_text(path, prediction_type="v_prediction", seed=1),
+    "pixel-text": lambda path: make_pixel_text(path, seed=2),
+    "dit": lambda path: make_dit(path, seed=3),
+    "label-unet": lambda path: make_label_unet(path, seed=4),
+}
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory):
+    """Kind name -> folder of a tiny model, built once per test session."""
+    root = tmp_path_factory.mktemp("models")
+    return {name: build(root / name) for name, build in MODEL_BUILDERS.items()}
+
+
+@pytest.fixture
+def images():
+    """Five seeded, non-trivial RGB images of different sizes (the adapters resize them)."""
+    g = torch.Generator().manual_seed(1234)
+    sizes = [(16, 16), (20, 16), (16, 24), (32, 32), (16, 16)]
+    out = []
+    for h, w in sizes:
+        base = torch.rand(3, 1, 1, generator=g)
+        ramp = torch.linspace(0, 1, w).view(1, 1, w) * torch.rand(3, 1, 1, generator=g)
+        out.append((0.6 * base + 0.3 * ramp + 0.1 * torch.rand(3, h, w, generator=g)).clamp(0, 1))
+    return out
