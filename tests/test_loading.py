@@ -1,0 +1,71 @@
+"""Model folders: the real CLIP tokenizer, every kind through from_pretrained, clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import CLIPTokenizer
+
+from fastgen import DiffusionClassifier, ModelLoadError
+from fastgen.models import load_adapter
+
+
+def test_latent_model_uses_the_real_clip_vocabulary(model_dirs):
+    tokenizer = CLIPTokenizer.from_pretrained(model_dirs["latent-text"], subfolder="tokenizer")
+    assert len(tokenizer) == 49408
+    # ids of the public CLIP vocabulary: <start> a photo of a cat . <end>
+    ids = tokenizer("a photo of a cat.").input_ids
+    assert ids == [49406, 320, 1125, 539, 320, 2368, 269, 49407]
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("latent-text", ("latent-text", (4, 8, 8), 16)),
+        ("latent-text-v", ("latent-text", (4, 8, 8), 16)),
+        ("pixel-text", ("pixel-text", (3, 8, 8), 8)),
+        ("dit", ("class-conditional", (4, 8, 8), 16)),
+        ("label-unet", ("class-conditional", (3, 8, 8), 8)),
+    ],
+)
+def test_each_kind_loads_behind_its_adapter(model_dirs, kind, expected):
+    adapter = load_adapter(model_dirs[kind], local_files_only=True)
+    assert (adapter.kind, adapter.x0_shape, adapter.image_size) == expected
+    assert adapter.prediction_type == ("v_prediction" if kind == "latent-text-v" else "epsilon")
+    assert adapter.alphas_cumprod.shape == (1000,) and adapter.alphas_cumprod[0] > adapter.alphas_cumprod[-1]
+
+
+def test_prompt_embeddings_are_computed_once_per_classifier(model_dirs):
+    clf = DiffusionClassifier.from_pretrained(
+        model_dirs["latent-text"], classes=["cat", "dog"], templates=["a {}", "the {}"], device="cpu"
+    )
+    assert clf.conditions.shape == (4, 12, 32)
+    calls = []
+    clf.adapter.text_encoder.register_forward_hook(lambda *args: calls.append(1))
+    clf.classify([torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)])
+    assert calls == []
+
+
+@pytest.mark.parametrize("kind, component", [("latent-text", "vae"), ("pixel-text", "tokenizer"), ("dit", "transformer")])
+def test_a_missing_component_is_named(model_dirs, tmp_path, kind, component):
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dirs[kind], broken)
+    shutil.rmtree(broken / component)
+    with pytest.raises(ModelLoadError, match=f"missing the component '{component}/'"):
+        load_adapter(broken, local_files_only=True)
+
+
+def test_not_a_model_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no model_index.json"):
+        load_adapter(tmp_path, local_files_only=True)
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "X", "scheduler": ["diffusers", "DDPMScheduler"]}))
+    with pytest.raises(ModelLoadError, match="neither a 'unet' nor a 'transformer'"):
+        load_adapter(tmp_path, local_files_only=True)
+
+
+def test_an_unknown_hub_id_fails_offline_with_advice():
+    with pytest.raises(ModelLoadError, match="cannot read model_index.json"):
+        load_adapter("nobody/no-such-model", local_files_only=True)
