@@ -100,6 +100,36 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _n_images(text: str) -> int | None:
+    return None if text == "all" else int(text)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fastgen.demo import run_demo, run_shift_table
+
+    clf = classifier_from_args(args)
+    policy = type(clf.policy).__name__
+    if args.shifts:
+        rows = run_shift_table(clf, args.n_images)
+        print(f"{'shift':<18} {'fastgen':>8} {'baseline':>9} {'evals/img':>10}")
+        for row in rows:
+            print(f"{row['shift']:<18} {row['accuracy']:>8.3f} {row['baseline_accuracy']:>9.3f} {row['unet_evals_per_image']:>10.1f}")
+        if args.json:
+            print(json.dumps({"model": args.model, "policy": policy, "shifts": rows}))
+        return 0
+    report = run_demo(clf, args.n_images)
+    print(f"model: {args.model}  policy: {policy}  device: {clf.adapter.device}")
+    print(f"held-out images:        {report['images']}")
+    print(f"fastgen accuracy:       {report['accuracy']:.4f}")
+    print(f"baseline accuracy:      {report['baseline_accuracy']:.4f}  (logistic regression, same training split)")
+    print(f"UNet evaluations/image: {report['unet_evals_per_image']:.1f}")
+    print(f"images/s:               {report['images_per_s']:.2f}  ({report['seconds']:.1f} s)")
+    if args.json:
+        summary = {k: v for k, v in report.items() if k != "predictions"}
+        print(json.dumps({"model": args.model, "policy": policy, **summary, "predictions": report["predictions"]}))
+    return 0
+
+
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -137,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--no-progress", action="store_true")
     add_model_options(classify)
     classify.set_defaults(func=cmd_classify)
+
+    demo = sub.add_parser("demo", help="classify held-out digits with builtin:digits, beside a baseline")
+    demo.add_argument("--n-images", type=_n_images, default=100, help="held-out images to use, or 'all'")
+    demo.add_argument("--shifts", action="store_true", help="accuracy under noise, blur and contrast shifts")
+    demo.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    add_model_options(demo)
+    demo.set_defaults(func=cmd_demo)
 
     env = sub.add_parser("env", help="versions and devices")
     env.add_argument("--json", action="store_true")
