@@ -175,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(demo)
     demo.set_defaults(func=cmd_demo)
 
+    from fastgen import bench_command
+
+    bench = sub.add_parser("bench", help="fastgen beside the reference-style loop; utilisation; policies")
+    bench_command.add_arguments(bench)
+    bench.set_defaults(func=bench_command.main)
+
     env = sub.add_parser("env", help="versions and devices")
     env.add_argument("--json", action="store_true")
     env.set_defaults(func=cmd_env)

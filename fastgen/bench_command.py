@@ -1,0 +1,126 @@
+"""The `fastgen bench` command: runs the main benchmark and prints a table, then JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from functools import partial
+
+import numpy as np
+import torch
+
+from fastgen import benchmark
+from fastgen.api import DiffusionClassifier, default_device, parse_dtype
+
+
+def _images(model: str, clf: DiffusionClassifier, n: int, seed: int) -> tuple[list[torch.Tensor], np.ndarray | None]:
+    if model == "builtin:digits":
+        from fastgen.demo import load_demo_data
+
+        data = load_demo_data(n)
+        return [torch.from_numpy(x[None].astype(np.float32)) for x in data.test_x], data.test_y
+    g = torch.Generator().manual_seed(seed)
+    size, channels = clf.adapter.image_size, clf.adapter.image_channels
+    return [torch.rand(channels, size, size, generator=g) for _ in range(n)], None
+
+
+def _classifier(args: argparse.Namespace, model: str, **overrides) -> DiffusionClassifier:
+    options = {
+        "classes": args.classes,
+        "device": args.device or default_device(),
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "policy": "exhaustive",
+        "policy_options": {"n_samples": args.n_samples},
+    }
+    options.update(overrides)
+    return DiffusionClassifier.from_pretrained(model, **options)
+
+
+def run(args: argparse.Namespace) -> dict:
+    model = args.model
+    if args.sd2_random:
+        from fastgen.testing.sd_sized import make_sd2_base_sized
+
+        model = str(make_sd2_base_sized(args.sd2_random))
+    clf = _classifier(args, model)
+    pixels, _ = _images(args.model, clf, args.n_images, args.seed)
+    report = {
+        "benchmark": "side_by_side",
+        "command": "fastgen bench " + " ".join(sys.argv[2:]),
+        **benchmark.environment(clf.adapter.device),
+        "settings": {
+            "model": args.model if not args.sd2_random else "sd2-base-sized random weights",
+            "classes": list(clf.classes.names),
+            "policy": "exhaustive",
+            "n_samples": args.n_samples,
+            "engine_batch_size": args.batch_size,
+            "reference_rows_per_batch": 32,
+            "dtype": str(clf.adapter.dtype),
+            "images": len(pixels),
+            "seed": args.seed,
+            "repeats": args.repeats,
+        },
+    }
+    report.update(benchmark.side_by_side(clf, pixels, repeats=args.repeats))
+    report.update(benchmark.utilisation(clf, report["fastgen"]))
+    if not args.skip_latency:
+        latency_clf = _classifier(args, model, policy=None, policy_options=None)
+        report["latency"] = {"policy": type(latency_clf.policy).__name__, **benchmark.latency(latency_clf, pixels[: args.latency_images])}
+    if not args.skip_policies:
+        n = args.n_samples
+        policies = {
+            "exhaustive": ("exhaustive", {"n_samples": n}),
+            "stages": ("stages", {"n_samples": (max(2, n // 10), max(3, n // 2), n), "to_keep": (5, 2, 1)}),
+            "paired": ("paired", {"alpha": 2e-3, "min_samples": min(20, n), "max_samples": n}),
+        }
+        report["policies"] = benchmark.policy_table(partial(_classifier, args, model), pixels, policies)
+    return report
+
+
+def print_table(report: dict) -> None:
+    a, b = report["reference_style"], report["fastgen"]
+    print(f"device: {report['device_name']} ({report['device']}), {report['settings']['images']} images, "
+          f"exhaustive n={report['settings']['n_samples']}, dtype {report['settings']['dtype']}")  # fmt: skip
+    print(f"{'':<18}{'images/s':>10}{'evals/s':>12}{'outside UNet':>14}{'peak MiB':>10}")
+    for name, row in (("reference-style", a), ("fastgen", b)):
+        print(f"{name:<18}{row['images_per_s']:>10.2f}{row['unet_evals_per_s']:>12.0f}"
+              f"{row['outside_unet_share']:>13.1%}{row['peak_memory_bytes'] / 2**20:>10.0f}")  # fmt: skip
+    spread = report["speedup_runs"]
+    print(f"speedup (b)/(a): {report['speedup']:.2f}x (min {spread['min']:.2f}, max {spread['max']:.2f} over "
+          f"{spread['runs']} runs); agreement {report['agreement']:.1%}")  # fmt: skip
+    print(f"UNet stage: {report['unet_stage_flops_per_s'] / 1e9:.1f} GFLOP/s of {report['matmul_flops_per_s'] / 1e9:.1f} "
+          f"measured matmul GFLOP/s = {report['unet_stage_utilisation']:.1%}")  # fmt: skip
+    if "latency" in report:
+        lat = report["latency"]
+        print(f"latency ({lat['policy']}): p50 {lat['p50_s']:.3f} s, p90 {lat['p90_s']:.3f} s, p99 {lat['p99_s']:.3f} s")
+    for row in report.get("policies", []):
+        print(f"policy {row['policy']:<11} evals/image {row['unet_evals_per_image']:>8.1f}  agreement {row['agreement_with_exhaustive']:.1%}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="builtin:digits")
+    parser.add_argument("--classes", default=None)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--n-images", type=int, default=32)
+    parser.add_argument("--n-samples", type=int, default=50, help="exhaustive samples per class")
+    parser.add_argument("--batch-size", type=int, default=256, help="engine rows per batch")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--latency-images", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-policies", action="store_true")
+    parser.add_argument("--sd2-random", metavar="DIR", help="build an SD-2-base-sized random-weight model in DIR and use it")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+
+def main(args: argparse.Namespace) -> int:
+    parse_dtype(args.dtype)
+    report = run(args)
+    print_table(report)
+    if args.json:
+        print(json.dumps(report))
+    return 0

@@ -1,0 +1,288 @@
+"""`fastgen bench`: fastgen beside the reference-style loop, on the same work, and against the
+hardware limit.
+
+(a) the way the public reference code runs: one image at a time; for that image, rows of
+(prompt, t) in batches of 32; a host sync after every batch; text embeddings computed once.
+(b) the fastgen engine: rows of many images x classes x samples in large batches.
+Both use the same model, classes, images, policy and (timestep, noise) samples, so with the
+exhaustive policy their predictions must agree on every image.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import numpy as np
+import torch
+
+from fastgen.api import DiffusionClassifier
+from fastgen.engine import ops
+from fastgen.engine.losses import target_coefficients
+from fastgen.engine.policies import Exhaustive
+from fastgen.images import load_pixels
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class TimedDenoise:
+    """Wraps a denoiser to add up the seconds spent inside it (device synchronized)."""
+
+    denoise: Callable
+    device: torch.device
+    seconds: float = 0.0
+    calls: int = 0
+    rows: int = 0
+
+    def __call__(self, x_t, t, cond):
+        synchronize(self.device)
+        start = time.perf_counter()
+        out = self.denoise(x_t, t, cond)
+        synchronize(self.device)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        self.rows += x_t.shape[0]
+        return out
+
+
+@dataclass
+class RunStats:
+    predictions: list[int]
+    seconds: float
+    unet_evals: int
+    unet_seconds: float
+    peak_memory_bytes: int
+    extra: dict = field(default_factory=dict)
+
+    def summary(self, n_images: int) -> dict:
+        return {
+            "images_per_s": n_images / self.seconds,
+            "unet_evals_per_s": self.unet_evals / self.seconds,
+            "unet_evals_per_image": self.unet_evals / n_images,
+            "seconds": self.seconds,
+            "unet_seconds": self.unet_seconds,
+            "outside_unet_share": 1.0 - self.unet_seconds / self.seconds,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            **self.extra,
+        }
+
+
+# -- memory ------------------------------------------------------------------------------------
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:  # Linux: writing 5 resets the process's peak resident set size (VmHWM)
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+        except OSError:
+            pass
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak device memory on GPU; peak resident memory of the process on CPU (bytes)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+# -- (a) the reference-style loop ---------------------------------------------------------------
+@torch.inference_mode()
+def reference_style(clf: DiffusionClassifier, pixels: list[torch.Tensor], *, rows_per_batch: int = 32) -> RunStats:
+    """One image at a time; its (prompt, sample) rows in batches of 32; sync after each batch."""
+    if not isinstance(clf.policy, Exhaustive):
+        raise ValueError("the reference-style loop is measured with the exhaustive policy")
+    device, n = clf.adapter.device, clf.policy.n_samples
+    timed = TimedDenoise(clf.denoise, device)
+    n_prompts = len(clf.conditions)
+    prompt_rows = torch.arange(n_prompts).repeat_interleave(n)
+    sample_rows = torch.arange(n).repeat(n_prompts)
+    timesteps_all = clf.plan.timesteps(n)
+    eps_bank = clf.noise.ensure(n)
+    a_all, b_all = target_coefficients(clf.adapter.prediction_type, clf.adapter.alphas_cumprod[timesteps_all])
+    weight_all = clf.plan.weight(timesteps_all)
+    prompts_of = [[p for p, c in enumerate(clf.classes.prompt_class) if c == k] for k in range(len(clf.classes))]
+    predictions, evals = [], 0
+    reset_peak_memory(device)
+    synchronize(device)
+    start = time.perf_counter()
+    for image in pixels:
+        x0 = clf.adapter.encode_images(image[None])
+        errors = torch.zeros(n_prompts, n, dtype=torch.float64)
+        for first in range(0, len(prompt_rows), rows_per_batch):
+            p, s = prompt_rows[first : first + rows_per_batch], sample_rows[first : first + rows_per_batch]
+            zeros = torch.zeros(len(p), dtype=torch.int64, device=device)
+            abar = clf.adapter.alphas_cumprod[timesteps_all[s]]
+            dev = lambda v: v.float().to(device)  # noqa: E731
+            x_t = ops.noised_batch(x0, eps_bank, zeros, s.to(device), dev(abar.sqrt()), dev((1 - abar).sqrt()), clf.adapter.dtype)
+            prediction = timed(x_t, timesteps_all[s].to(device), clf.conditions[p.to(clf.conditions.device)])
+            err = ops.prediction_errors(
+                prediction, x0, eps_bank, zeros, s.to(device), dev(a_all[s]), dev(b_all[s]), dev(weight_all[s]), clf.loss
+            )
+            errors[p, s] = err.double().cpu()  # the host sync after every batch
+            evals += len(p)
+        class_means = [errors[prompts_of[k]].mean().item() for k in range(len(clf.classes))]
+        predictions.append(int(np.argmin(class_means)))
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return RunStats(predictions, seconds, evals, timed.seconds, peak_memory(device))
+
+
+# -- (b) the engine -----------------------------------------------------------------------------
+def engine_run(clf: DiffusionClassifier, pixels: list[torch.Tensor]) -> RunStats:
+    device = clf.adapter.device
+    original = clf.denoise
+    timed = TimedDenoise(original, device)
+    clf.denoise = timed
+    try:
+        reset_peak_memory(device)
+        synchronize(device)
+        start = time.perf_counter()
+        results = clf.classify(pixels)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    finally:
+        clf.denoise = original
+    predictions = [r.prediction_index for r in results]
+    evals = sum(r.unet_evals for r in results)
+    return RunStats(predictions, seconds, evals, timed.seconds, peak_memory(device), {"batches": timed.calls})
+
+
+# -- the hardware limit -------------------------------------------------------------------------
+def flops_per_eval(clf: DiffusionClassifier) -> float:
+    """FLOPs of one denoiser row, counted by torch.utils.flop_counter on a batch of 2."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = clf.adapter.device
+    x = torch.randn((2, *clf.adapter.x0_shape), device=device, dtype=clf.adapter.dtype)
+    t = torch.tensor([100, 600], device=device)
+    cond = clf.conditions[[0, min(1, len(clf.conditions) - 1)]]
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        clf.adapter.denoiser(x, t, cond)
+    return counter.get_total_flops() / 2
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, *, seconds: float = 1.0) -> float:
+    """Measured dense matmul FLOP/s for square matrices in `dtype` on `device`."""
+    size = 8192 if device.type == "cuda" else 1024
+    compute_dtype = dtype if device.type == "cuda" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=compute_dtype)
+    b = torch.randn(size, size, device=device, dtype=compute_dtype)
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    iterations, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        iterations += 1
+        if iterations % 4 == 0:
+            synchronize(device)
+    synchronize(device)
+    return 2 * size**3 * iterations / (time.perf_counter() - start)
+
+
+def latency(clf: DiffusionClassifier, pixels: list[torch.Tensor]) -> dict:
+    """Images arriving one at a time: seconds per image percentiles."""
+    device, times = clf.adapter.device, []
+    for image in pixels:
+        synchronize(device)
+        start = time.perf_counter()
+        clf.classify([image])
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    p50, p90, p99 = np.percentile(times, [50, 90, 99])
+    return {"p50_s": float(p50), "p90_s": float(p90), "p99_s": float(p99), "images": len(times)}
+
+
+def environment(device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    versions = {}
+    for package in ("torch", "diffusers", "transformers", "fastgen"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"device": str(device), "device_name": name, "cpu_threads": torch.get_num_threads(), "versions": versions}
+
+
+def load_images(clf: DiffusionClassifier, images: list) -> list[torch.Tensor]:
+    size, channels = clf.adapter.image_size, clf.adapter.image_channels
+    return [load_pixels(image, size=size, channels=channels) for image in images]
+
+
+def spread(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values)), "runs": len(values)}
+
+
+def side_by_side(clf: DiffusionClassifier, pixels: list[torch.Tensor], *, repeats: int = 3) -> dict:
+    """(a) and (b) on the same work, `repeats` times each, interleaved; one warm-up of each."""
+    reference_style(clf, pixels[:1])
+    engine_run(clf, pixels[:2])
+    runs_a, runs_b = [], []
+    for _ in range(repeats):
+        runs_a.append(reference_style(clf, pixels))
+        runs_b.append(engine_run(clf, pixels))
+    n = len(pixels)
+    agreement = float(np.mean([a == b for a, b in zip(runs_a[-1].predictions, runs_b[-1].predictions)]))
+    speedups = [b.summary(n)["images_per_s"] / a.summary(n)["images_per_s"] for a, b in zip(runs_a, runs_b)]
+    return {
+        "reference_style": runs_a[-1].summary(n),
+        "fastgen": runs_b[-1].summary(n),
+        "speedup": float(np.median(speedups)),
+        "speedup_runs": spread(speedups),
+        "agreement": agreement,
+        "images": n,
+        "predictions_agree_on": int(round(agreement * n)),
+    }
+
+
+def utilisation(clf: DiffusionClassifier, engine_summary: dict) -> dict:
+    flops = flops_per_eval(clf)
+    peak = matmul_rate(clf.adapter.device, clf.adapter.dtype)
+    unet_rate = engine_summary["unet_evals_per_image"] * engine_summary["images_per_s"] / (
+        1 - engine_summary["outside_unet_share"]
+    )
+    achieved = unet_rate * flops
+    return {
+        "flops_per_eval": flops,
+        "matmul_flops_per_s": peak,
+        "unet_stage_flops_per_s": achieved,
+        "unet_stage_utilisation": achieved / peak if peak else math.nan,
+    }
+
+
+def policy_table(make_clf: Callable[..., DiffusionClassifier], pixels: list[torch.Tensor], policies: dict) -> list[dict]:
+    """UNet evaluations per image and agreement with exhaustive scoring, per policy."""
+    rows, reference = [], None
+    for name, (policy, options) in policies.items():
+        clf = make_clf(policy=policy, policy_options=options)
+        start = time.perf_counter()
+        results = clf.classify(pixels)
+        seconds = time.perf_counter() - start
+        predictions = [r.prediction_index for r in results]
+        reference = predictions if reference is None else reference
+        rows.append({
+            "policy": name,
+            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
+            "unet_evals_per_image": float(np.mean([r.unet_evals for r in results])),
+            "agreement_with_exhaustive": float(np.mean([a == b for a, b in zip(predictions, reference)])),
+            "images_per_s": len(pixels) / seconds,
+        })  # fmt: skip
+    return rows
