@@ -11,9 +11,7 @@ def as_rows(tensor: torch.Tensor, name: str, row_shape: tuple[int, ...]) -> torc
     e.g. channels_last, a contiguous copy so that element order matches the other operands.
     """
     if tensor.dim() < 1 or tuple(tensor.shape[1:]) != tuple(row_shape):
-        raise ValueError(
-            f"{name} must have shape [n, {', '.join(map(str, row_shape))}], got {tuple(tensor.shape)}"
-        )
+        raise ValueError(f"{name} must have shape [n, {', '.join(map(str, row_shape))}], got {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
         raise TypeError(f"{name} must be a floating tensor, got {tensor.dtype}")
     rows = tensor.reshape(tensor.shape[0], -1)

@@ -121,6 +121,4 @@ def noised_batch(
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """The fused op (`torch.ops.fastgen.noised_batch`); same arguments as `noised_batch_ref`."""
-    return launch_noised_batch(
-        x0_bank, eps_bank, x0_index, eps_index, sqrt_abar, sqrt_one_minus_abar, out_dtype
-    )
+    return launch_noised_batch(x0_bank, eps_bank, x0_index, eps_index, sqrt_abar, sqrt_one_minus_abar, out_dtype)

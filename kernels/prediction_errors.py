@@ -18,8 +18,6 @@ kernel, so per-row errors are deterministic. The group sums use atomic adds: the
 depend on the order rows finish.
 """
 
-from typing import Optional
-
 import torch
 
 from fastgen.engine.losses import LOSSES, check_loss, row_errors
@@ -42,8 +40,8 @@ def prediction_errors_ref(
     target_b: torch.Tensor,
     weight: torch.Tensor,
     loss: str,
-    group_index: Optional[torch.Tensor] = None,
-    group_sums: Optional[torch.Tensor] = None,
+    group_index: torch.Tensor | None = None,
+    group_sums: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The definition, in plain torch: the engine's `row_errors` on gathered bank rows, plus
     the optional scatter-add into `group_sums` (fp32, updated in place)."""
@@ -158,12 +156,12 @@ def launch_prediction_errors(
     target_b: torch.Tensor,
     weight: torch.Tensor,
     loss: str,
-    group_index: Optional[torch.Tensor] = None,
-    group_sums: Optional[torch.Tensor] = None,
+    group_index: torch.Tensor | None = None,
+    group_sums: torch.Tensor | None = None,
     *,
     block: int = BLOCK,
     num_warps: int = NUM_WARPS,
-    split: Optional[int] = None,
+    split: int | None = None,
 ) -> torch.Tensor:
     """Check the arguments and run the kernel(s); returns errors [R] fp32. `split` forces the
     number of parts per row (tests use it to cover both paths on small shapes)."""
@@ -219,8 +217,8 @@ def prediction_errors(
     target_b: torch.Tensor,
     weight: torch.Tensor,
     loss: str,
-    group_index: Optional[torch.Tensor] = None,
-    group_sums: Optional[torch.Tensor] = None,
+    group_index: torch.Tensor | None = None,
+    group_sums: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The fused op (`torch.ops.fastgen.prediction_errors`); same arguments as the reference."""
     return launch_prediction_errors(

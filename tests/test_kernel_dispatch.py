@@ -88,10 +88,14 @@ def test_forced_triton_reaches_the_kernels_and_matches(calls):
     sums, want_sums = torch.zeros(3), torch.zeros(3)
     with kernel_mode_scope("triton"):
         x_t = ops.noised_batch(x0, eps, x0_index, eps_index, c0, c1, torch.float32)
-        errors = ops.prediction_errors(prediction, x0, eps, x0_index, eps_index, c0, -c1, weight, "huber", x0_index, sums)
+        errors = ops.prediction_errors(
+            prediction, x0, eps, x0_index, eps_index, c0, -c1, weight, "huber", x0_index, sums
+        )
     assert calls == {"noised_batch": 1, "prediction_errors": 1}
     torch.testing.assert_close(x_t, noised_batch_ref(x0, eps, x0_index, eps_index, c0, c1, torch.float32))
-    want = prediction_errors_ref(prediction, x0, eps, x0_index, eps_index, c0, -c1, weight, "huber", x0_index, want_sums)
+    want = prediction_errors_ref(
+        prediction, x0, eps, x0_index, eps_index, c0, -c1, weight, "huber", x0_index, want_sums
+    )
     torch.testing.assert_close(errors, want, rtol=2e-6, atol=1e-7)
     torch.testing.assert_close(sums, want_sums, rtol=2e-6, atol=1e-6)
 
@@ -134,7 +138,7 @@ def test_references_work_without_triton_and_forcing_it_says_what_to_install():
             print(error)
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "pip install fastgen[triton]" in done.stdout
 

@@ -4,6 +4,10 @@ TRITON_INTERPRET=1), so the shapes are small but never a multiple of the block."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -33,7 +37,7 @@ def _inputs(shape, bank_dtype, n_rows=11, seed=0):
     x0_index = torch.randint(0, 4, (n_rows,), generator=g)
     eps_index = torch.randint(0, 6, (n_rows,), generator=g)
     t = torch.randint(0, 1000, (n_rows,), generator=g)
-    dev = lambda v: v.to(DEVICE)  # noqa: E731
+    dev = lambda v: v.to(DEVICE)
     return dev(x0.to(bank_dtype)), dev(eps.to(bank_dtype)), dev(x0_index), dev(eps_index), t, g
 
 
@@ -56,7 +60,7 @@ def test_noised_batch_matches_reference(shape, block, out_dtype, bank_dtype):
     got = launch_noised_batch(x0, eps, x0_index, eps_index, c0, c1, out_dtype, block=block)
     assert got.dtype == out_dtype and got.shape == (11, *shape)
     same_dtype = noised_batch_ref(x0, eps, x0_index, eps_index, c0, c1, out_dtype)
-    gather = lambda bank, index: bank.double().cpu()[index.cpu()]  # noqa: E731
+    gather = lambda bank, index: bank.double().cpu()[index.cpu()]
     view = (-1,) + (1,) * len(shape)
     exact = c0.double().cpu().view(view) * gather(x0, x0_index) + c1.double().cpu().view(view) * gather(eps, eps_index)
     _assert_as_close_as_torch(got, same_dtype, exact)
@@ -77,7 +81,7 @@ def test_noised_batch_reads_strided_banks_and_int32_indices():
 # -- prediction errors --------------------------------------------------------------------------
 def _exact_errors(prediction, x0, eps, x0_index, eps_index, a, b, weight, loss):
     """The definition evaluated in float64 on the same (rounded) inputs."""
-    cpu = lambda v: v.double().cpu()  # noqa: E731
+    cpu = lambda v: v.double().cpu()
     view = (-1,) + (1,) * (prediction.dim() - 1)
     target = cpu(a).view(view) * cpu(eps)[eps_index.cpu()] + cpu(b).view(view) * cpu(x0)[x0_index.cpu()]
     diff = cpu(prediction) - target
@@ -137,7 +141,9 @@ def test_prediction_errors_read_a_channel_slice_and_channels_last():
 
 
 def test_launchers_name_the_bad_argument():
-    prediction, x0, eps, x0_index, eps_index, a, b, weight, loss = _error_case((3, 5, 7), "l2", "epsilon", torch.float32)
+    prediction, x0, eps, x0_index, eps_index, a, b, weight, loss = _error_case(
+        (3, 5, 7), "l2", "epsilon", torch.float32
+    )
     with pytest.raises(ValueError, match="eps_bank must have shape"):
         launch_prediction_errors(prediction, x0, eps[:, :2], x0_index, eps_index, a, b, weight, loss)
     with pytest.raises(ValueError, match=r"weight must have shape \[11\]"):
@@ -169,7 +175,7 @@ def test_torch_compile_traces_through_the_ops():
     from fastgen.kernels.prediction_errors import prediction_errors
 
     args = _error_case((4, 64, 64), "l2", "v_prediction", torch.float16)
-    prediction, x0, eps, x0_index, eps_index, a, b, weight, loss = args
+    _, x0, eps, x0_index, eps_index, a, b, _, loss = args
 
     def step(prediction, x0, eps, x0_index, eps_index, a, b, weight):
         x_t = noised_batch(x0, eps, x0_index, eps_index, a, -b, torch.float16)
@@ -179,3 +185,45 @@ def test_torch_compile_traces_through_the_ops():
     got_x_t, got_errors = compiled(*args[:8])
     torch.testing.assert_close(got_x_t, noised_batch_ref(x0, eps, x0_index, eps_index, a, -b, torch.float16))
     torch.testing.assert_close(got_errors, prediction_errors_ref(*args), rtol=2e-6, atol=1e-7)
+
+
+_COMPILE_SCRIPT = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from fastgen.kernels.noised_batch import _noised_batch_kernel
+from fastgen.kernels.prediction_errors import _finish_kernel, _row_error_kernel
+
+def sig(kernel, types):
+    return {name: types.get(name, "i32") for name in kernel.arg_names}
+
+for arch in (80, 90):
+    target = GPUTarget("cuda", arch, 32)
+    for out in ("fp16", "bf16", "fp32"):
+        types = {n: "*fp32" for n in ("x0_ptr", "eps_ptr", "c0_ptr", "c1_ptr")}
+        types.update(x0_index_ptr="*i64", eps_index_ptr="*i64", out_ptr="*" + out, BLOCK="constexpr")
+        triton.compile(ASTSource(_noised_batch_kernel, sig(_noised_batch_kernel, types), {"BLOCK": 1024}), target=target)
+    for loss in (0, 1, 2):
+        for final in (True, False):
+            types = {n: "*fp32" for n in ("x0_ptr", "eps_ptr", "a_ptr", "b_ptr", "weight_ptr", "partial_ptr", "errors_ptr", "sums_ptr")}
+            types.update(pred_ptr="*bf16", x0_index_ptr="*i64", eps_index_ptr="*i64", group_ptr="*i64")
+            types.update({n: "constexpr" for n in ("LOSS", "BLOCK", "FINAL", "HAS_GROUPS")})
+            constants = {"LOSS": loss, "BLOCK": 1024, "FINAL": final, "HAS_GROUPS": final}
+            triton.compile(ASTSource(_row_error_kernel, sig(_row_error_kernel, types), constants), target=target)
+    types = {n: "*fp32" for n in ("partial_ptr", "weight_ptr", "errors_ptr", "sums_ptr")}
+    types.update(group_ptr="*i64", ROWS="constexpr", SPLIT="constexpr", HAS_GROUPS="constexpr")
+    triton.compile(ASTSource(_finish_kernel, sig(_finish_kernel, types), {"ROWS": 16, "SPLIT": 8, "HAS_GROUPS": True}), target=target)
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_gpu_targets():
+    # The interpreter accepts code the compiler rejects: compile every variant down to a cubin
+    # for A100 and H100 (Triton ships ptxas), which needs no GPU.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SCRIPT], env=env, check=False, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
