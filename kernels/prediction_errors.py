@@ -186,6 +186,8 @@ def launch_prediction_errors(
         raise ValueError("prediction rows are empty: there is nothing to average")
     n_split, chunk = _choose_split(n_rows, n_elements, block, device)
     if split is not None:
+        if split < 1:
+            raise ValueError(f"split must be >= 1 parts per row, got {split}")
         n_split, chunk = split, cdiv(cdiv(n_elements, block), split) * block
     has_groups = group_sums is not None
     partial = torch.empty((n_rows, n_split) if n_split > 1 else (1,), dtype=torch.float32, device=device)
