@@ -1,14 +1,19 @@
-"""The two element-wise steps around every UNet call, in plain torch.
+"""The two element-wise steps around every UNet call.
 
-Both gather by row index instead of materialising repeated x0 / noise copies. Fused Triton
-versions live in `fastgen.kernels` and must match these.
+Both gather by row index instead of materialising repeated x0 / noise copies. Each dispatches
+to the fused Triton op in `fastgen.kernels` for CUDA tensors (or when forced with
+FASTGEN_KERNELS / `fastgen.kernels.set_kernel_mode`) and to its plain-torch reference otherwise.
 """
 
 from __future__ import annotations
 
 import torch
 
-from fastgen.engine.losses import row_errors
+from fastgen.kernels import dispatch
+from fastgen.kernels.noised_batch import noised_batch as fused_noised_batch
+from fastgen.kernels.noised_batch import noised_batch_ref
+from fastgen.kernels.prediction_errors import prediction_errors as fused_prediction_errors
+from fastgen.kernels.prediction_errors import prediction_errors_ref
 
 
 def noised_batch(
@@ -21,11 +26,8 @@ def noised_batch(
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """x_t[r] = sqrt(abar_r) * x0_bank[x0_index[r]] + sqrt(1 - abar_r) * eps_bank[eps_index[r]]."""
-    shape = (-1,) + (1,) * (x0_bank.dim() - 1)
-    x0 = x0_bank[x0_index].float()
-    eps = eps_bank[eps_index].float()
-    x_t = sqrt_abar.float().view(shape) * x0 + sqrt_one_minus_abar.float().view(shape) * eps
-    return x_t.to(out_dtype)
+    impl = fused_noised_batch if dispatch.use_triton(x0_bank) else noised_batch_ref
+    return impl(x0_bank, eps_bank, x0_index, eps_index, sqrt_abar, sqrt_one_minus_abar, out_dtype)
 
 
 def prediction_errors(
@@ -38,8 +40,13 @@ def prediction_errors(
     target_b: torch.Tensor,
     weight: torch.Tensor,
     loss: str,
+    group_index: torch.Tensor | None = None,
+    group_sums: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-row weighted error of `prediction` against a * eps + b * x0, in fp32."""
-    return row_errors(
-        prediction, x0_bank[x0_index], eps_bank[eps_index], target_a, target_b, weight, loss
-    )
+    """Per-row weighted error of `prediction` against a * eps + b * x0, in fp32; optionally
+    also adds each row's error into `group_sums[group_index[r]]` (in place)."""
+    impl = fused_prediction_errors if dispatch.use_triton(prediction) else prediction_errors_ref
+    return impl(
+        prediction, x0_bank, eps_bank, x0_index, eps_index, target_a, target_b, weight, loss,
+        group_index, group_sums,
+    )  # fmt: skip
