@@ -184,3 +184,20 @@ def test_ctrl_c_leaves_a_valid_resumable_file(model_dirs, image_folder, one_proc
     assert _summary_counts(captured.err) == (N_IMAGES - len(finished), len(finished))
     assert out.read_text().splitlines()[: len(finished)] == finished
     assert sorted(out.read_text().splitlines()) == one_process_lines
+
+
+def test_truncated_last_line_is_cut_and_its_image_redone(model_dirs, image_folder, tmp_path, capsys):
+    images = tmp_path / "few"
+    images.mkdir()
+    for path in sorted(image_folder.rglob("*.png"))[:4]:
+        (images / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "results.jsonl"
+    args = _args(model_dirs["pixel-text"], images, out)
+    assert cli_main(args) == 0
+    complete = out.read_text().splitlines()
+    # a crash in the middle of writing the last line
+    out.write_text("\n".join(complete[:3]) + "\n" + complete[3][: len(complete[3]) // 2])
+    capsys.readouterr()
+    assert cli_main(args) == 0
+    assert _summary_counts(capsys.readouterr().err) == (1, 3)
+    assert out.read_text().splitlines() == complete
