@@ -24,10 +24,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+import torch.distributed as dist
 
 from fastgen.results_file import path_key, read_results
+
+if TYPE_CHECKING:
+    from fastgen.api import DiffusionClassifier
+    from fastgen.batch_job import JobSummary
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +125,6 @@ def merge_parts(out: Path) -> int:
 
 # -- the process group ----------------------------------------------------------------------------
 def init_process_group(ranks: Ranks, device: torch.device) -> None:
-    import torch.distributed as dist
-
     if device.type == "cuda":
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", timeout=BARRIER_TIMEOUT, device_id=device)
@@ -131,17 +135,9 @@ def init_process_group(ranks: Ranks, device: torch.device) -> None:
 
 def sum_over_ranks(values: Sequence[int], device: torch.device) -> list[int]:
     """Element-wise sum over all ranks; also a barrier (it returns once every rank is here)."""
-    import torch.distributed as dist
-
     tensor = torch.tensor(list(values), dtype=torch.int64, device=device)
     dist.all_reduce(tensor)
     return [int(v) for v in tensor.cpu()]
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    dist.barrier()
 
 
 @contextlib.contextmanager
@@ -166,9 +162,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def classify_files_distributed(
     args: argparse.Namespace,
     paths: Sequence[Path],
-    build_classifier: Callable[[argparse.Namespace], object],
+    build_classifier: Callable[[argparse.Namespace], DiffusionClassifier],
     ranks: Ranks,
-):
+) -> JobSummary | None:
     """Run this rank's shard into its part file; rank 0 merges and returns the summary of the
     whole job, other ranks return None."""
     from fastgen.batch_job import JobSummary, count_failed, labelled_accuracy, write_results
@@ -179,12 +175,10 @@ def classify_files_distributed(
     device = rank_device(args.device, ranks)
     args.device = str(device)
     init_process_group(ranks, device)
-    import torch.distributed as dist
-
     try:
         if ranks.is_main:
             merge_parts(args.out)  # an interrupted run's parts, of any world size
-        barrier()
+        dist.barrier()
         done = read_results(args.out)
         todo = [p for p in sorted(paths, key=path_key) if path_key(p) not in done]
         clf = build_classifier(args)

@@ -65,9 +65,9 @@ class ClassifierModule(nn.Module):
             raise ValueError("give both mean and std (the input normalisation), or neither")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        # A plain attribute, not a submodule: `.to()` / `.half()` must not reach into the
-        # classifier, whose device and dtype were fixed when it was loaded.
-        self.__dict__["classifier"] = classifier
+        # A plain object, not a submodule: `.to()` / `.half()` do not reach into the classifier,
+        # whose device and dtype were fixed when it was loaded.
+        self.classifier = classifier
         self.temperature = float(temperature)
         self.mean = _channel_stats(mean, "mean")
         self.std = _channel_stats(std, "std")
