@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from fastgen.classes import ClassSpec, build_classes
+from fastgen.engine.faults import DenoiseGuard, fp32_copy
 from fastgen.engine.losses import check_loss
 from fastgen.engine.policies import Policy, make_policy
 from fastgen.engine.runner import Engine
@@ -73,6 +74,9 @@ class DiffusionClassifier:
         self.batch_size = batch_size
         self.encode_batch_size = encode_batch_size
         self.denoise = adapter.denoiser
+        # OOM splitting and the fp32 recompute of overflowed batches (from the plain torch module,
+        # whatever fast path `denoise` is later set to); kept across classify calls.
+        self.guard = DenoiseGuard(lambda: fp32_copy(adapter.denoiser))
         with torch.no_grad():
             self.conditions = adapter.encode_conditions(classes)
         if torch.is_floating_point(self.conditions) and not torch.isfinite(self.conditions).all():
@@ -168,6 +172,7 @@ class DiffusionClassifier:
             batch_size=self.batch_size,
             device=self.adapter.device,
             dtype=self.adapter.dtype,
+            guard=self.guard,
         )
 
     def classify_stream(
@@ -197,6 +202,21 @@ class DiffusionClassifier:
             if isinstance(image, (str, Path)) and isinstance(results[index], ImageResult):
                 results[index].path = str(image)
         return results
+
+    def as_module(
+        self,
+        *,
+        temperature: float = 1.0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> torch.nn.Module:
+        """A `torch.nn.Module` mapping images [N, C, H, W] to class logits [N, K], usable where a
+        torchvision/timm classifier is. Inputs are in [0, 1] unless `mean`/`std` say they were
+        normalised as (x - mean) / std; logits are -errors / temperature, -inf for pruned
+        classes. See `fastgen.embedding.ClassifierModule`."""
+        from fastgen.embedding import ClassifierModule
+
+        return ClassifierModule(self, temperature=temperature, mean=mean, std=std)
 
     def classify_reference(self, image: ImageInput) -> ImageResult:
         """The same classification through `fastgen.reference` (slow; for checking)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fastgen.api import DiffusionClassifier
+from fastgen.distributed import merge_parts
 from fastgen.results_file import ResultsWriter, error_record, path_key, read_results, result_record
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,40 @@ def folder_label(path: Path) -> str:
     return path.parent.name
 
 
+def write_results(
+    clf: DiffusionClassifier, paths: Sequence[Path], writer: ResultsWriter, *, progress: bool = True
+) -> dict[str, dict]:
+    """Classify `paths`, one durable record per image as it finishes; the records by path key.
+
+    The writer is closed however the loop ends, so an interrupted run (Ctrl-C) leaves a file
+    that ends after its last complete line."""
+    records: dict[str, dict] = {}
+    bar = tqdm(total=len(paths), disable=not progress, unit="img", file=sys.stderr)
+    try:
+        for key, outcome in clf.classify_stream((str(p), p) for p in paths):
+            failed = isinstance(outcome, Exception)
+            record = error_record(key, outcome) if failed else result_record(key, outcome)
+            writer.write(record)
+            records[path_key(key)] = record
+            bar.update(1)
+    finally:
+        bar.close()
+        writer.close()
+    return records
+
+
+def count_failed(records: dict[str, dict]) -> int:
+    return sum("error" in r for r in records.values())
+
+
+def labelled_accuracy(summary: JobSummary, paths: Sequence[Path], done: dict[str, dict]) -> None:
+    """Fill the summary's accuracy, the label of an image being its parent folder's name."""
+    scored = [(p, done.get(path_key(p), {})) for p in paths]
+    scored = [(p, r) for p, r in scored if "prediction" in r]
+    summary.labelled = len(scored)
+    summary.accuracy = sum(r["prediction"] == folder_label(p) for p, r in scored) / len(scored) if scored else None
+
+
 def classify_files(
     clf: DiffusionClassifier,
     paths: Sequence[Path],
@@ -42,30 +77,13 @@ def classify_files(
     labels_from_folders: bool = False,
     progress: bool = True,
 ) -> JobSummary:
+    if out is not None:
+        merge_parts(out)  # part files left by an interrupted torchrun run count as done
     done = read_results(out) if out is not None else {}
     todo = [p for p in paths if path_key(p) not in done]
-    writer = ResultsWriter(out, stream=sys.stdout)
-    computed = failed = 0
-    bar = tqdm(total=len(todo), disable=not progress, unit="img", file=sys.stderr)
-    try:
-        for key, outcome in clf.classify_stream((str(p), p) for p in todo):
-            if isinstance(outcome, Exception):
-                record = error_record(key, outcome)
-                failed += 1
-            else:
-                record = result_record(key, outcome)
-                computed += 1
-            writer.write(record)
-            done[path_key(key)] = record
-            bar.update(1)
-    finally:
-        bar.close()
-        writer.close()
-    summary = JobSummary(len(paths), len(paths) - len(todo), computed, failed)
+    new = write_results(clf, todo, ResultsWriter(out, stream=sys.stdout), progress=progress)
+    failed = count_failed(new)
+    summary = JobSummary(len(paths), len(paths) - len(todo), len(new) - failed, failed)
     if labels_from_folders:
-        scored = [(p, done.get(path_key(p), {})) for p in paths]
-        scored = [(p, r) for p, r in scored if "prediction" in r]
-        correct = sum(r["prediction"] == folder_label(p) for p, r in scored)
-        summary.labelled = len(scored)
-        summary.accuracy = correct / len(scored) if scored else None
+        labelled_accuracy(summary, paths, {**done, **new})
     return summary

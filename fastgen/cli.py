@@ -76,20 +76,27 @@ def classifier_from_args(args: argparse.Namespace):
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    from fastgen import distributed
     from fastgen.batch_job import classify_files
     from fastgen.images import find_images
 
     paths = find_images(args.images)
     if not paths:
         raise SystemExit("fastgen classify: no image files found in the given inputs")
-    clf = classifier_from_args(args)
-    summary = classify_files(
-        clf,
-        paths,
-        out=args.out,
-        labels_from_folders=args.labels_from_folders,
-        progress=not args.no_progress,
-    )
+    ranks = distributed.launched_ranks()
+    with distributed.sigterm_as_interrupt():
+        if ranks is not None:  # under torchrun: this rank's shard; rank 0 merges and reports
+            summary = distributed.classify_files_distributed(args, paths, classifier_from_args, ranks)
+        else:
+            summary = classify_files(
+                classifier_from_args(args),
+                paths,
+                out=args.out,
+                labels_from_folders=args.labels_from_folders,
+                progress=not args.no_progress,
+            )
+    if summary is None:
+        return 0
     print(
         f"images: {summary.total}, computed: {summary.computed}, skipped (already in output): "
         f"{summary.skipped}, failed: {summary.failed}",
@@ -195,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
         print(f"fastgen {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Every finished image is already a synced line; the file ends after the last of them.
+        out = getattr(args, "out", None)
+        where = f"finished images are saved in {out}; " if out else ""
+        print(f"fastgen {args.command}: interrupted; {where}run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fastgen.engine import ops
+from fastgen.engine.faults import DenoiseGuard
 from fastgen.engine.losses import check_loss, target_coefficients
 from fastgen.engine.planner import Batch, RowQueue
 from fastgen.engine.policies import Policy
@@ -58,6 +59,18 @@ class _Job:
     partial: dict[int, tuple[float, int]] = field(default_factory=dict)  # pruned class -> (mean, n)
 
 
+@dataclass
+class _BatchInputs:
+    """Everything about a batch except the precision it is run at."""
+
+    timesteps: torch.Tensor  # [R] int64, CPU
+    abar: torch.Tensor  # [R] float64, CPU
+    eps_bank: torch.Tensor
+    slot: torch.Tensor
+    sample: torch.Tensor
+    cond: torch.Tensor
+
+
 class Engine:
     """Scores images against every class on shared (timestep, noise) samples."""
 
@@ -79,6 +92,7 @@ class Engine:
         batch_size: int = 64,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        guard: DenoiseGuard | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -97,6 +111,7 @@ class Engine:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.dtype = dtype
+        self.guard = guard if guard is not None else DenoiseGuard.for_denoiser(denoise)
         self.x0_shape = tuple(x0_shape)
         self._x0_bank = torch.empty((0, *self.x0_shape), device=self.device)
         self._free_slots: list[int] = []
@@ -129,29 +144,53 @@ class Engine:
         job.evals += job.pending
 
     # -- one denoiser batch -------------------------------------------------------------------
-    @torch.inference_mode()
-    def _run_batch(self, batch: Batch) -> None:
+    def _batch_inputs(self, batch: Batch) -> _BatchInputs:
         n_needed = int(batch.sample.max()) + 1
         timesteps = self.plan.timesteps(n_needed)[batch.sample]
         eps_bank = self.noise.ensure(n_needed)
         abar = self.alphas_cumprod[timesteps]
         slot, sample = batch.slot.to(self.device), batch.sample.to(self.device)
+        cond = self.conditions[batch.prompt.to(self.conditions.device)]
+        return _BatchInputs(timesteps, abar, eps_bank, slot, sample, cond)
+
+    def _batch_errors(self, inputs: _BatchInputs, denoise: Denoise, dtype: torch.dtype) -> torch.Tensor:
+        """Per-row errors [R] (fp32, CPU) of one denoiser pass over the batch at `dtype`."""
+        abar = inputs.abar
         to_dev = lambda v: v.float().to(self.device)  # noqa: E731
         x_t = ops.noised_batch(
-            self._x0_bank, eps_bank, slot, sample, to_dev(abar.sqrt()), to_dev((1 - abar).sqrt()), self.dtype
-        )
-        cond = self.conditions[batch.prompt.to(self.conditions.device)]
-        prediction = self.denoise(x_t, timesteps.to(self.device), cond)
+            self._x0_bank, inputs.eps_bank, inputs.slot, inputs.sample, to_dev(abar.sqrt()),
+            to_dev((1 - abar).sqrt()), dtype,
+        )  # fmt: skip
+        cond = inputs.cond.to(dtype) if torch.is_floating_point(inputs.cond) else inputs.cond
+        prediction = self.guard(denoise, x_t, inputs.timesteps.to(self.device), cond)
         a, b = target_coefficients(self.prediction_type, abar)
-        weight = self.plan.weight(timesteps)
-        errors = ops.prediction_errors(
-            prediction, self._x0_bank, eps_bank, slot, sample, to_dev(a), to_dev(b), to_dev(weight), self.loss
-        ).cpu()
+        weight = self.plan.weight(inputs.timesteps)
+        return ops.prediction_errors(
+            prediction, self._x0_bank, inputs.eps_bank, inputs.slot, inputs.sample, to_dev(a),
+            to_dev(b), to_dev(weight), self.loss,
+        ).cpu()  # fmt: skip
+
+    def _recompute_in_fp32(self, inputs: _BatchInputs, errors: torch.Tensor) -> torch.Tensor:
+        bad = int((~torch.isfinite(errors)).sum())
+        log.warning(
+            "%d of %d denoiser rows were non-finite at %s (overflow); recomputing the batch in fp32",
+            bad, errors.shape[0], self.dtype,
+        )  # fmt: skip
+        errors = self._batch_errors(inputs, self.guard.fp32_denoiser(), torch.float32)
         if not torch.isfinite(errors).all():
             raise FloatingPointError(
-                "the denoiser returned non-finite values; with fp16 this is overflow: use "
-                "dtype=torch.float32 or bfloat16"
+                "the denoiser returned non-finite values even in fp32; the model or its inputs "
+                "are broken (no score was computed from these rows)"
             )
+        return errors
+
+    @torch.inference_mode()
+    def _run_batch(self, batch: Batch) -> None:
+        inputs = self._batch_inputs(batch)
+        errors = self._batch_errors(inputs, self.denoise, self.dtype)
+        if not torch.isfinite(errors).all():
+            # Never average a non-finite row into a score: redo the whole batch in fp32.
+            errors = self._recompute_in_fp32(inputs, errors)
         for job, first, end in batch.segments:
             job.prompt_errors[batch.prompt[first:end], batch.sample[first:end]] = errors[first:end]
             job.pending -= end - first

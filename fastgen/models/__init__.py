@@ -10,7 +10,7 @@ import torch
 from fastgen.models.base import Adapter
 from fastgen.models.class_conditional import ClassConditionalAdapter
 from fastgen.models.latent_text import LatentTextAdapter
-from fastgen.models.loading import ModelLoadError, folder_defaults, model_index, quiet_hub_libraries
+from fastgen.models.loading import ModelLoadError, folder_defaults, hub_offline, model_index, quiet_hub_libraries
 from fastgen.models.pixel_text import PixelTextAdapter
 
 BUILTIN_PREFIX = "builtin:"
@@ -59,10 +59,11 @@ def load_adapter(
     resolved = resolve_model(model)
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
-    index, folder = model_index(resolved, local_files_only=local_files_only)
-    cls = _adapter_class(index, str(model))
-    load = {"local_files_only": local_files_only, "allow_pickle": allow_pickle}
-    adapter = cls(resolved, index, folder, device=torch.device(device), dtype=dtype, load=load)
+    with hub_offline(local_files_only):
+        index, folder = model_index(resolved, local_files_only=local_files_only)
+        cls = _adapter_class(index, str(model))
+        load = {"local_files_only": local_files_only, "allow_pickle": allow_pickle}
+        adapter = cls(resolved, index, folder, device=torch.device(device), dtype=dtype, load=load)
     adapter.name = str(model)
     adapter.defaults = folder_defaults(folder)
     return adapter

@@ -7,7 +7,10 @@ only, unless the caller explicitly allows pickle checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,32 @@ from fastgen.models.layout import read_defaults, read_model_index
 
 class ModelLoadError(ValueError):
     """The model folder or hub id does not hold what its kind needs."""
+
+
+@contextlib.contextmanager
+def hub_offline(enabled: bool) -> Iterator[None]:
+    """Within the block, put huggingface_hub itself in offline mode when `enabled`.
+
+    `local_files_only=True` is not enough on its own: the hub client still makes requests of its
+    own (it fetches metadata while building request headers) unless its offline flag is set,
+    and it reads HF_HUB_OFFLINE only once, at import.
+    """
+    if not enabled:
+        yield
+        return
+    from huggingface_hub import constants
+
+    saved_flag, saved_env = constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")
+    constants.HF_HUB_OFFLINE = True
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved_flag
+        if saved_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved_env
 
 
 def model_index(model: str | Path, *, local_files_only: bool) -> tuple[dict[str, Any], Path | None]:
@@ -72,7 +101,9 @@ def load_component(
     kwargs: dict[str, Any] = {"subfolder": name, "local_files_only": local_files_only}
     is_weights = hasattr(cls, "save_pretrained") and hasattr(cls, "state_dict")
     if is_weights:
-        kwargs["use_safetensors"] = not allow_pickle
+        # True: safetensors or nothing. None (allowed): safetensors first, else the pickle file;
+        # False would refuse a component that does ship safetensors.
+        kwargs["use_safetensors"] = None if allow_pickle else True
         if dtype is not None:
             # transformers names the argument `dtype`; diffusers still `torch_dtype`.
             kwargs["dtype" if library == "transformers" else "torch_dtype"] = dtype
@@ -85,9 +116,11 @@ def load_component(
         if is_weights and not allow_pickle:
             hint = (
                 " Weights load from safetensors only; a pickle checkpoint (.bin/.ckpt) is "
-                "refused unless you pass allow_pickle=True and trust its source."
+                "refused unless you trust its source and pass allow_pickle=True (--allow-pickle "
+                "on the command line)."
             )
-        raise ModelLoadError(f"cannot load component '{name}' of {str(model)!r}: {error}.{hint}") from None
+        reason = str(error).rstrip(". ")
+        raise ModelLoadError(f"cannot load component '{name}' of {str(model)!r}: {reason}.{hint}") from None
     return component
 
 
