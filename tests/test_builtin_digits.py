@@ -1,0 +1,60 @@
+"""The embedded model: loads offline from the package, and classifies held-out digits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fastgen import DiffusionClassifier
+from fastgen.builtin import BUILTIN_MODELS
+from fastgen.builtin.digits_data import CLASS_NAMES, digits_split, to_pil
+from fastgen.cli import main
+
+pytestmark = pytest.mark.skipif(
+    not (BUILTIN_MODELS["digits"] / "model_index.json").is_file(), reason="builtin:digits weights not built"
+)
+
+
+def test_builtin_digits_is_small_and_loads_offline():
+    folder = BUILTIN_MODELS["digits"]
+    size = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+    assert size < 10 * 2**20
+    clf = DiffusionClassifier.from_pretrained("builtin:digits", device="cpu", local_files_only=True)
+    assert clf.classes.names == tuple(CLASS_NAMES)
+    assert clf.adapter.kind == "pixel-text" and clf.adapter.x0_shape == (1, 8, 8)
+
+
+def test_held_out_accuracy_on_a_fixed_subset_is_far_above_chance():
+    _, _, test_x, test_y = digits_split()
+    clf = DiffusionClassifier.from_pretrained(
+        "builtin:digits", device="cpu", policy="exhaustive", policy_options={"n_samples": 16}, batch_size=320
+    )
+    results = clf.classify([to_pil(image) for image in test_x[:60]])
+    predictions = np.array([CLASS_NAMES.index(r.prediction) for r in results])
+    accuracy = (predictions == test_y[:60]).mean()
+    assert accuracy >= 0.85, accuracy  # chance is 0.10
+
+
+def test_cli_classifies_png_digits_with_the_builtin_model(tmp_path, capsys):
+    _, _, test_x, test_y = digits_split()
+    for i in range(6):
+        folder = tmp_path / CLASS_NAMES[test_y[i]]
+        folder.mkdir(exist_ok=True)
+        to_pil(test_x[i]).save(folder / f"{i}.png")
+    out = tmp_path / "out.jsonl"
+    code = main(["classify", str(tmp_path), "--model", "builtin:digits", "--out", str(out), "--labels-from-folders",
+                 "--no-progress", "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 6 and all(r["prediction"] in CLASS_NAMES for r in lines)
+    assert "accuracy:" in capsys.readouterr().err
+
+
+def test_demo_prints_one_json_object_last(capsys):
+    assert main(["demo", "--n-images", "12", "--json", "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("accuracy", "baseline_accuracy", "images", "unet_evals_per_image", "images_per_s"):
+        assert key in report
+    assert report["images"] == 12 and 0.5 <= report["accuracy"] <= 1 and report["baseline_accuracy"] > 0.5
