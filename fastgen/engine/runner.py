@@ -18,6 +18,7 @@ import torch
 
 from fastgen.engine import ops
 from fastgen.engine.losses import check_loss, target_coefficients
+from fastgen.engine.padding import fixed_batch_if_wanted
 from fastgen.engine.planner import Batch, RowQueue
 from fastgen.engine.policies import Policy
 from fastgen.engine.sampling import NoiseBank, SamplePlan
@@ -82,7 +83,7 @@ class Engine:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.denoise = denoise
+        self.denoise = fixed_batch_if_wanted(denoise, batch_size)  # pads for CUDA graphs / compile
         self.conditions = conditions
         self.class_names = class_names
         self.prompts_of = [[p for p, c in enumerate(prompt_class) if c == k] for k in range(len(class_names))]
@@ -141,7 +142,7 @@ class Engine:
             self._x0_bank, eps_bank, slot, sample, to_dev(abar.sqrt()), to_dev((1 - abar).sqrt()), self.dtype
         )
         cond = self.conditions[batch.prompt.to(self.conditions.device)]
-        prediction = self._call_denoiser(x_t, timesteps.to(self.device), cond)
+        prediction = self.denoise(x_t, timesteps.to(self.device), cond)
         a, b = target_coefficients(self.prediction_type, abar)
         weight = self.plan.weight(timesteps)
         errors = ops.prediction_errors(
@@ -157,16 +158,6 @@ class Engine:
             job.pending -= end - first
             if job.pending == 0:
                 self._end_round(job)
-
-    def _call_denoiser(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        n = x_t.shape[0]
-        if n == self.batch_size or not getattr(self.denoise, "wants_fixed_batch", False):
-            return self.denoise(x_t, t, cond)
-        # A backend with one captured shape (CUDA graphs, static torch.compile) gets the partial
-        # batch padded with copies of its last row; rows are independent, so real rows are
-        # unchanged, and the padded rows' outputs are dropped.
-        pad = lambda v: torch.cat([v, v[-1:].expand(self.batch_size - n, *v.shape[1:])])  # noqa: E731
-        return self.denoise(pad(x_t), pad(t), pad(cond))[:n]
 
     def _end_round(self, job: _Job) -> None:
         n = job.n_target
