@@ -155,13 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(classify)
     classify.set_defaults(func=cmd_classify)
 
-    from fastgen.export.command import add_export_command
-
-    add_export_command(sub)
-
     env = sub.add_parser("env", help="versions and devices")
     env.add_argument("--json", action="store_true")
     env.set_defaults(func=cmd_env)
+
+    from fastgen.export.command import add_export_command
+
+    add_export_command(sub)
     return parser
 
 
