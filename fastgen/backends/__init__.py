@@ -13,6 +13,8 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fastgen.backends.base import Backend
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -77,6 +79,7 @@ def load_backend(
         require("onnxruntime", extra="onnx", purpose="the onnxruntime backend")  # before exporting
         result = ensure_onnx(adapter.denoiser, spec, model=adapter.name, cache=cache, **export)
         options.setdefault("trt_cache_dir", cache.root / "onnxruntime-tensorrt")  # TensorRT EP only
+        options.setdefault("trt_fp16", adapter.dtype == torch.float16)
         sizes = (1, batch_size, batch_size)
         return cls(result.path, spec, device=adapter.device, batch_sizes=sizes, **options)
     asked = options.pop("batch_sizes", None)

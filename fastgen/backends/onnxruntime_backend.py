@@ -66,6 +66,7 @@ class OnnxRuntimeBackend(Backend):
         providers: list[str] | None = None,
         batch_sizes: tuple[int, int, int] | None = None,
         trt_cache_dir: str | Path | None = None,
+        trt_fp16: bool = False,
         threads: int | None = None,
     ):
         ort = require("onnxruntime", extra="onnx", purpose="the onnxruntime backend")
@@ -77,7 +78,8 @@ class OnnxRuntimeBackend(Backend):
         options.log_severity_level = 3  # errors only: ORT's warnings repeat what the checker said
         # One pool of threads the size torch uses, so OMP_NUM_THREADS caps both.
         options.intra_op_num_threads = threads or torch.get_num_threads()
-        provider_options = [self._provider_options(p, device, spec, batch_sizes, trt_cache_dir) for p in self.providers]
+        trt = {"batch_sizes": batch_sizes, "cache_dir": trt_cache_dir, "fp16": trt_fp16}
+        provider_options = [self._provider_options(p, device, spec, **trt) for p in self.providers]
         self.session = ort.InferenceSession(str(self.path), options, providers=self.providers, provider_options=provider_options)
         self.io_types = {i.name: _onnx_type(i.type, i.name) for i in self.session.get_inputs()}
         self.out_type = _onnx_type(self.session.get_outputs()[0].type, OUTPUT_NAME)
@@ -87,7 +89,7 @@ class OnnxRuntimeBackend(Backend):
             raise ValueError(f"{self.path} has no input(s) {sorted(missing)}; re-export it with fastgen export")
 
     @staticmethod
-    def _provider_options(provider, device, spec: IOSpec, batch_sizes, trt_cache_dir) -> dict[str, Any]:
+    def _provider_options(provider, device, spec: IOSpec, *, batch_sizes, cache_dir, fp16: bool) -> dict[str, Any]:
         device = torch.device(device)
         if provider == "CPUExecutionProvider" or device.type != "cuda":
             return {}
@@ -96,10 +98,10 @@ class OnnxRuntimeBackend(Backend):
         if provider == "CUDAExecutionProvider":
             return {"device_id": index, "user_compute_stream": stream}
         options: dict[str, Any] = {"device_id": index, "user_compute_stream": stream}
-        if spec.inputs[0].dtype == "model":
-            options["trt_fp16_enable"] = True  # lets TensorRT pick fp16 kernels for an fp32 graph too
-        if trt_cache_dir is not None:
-            options.update(trt_engine_cache_enable=True, trt_timing_cache_enable=True, trt_engine_cache_path=str(trt_cache_dir))
+        if fp16:
+            options["trt_fp16_enable"] = True  # fp16 graphs: let TensorRT pick fp16 kernels
+        if cache_dir is not None:
+            options.update(trt_engine_cache_enable=True, trt_timing_cache_enable=True, trt_engine_cache_path=str(cache_dir))
         if batch_sizes is not None:
             profile = spec.shape_profile(*batch_sizes)
             for i, key in enumerate(("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")):

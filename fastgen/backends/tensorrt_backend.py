@@ -57,7 +57,9 @@ class TensorRTBackend(Backend):
         self.path = Path(plan_path)
         self._logger = trt.Logger(trt.Logger.WARNING)
         with torch.cuda.device(device):
-            self.engine = trt.Runtime(self._logger).deserialize_cuda_engine(self.path.read_bytes())
+            # The runtime is kept: engines must not outlive the runtime that made them.
+            self._runtime = trt.Runtime(self._logger)
+            self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
             if self.engine is None:
                 raise RuntimeError(
                     f"TensorRT could not load {self.path}: it was built for another GPU or TensorRT "
