@@ -103,12 +103,19 @@ class DiffusionClassifier:
         batch_size: int = 64,
         local_files_only: bool | None = None,
         allow_pickle: bool = False,
+        backend: str | None = None,
+        backend_options: dict[str, Any] | None = None,
+        export_dir: str | Path | None = None,
     ) -> "DiffusionClassifier":
         """Load `model` (hub id, folder or `builtin:NAME`) and fix the candidate classes.
 
         `classes`/`templates`/`policy` default to the model's own `fastgen.json` when it has
         one. `policy` is `paired` (default), `stages` or `exhaustive`, with `policy_options`
         such as `{"n_samples": 100}` or `{"n_samples": (50, 500), "to_keep": (5, 1)}`.
+
+        `backend` runs the denoiser: None (the model as loaded), `torch` (SDPA, fused QKV,
+        optional `compile` / `cuda_graphs` via `backend_options`), `onnxruntime` or `tensorrt`
+        (exported once into `export_dir`, default `~/.cache/fastgen/exports`, then reused).
         """
         check_loss(loss)
         adapter = load_adapter(
@@ -129,10 +136,18 @@ class DiffusionClassifier:
             policy = default_policy.pop("name", None)
             options = {**default_policy, **options}
         chosen = make_policy(policy, **options)
-        return cls(
+        classifier = cls(
             adapter, spec, policy=chosen, loss=loss, timesteps=timesteps, weighting=weighting,
             seed=seed, batch_size=batch_size,
         )  # fmt: skip
+        if backend is not None:
+            from fastgen.backends import load_backend
+
+            options = dict(backend_options or {})
+            classifier.denoise = load_backend(backend, adapter, batch_size=batch_size, export_dir=export_dir, **options)
+        elif backend_options or export_dir is not None:
+            raise ValueError("backend_options and export_dir need a backend: pass backend='torch', 'onnxruntime' or 'tensorrt'")
+        return classifier
 
     # -- classification -----------------------------------------------------------------------
     def _x0_stream(self, items: Iterable[tuple[Any, ImageInput]]) -> Iterator[tuple[Any, Any]]:

@@ -34,6 +34,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--weighting", type=float, default=0.0, help="k in w(t)=exp(-k t); 0 is uniform")
     group.add_argument("--local-files-only", action="store_true", help="never touch the network")
     group.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (trusted only)")
+    add_backend_options(parser)
     policy = parser.add_argument_group("adaptive evaluation")
     policy.add_argument("--policy", choices=POLICIES, default=None, help="default: the model's, else paired")
     policy.add_argument("--n-samples", type=_int_list, help="exhaustive: N; stages: N1,N2,...")
@@ -42,6 +43,19 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     policy.add_argument("--min-samples", type=int, help="paired: samples before the first test")
     policy.add_argument("--max-samples", type=int, help="paired: cap on samples per class")
     policy.add_argument("--check-every", type=int, help="paired: samples between tests")
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    from fastgen.backends import BACKENDS
+    from fastgen.export.command import parse_option
+
+    group = parser.add_argument_group("denoiser backend")
+    group.add_argument("--backend", choices=BACKENDS, default=None, help="default: the model as loaded, in eager torch")
+    group.add_argument("--export-dir", type=Path, help="export cache (default: ~/.cache/fastgen/exports)")
+    group.add_argument(
+        "--backend-option", type=parse_option, action="append", dest="backend_options", metavar="KEY=VALUE",
+        help="e.g. compile=true, cuda_graphs=true, exporter=torchscript, batch_sizes=1,32,64 (repeatable)",
+    )  # fmt: skip
 
 
 def classifier_from_args(args: argparse.Namespace):
@@ -72,6 +86,9 @@ def classifier_from_args(args: argparse.Namespace):
         batch_size=args.batch_size,
         local_files_only=args.local_files_only or None,
         allow_pickle=args.allow_pickle,
+        backend=args.backend,
+        backend_options=dict(args.backend_options or []),
+        export_dir=args.export_dir,
     )
 
 
@@ -191,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     env = sub.add_parser("env", help="versions and devices")
     env.add_argument("--json", action="store_true")
     env.set_defaults(func=cmd_env)
+
+    from fastgen.export.command import add_export_command
+
+    add_export_command(sub)
     return parser
 
 

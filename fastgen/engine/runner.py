@@ -19,6 +19,7 @@ import torch
 from fastgen.engine import ops
 from fastgen.engine.faults import DenoiseGuard
 from fastgen.engine.losses import check_loss, target_coefficients
+from fastgen.engine.padding import fixed_batch_if_wanted
 from fastgen.engine.planner import Batch, RowQueue
 from fastgen.engine.policies import Policy
 from fastgen.engine.sampling import NoiseBank, SamplePlan
@@ -96,7 +97,7 @@ class Engine:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.denoise = denoise
+        self.denoise = fixed_batch_if_wanted(denoise, batch_size)  # pads for CUDA graphs / compile
         self.conditions = conditions
         self.class_names = class_names
         self.prompts_of = [[p for p, c in enumerate(prompt_class) if c == k] for k in range(len(class_names))]

@@ -1,0 +1,23 @@
+"""torch -> ONNX -> TensorRT engine, with a cache keyed on everything an export is tied to.
+
+Three separate steps: `onnx_export` (export + checker + parity), `tensorrt_build` (engine from
+ONNX), `cache` (keys, atomic publishing); `pipeline` chains them with cache lookups. The I/O
+spec of each model kind (`spec`) feeds all of them. onnx, onnxruntime and tensorrt are
+imported only when a step needs them.
+"""
+
+from fastgen.export.cache import ExportCache, ExportKey, default_cache_dir
+from fastgen.export.pipeline import FORMATS, ExportResult, export_model
+from fastgen.export.spec import IOSpec, adapter_spec, denoiser_spec
+
+__all__ = [
+    "FORMATS",
+    "ExportCache",
+    "ExportKey",
+    "ExportResult",
+    "IOSpec",
+    "adapter_spec",
+    "default_cache_dir",
+    "denoiser_spec",
+    "export_model",
+]

@@ -1,0 +1,221 @@
+"""Where exported ONNX files and TensorRT engines live, and what they are keyed on.
+
+An export is only valid for the exact thing it was built from, so its key holds everything it
+is tied to: the model name, a hash of its config, a fingerprint of its weights, the dtype, the
+I/O spec, the exporter, and for engines the shape profile, the GPU's compute capability and the
+library versions. Each export is a folder `<root>/<model>/<format>-<dtype>-...-<digest>/` with
+`meta.json` (the full key) next to the files.
+
+Builds write into a temporary sibling folder and rename it into place only once complete, so a
+crash or a kill mid-build leaves a `.tmp-*` folder that is never loaded, never a half engine
+under the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "FASTGEN_CACHE"
+META = "meta.json"
+TMP_PREFIX = ".tmp-"
+
+
+def default_cache_dir() -> Path:
+    """$FASTGEN_CACHE, else $XDG_CACHE_HOME/fastgen/exports, else ~/.cache/fastgen/exports."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fastgen" / "exports"
+
+
+def _sha(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _wrapped_model(denoiser: nn.Module) -> nn.Module:
+    for name in ("unet", "transformer"):
+        if isinstance(getattr(denoiser, name, None), nn.Module):
+            return getattr(denoiser, name)
+    return denoiser
+
+
+def config_hash(denoiser: nn.Module) -> str:
+    """Hash of the wrapped diffusers model's class and config (plus the wrapper's settings)."""
+    model = _wrapped_model(denoiser)
+    config = dict(getattr(model, "config", {}))
+    config = {k: v for k, v in config.items() if not k.startswith("_")}  # drops _name_or_path etc.
+    extra = {"latent_channels": getattr(denoiser, "latent_channels", None)}
+    return _sha([type(denoiser).__name__, type(model).__name__, config, extra])[:16]
+
+
+@torch.no_grad()
+def weights_fingerprint(denoiser: nn.Module) -> str:
+    """A cheap content fingerprint: per tensor its name, shape, dtype, sum and sum of squares.
+
+    Two checkpoints with one config (a fine-tune, or fresh random weights) get different keys;
+    it reads every weight once on its own device and syncs once.
+    """
+    names, shapes, stats = [], [], []
+    for name, tensor in list(denoiser.named_parameters()) + list(denoiser.named_buffers()):
+        names.append(name)
+        shapes.append([list(tensor.shape), str(tensor.dtype)])
+        value = tensor.detach().double()
+        stats.append(torch.stack([value.sum(), value.square().sum()]))
+    sums = torch.stack(stats).cpu().tolist() if stats else []
+    return _sha([names, shapes, [[f"{a:.12e}", f"{b:.12e}"] for a, b in sums]])[:16]
+
+
+def library_versions(*packages: str) -> dict[str, str]:
+    versions = {}
+    for package in ("fastgen", "torch", "diffusers", *packages):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "none"
+    return versions
+
+
+def compute_capability(device: torch.device | str) -> str:
+    """`sm_90` for an H100 and so on; TensorRT engines only run on the capability they were built for."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "none"
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+@dataclass(frozen=True)
+class ExportKey:
+    """Everything an exported file is tied to; two exports share a folder only if all agree."""
+
+    model: str
+    format: str  # "onnx" or "tensorrt"
+    family: str
+    config_hash: str
+    weights: str
+    dtype: str
+    io_spec: str  # hash of the I/O spec
+    exporter: str
+    versions: dict[str, str] = field(default_factory=dict)
+    batch_sizes: tuple[int, int, int] | None = None  # the engine's (min, opt, max) profile
+    compute_capability: str = "none"
+
+    def digest(self) -> str:
+        return _sha(asdict(self))[:16]
+
+    @property
+    def folder_name(self) -> str:
+        profile = "" if self.batch_sizes is None else "-b" + "_".join(map(str, self.batch_sizes))
+        cc = "" if self.compute_capability == "none" else f"-{self.compute_capability}"
+        return f"{self.format}-{self.dtype}{profile}{cc}-{self.digest()}"
+
+    @property
+    def model_slug(self) -> str:
+        name = Path(self.model).name if Path(self.model).is_dir() else self.model
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "--", name).strip("-.")[-60:] or "model"
+        return f"{slug}-{self.config_hash[:8]}"
+
+    def without_profile(self) -> ExportKey:
+        return replace(self, batch_sizes=None)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExportKey:
+        data = dict(data)
+        if data.get("batch_sizes") is not None:
+            data["batch_sizes"] = tuple(data["batch_sizes"])
+        return cls(**data)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class ExportCache:
+    """A folder of exports keyed by `ExportKey`; see the module docstring."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+
+    def folder(self, key: ExportKey) -> Path:
+        return self.root / key.model_slug / key.folder_name
+
+    def lookup(self, key: ExportKey) -> Path | None:
+        """The folder of a complete export with exactly this key, or None."""
+        folder = self.folder(key)
+        meta = _read_meta(folder)
+        return folder if meta is not None and ExportKey.from_dict(meta["key"]) == key else None
+
+    def find_engine(self, key: ExportKey, batch_size: int) -> Path | None:
+        """A complete export equal to `key` but for its profile, whose profile covers
+        `batch_size`; one whose optimum is `batch_size` is preferred."""
+        wanted = key.without_profile()
+        best: tuple[int, Path] | None = None
+        model_dir = self.root / key.model_slug
+        for folder in sorted(model_dir.glob(f"{key.format}-*")) if model_dir.is_dir() else []:
+            meta = _read_meta(folder)
+            if meta is None:
+                continue
+            found = ExportKey.from_dict(meta["key"])
+            low, opt, high = found.batch_sizes or (0, 0, 0)
+            if found.without_profile() == wanted and low <= batch_size <= high:
+                rank = abs(opt - batch_size)
+                if best is None or rank < best[0]:
+                    best = (rank, folder)
+        return None if best is None else best[1]
+
+    def build(self, key: ExportKey, builder: Callable[[Path], dict[str, Any] | None]) -> Path:
+        """Run `builder(tmp_folder)`, then publish the folder under the key's name atomically.
+
+        `builder` writes its files into the folder it is given and may return extra facts for
+        `meta.json`. On any error the temporary folder is removed and nothing is published.
+        """
+        final = self.folder(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f"{TMP_PREFIX}{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            started = time.time()
+            facts = builder(tmp) or {}
+            meta = {"key": asdict(key), "built_s": round(time.time() - started, 3), **facts}
+            (tmp / META).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if self.lookup(key) is None:  # not a concurrent build that won the race
+                    raise
+                log.info("another process published %s first; keeping its copy", final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+
+def _read_meta(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

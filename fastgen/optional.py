@@ -1,0 +1,22 @@
+"""Lazy imports of optional dependencies, with an error that names the extra to install."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+
+class MissingDependency(ModuleNotFoundError):
+    """An optional dependency (onnx, onnxruntime, tensorrt, xformers ...) is not installed."""
+
+
+def require(module: str, *, extra: str, purpose: str) -> Any:
+    """Import `module`, or raise `MissingDependency` naming the pip extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        install = f"pip install 'fastgen[{extra}]'" if extra else f"pip install {module}"
+        raise MissingDependency(
+            f"{purpose} needs the '{module}' package, which is not installed ({error}); "
+            f"install it with: {install}"
+        ) from None
