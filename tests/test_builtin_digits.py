@@ -5,17 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from fastgen import DiffusionClassifier
 from fastgen.builtin import BUILTIN_MODELS
 from fastgen.builtin.digits_data import CLASS_NAMES, digits_split, to_pil
 from fastgen.cli import main
-
-pytestmark = pytest.mark.skipif(
-    not (BUILTIN_MODELS["digits"] / "model_index.json").is_file(), reason="builtin:digits weights not built"
-)
-
 
 def test_builtin_digits_is_small_and_loads_offline():
     folder = BUILTIN_MODELS["digits"]

@@ -1,0 +1,22 @@
+"""Models that ship inside the package and load without any download.
+
+`builtin:digits` is a small pixel-space, text-conditioned diffusion model trained on the
+scikit-learn digits (8x8 grayscale); see `digits/TRAINING.md` and `train_digits.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BUILTIN_DIR = Path(__file__).parent
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS: dict[str, Path] = {"digits": BUILTIN_DIR / "digits"}
+
+
+def resolve_builtin(name: str) -> Path:
+    """Map `builtin:NAME` (or a bare `NAME`) to the folder of a shipped model."""
+    key = name[len(BUILTIN_PREFIX) :] if name.startswith(BUILTIN_PREFIX) else name
+    if key not in BUILTIN_MODELS:
+        known = ", ".join(BUILTIN_PREFIX + k for k in sorted(BUILTIN_MODELS))
+        raise ValueError(f"unknown builtin model {name!r}; known builtin models: {known}")
+    return BUILTIN_MODELS[key]
