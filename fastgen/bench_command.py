@@ -46,6 +46,11 @@ def run(args: argparse.Namespace) -> dict:
 
         model = str(make_sd2_base_sized(args.sd2_random))
     clf = _classifier(args, model)
+    engine_clf = clf
+    if args.backend:
+        options = dict(item.split("=", 1) for item in args.backend_option or [])
+        options = {k: json.loads(v) if v[:1] in "0123456789[{tf" else v for k, v in options.items()}
+        engine_clf = _classifier(args, model, backend=args.backend, backend_options=options or None)
     pixels, _ = _images(args.model, clf, args.n_images, args.seed)
     report = {
         "benchmark": "side_by_side",
@@ -57,6 +62,8 @@ def run(args: argparse.Namespace) -> dict:
             "policy": "exhaustive",
             "n_samples": args.n_samples,
             "engine_batch_size": args.batch_size,
+            "engine_backend": args.backend or "eager",
+            "engine_backend_options": args.backend_option or [],
             "reference_rows_per_batch": 32,
             "dtype": str(clf.adapter.dtype),
             "images": len(pixels),
@@ -64,7 +71,7 @@ def run(args: argparse.Namespace) -> dict:
             "repeats": args.repeats,
         },
     }
-    report.update(benchmark.side_by_side(clf, pixels, repeats=args.repeats))
+    report.update(benchmark.side_by_side(clf, engine_clf, pixels, repeats=args.repeats))
     report.update(benchmark.utilisation(clf, report["fastgen"]))
     if not args.skip_latency:
         latency_clf = _classifier(args, model, policy=None, policy_options=None)
@@ -108,6 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-images", type=int, default=32)
     parser.add_argument("--n-samples", type=int, default=50, help="exhaustive samples per class")
     parser.add_argument("--batch-size", type=int, default=256, help="engine rows per batch")
+    parser.add_argument("--backend", default=None, help="engine backend for (b): torch, onnxruntime, tensorrt (default eager)")
+    parser.add_argument("--backend-option", action="append", metavar="KEY=VALUE", help="backend option for (b), repeatable")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-images", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)

@@ -231,14 +231,17 @@ def spread(values: list[float]) -> dict:
     return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values)), "runs": len(values)}
 
 
-def side_by_side(clf: DiffusionClassifier, pixels: list[torch.Tensor], *, repeats: int = 3) -> dict:
-    """(a) and (b) on the same work, `repeats` times each, interleaved; one warm-up of each."""
-    reference_style(clf, pixels[:1])
-    engine_run(clf, pixels[:2])
+def side_by_side(
+    clf_a: DiffusionClassifier, clf_b: DiffusionClassifier, pixels: list[torch.Tensor], *, repeats: int = 3
+) -> dict:
+    """(a) on `clf_a` (eager, as the reference code runs) and (b) on `clf_b` (the engine with its
+    best settings), on the same work, `repeats` times each, interleaved; one warm-up of each."""
+    reference_style(clf_a, pixels[:1])
+    engine_run(clf_b, pixels[:2])
     runs_a, runs_b = [], []
     for _ in range(repeats):
-        runs_a.append(reference_style(clf, pixels))
-        runs_b.append(engine_run(clf, pixels))
+        runs_a.append(reference_style(clf_a, pixels))
+        runs_b.append(engine_run(clf_b, pixels))
     n = len(pixels)
     agreement = float(np.mean([a == b for a, b in zip(runs_a[-1].predictions, runs_b[-1].predictions)]))
     speedups = [b.summary(n)["images_per_s"] / a.summary(n)["images_per_s"] for a, b in zip(runs_a, runs_b)]
