@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastgen import DiffusionClassifier
+from helpers import errors_of, small_classifier
 from fastgen.backends.onnxruntime_backend import OnnxRuntimeBackend, choose_providers
 from fastgen.cli import main
 from fastgen.export.onnx_export import ExportParityError, export_onnx, module_bytes, verify_onnx
@@ -24,20 +24,11 @@ KINDS = ["latent-text", "pixel-text", "dit", "label-unet"]
 SLOW = os.environ.get("FASTGEN_SLOW_TESTS", "") not in ("", "0")
 
 
-def _classifier(folder, kind, **kwargs):
-    classes = ["class0", "class1", "class2"] if kind in ("dit", "label-unet") else ["cat", "dog", "bird"]
-    options = {"policy": "exhaustive", "policy_options": {"n_samples": 5}, "device": "cpu", "batch_size": 7}
-    options.update(kwargs)
-    return DiffusionClassifier.from_pretrained(folder, classes=classes, **options)
-
-
-def _errors(results):
-    return np.stack([r.errors for r in results])
 
 
 def _assert_matches_eager(results, eager):
-    assert np.isfinite(_errors(eager)).all() and _errors(eager).std(axis=1).min() > 0
-    np.testing.assert_allclose(_errors(results), _errors(eager), rtol=0, atol=1e-4)
+    assert np.isfinite(errors_of(eager)).all() and errors_of(eager).std(axis=1).min() > 0
+    np.testing.assert_allclose(errors_of(results), errors_of(eager), rtol=0, atol=1e-4)
     assert [r.prediction for r in results] == [r.prediction for r in eager]
 
 
@@ -53,9 +44,9 @@ def _exports(root):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_onnxruntime_cpu_matches_eager(model_dirs, images, tmp_path, kind):
-    eager = _classifier(model_dirs[kind], kind).classify(images)
+    eager = small_classifier(model_dirs[kind], kind).classify(images)
     options = {"exporter": "torchscript"}
-    clf = _classifier(model_dirs[kind], kind, backend="onnxruntime", backend_options=options, export_dir=tmp_path)
+    clf = small_classifier(model_dirs[kind], kind, backend="onnxruntime", backend_options=options, export_dir=tmp_path)
     assert isinstance(clf.denoise, OnnxRuntimeBackend) and clf.denoise.providers == ["CPUExecutionProvider"]
     # a batch larger than the one exported with, and the engine's partial last batch (3 rows)
     clf.batch_size = 9
@@ -68,8 +59,8 @@ def test_onnxruntime_cpu_matches_eager(model_dirs, images, tmp_path, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_dynamo_exporter_matches_eager_on_every_kind(model_dirs, images, tmp_path, kind):
     """The default exporter on every kind; the CLI test below runs it on the DiT every time."""
-    eager = _classifier(model_dirs[kind], kind).classify(images)
-    clf = _classifier(model_dirs[kind], kind, backend="onnxruntime", export_dir=tmp_path)
+    eager = small_classifier(model_dirs[kind], kind).classify(images)
+    clf = small_classifier(model_dirs[kind], kind, backend="onnxruntime", export_dir=tmp_path)
     _assert_matches_eager(clf.classify(images), eager)
 
 
@@ -88,8 +79,8 @@ def test_cli_export_builds_once_then_classify_reuses_it(model_dirs, images, tmp_
     assert meta["exporter"] == "dynamo" and meta["key"]["exporter"] == "dynamo"
 
     # The same model through the API with the default exporter: found, nothing exported.
-    eager = _classifier(model, "dit").classify(images)
-    clf = _classifier(model, "dit", backend="onnxruntime", export_dir=cache)
+    eager = small_classifier(model, "dit").classify(images)
+    clf = small_classifier(model, "dit", backend="onnxruntime", export_dir=cache)
     assert str(clf.denoise.path) == first["path"] and len(_exports(cache)) == 1
     _assert_matches_eager(clf.classify(images), eager)
 
@@ -154,8 +145,8 @@ def _has_gpu_provider() -> bool:
 
 @pytest.mark.skipif(not _has_gpu_provider(), reason="needs onnxruntime-gpu and a CUDA device; neither is here")
 def test_onnxruntime_gpu_with_io_binding_matches_eager(model_dirs, images, tmp_path):
-    eager = _classifier(model_dirs["latent-text"], "latent-text", device="cuda").classify(images)
-    clf = _classifier(model_dirs["latent-text"], "latent-text", device="cuda", backend="onnxruntime", export_dir=tmp_path)
+    eager = small_classifier(model_dirs["latent-text"], "latent-text", device="cuda").classify(images)
+    clf = small_classifier(model_dirs["latent-text"], "latent-text", device="cuda", backend="onnxruntime", export_dir=tmp_path)
     assert clf.denoise.on_gpu
     results = clf.classify(images)
-    np.testing.assert_allclose(_errors(results), _errors(eager), rtol=0, atol=1e-3)
+    np.testing.assert_allclose(errors_of(results), errors_of(eager), rtol=0, atol=1e-3)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastgen import DiffusionClassifier
+from helpers import errors_of, small_classifier
 from fastgen.backends.torch_backend import TorchBackend
 from fastgen.export.spec import adapter_spec
 from fastgen.optional import MissingDependency
@@ -18,20 +18,11 @@ KINDS = ["latent-text", "pixel-text", "dit", "label-unet"]
 SLOW = os.environ.get("FASTGEN_SLOW_TESTS", "") not in ("", "0")
 
 
-def _classifier(folder, kind, **kwargs):
-    classes = ["class0", "class1", "class2"] if kind in ("dit", "label-unet") else ["cat", "dog", "bird"]
-    options = {"policy": "exhaustive", "policy_options": {"n_samples": 5}, "device": "cpu", "batch_size": 7}
-    options.update(kwargs)
-    return DiffusionClassifier.from_pretrained(folder, classes=classes, **options)
-
-
-def _errors(results):
-    return np.stack([r.errors for r in results])
 
 
 def _assert_matches_eager(results, eager, atol=1e-4):
-    assert np.isfinite(_errors(eager)).all() and _errors(eager).std(axis=1).min() > 0
-    np.testing.assert_allclose(_errors(results), _errors(eager), rtol=0, atol=atol)
+    assert np.isfinite(errors_of(eager)).all() and errors_of(eager).std(axis=1).min() > 0
+    np.testing.assert_allclose(errors_of(results), errors_of(eager), rtol=0, atol=atol)
     assert [r.prediction for r in results] == [r.prediction for r in eager]
     assert [r.unet_evals for r in results] == [r.unet_evals for r in eager]
 
@@ -41,7 +32,7 @@ def eager_results(model_dirs):
     """Torch eager fp32, the model as loaded: the baseline every backend must match."""
     g = torch.Generator().manual_seed(7)
     images = [torch.rand(3, 16, 16, generator=g) * 0.8 + 0.1 for _ in range(3)]
-    return images, {kind: _classifier(model_dirs[kind], kind).classify(images) for kind in KINDS}
+    return images, {kind: small_classifier(model_dirs[kind], kind).classify(images) for kind in KINDS}
 
 
 def _attention_processors(clf):
@@ -53,7 +44,7 @@ def _attention_processors(clf):
 @pytest.mark.parametrize("kind", KINDS)
 def test_eager_backend_with_fused_qkv_and_channels_last_matches(model_dirs, eager_results, kind):
     images, eager = eager_results
-    clf = _classifier(model_dirs[kind], kind, backend="torch", backend_options={"channels_last": True})
+    clf = small_classifier(model_dirs[kind], kind, backend="torch", backend_options={"channels_last": True})
     assert isinstance(clf.denoise, TorchBackend) and not clf.denoise.wants_fixed_batch
     # every attention layer of these models now runs one fused projection through SDPA
     assert _attention_processors(clf) == {"FusedAttnProcessor2_0"}
@@ -63,7 +54,7 @@ def test_eager_backend_with_fused_qkv_and_channels_last_matches(model_dirs, eage
 def _compiled(model_dirs, kind, compile_backend):
     torch._dynamo.reset()
     options = {"compile": True, "compile_backend": compile_backend}
-    return _classifier(model_dirs[kind], kind, backend="torch", backend_options=options)
+    return small_classifier(model_dirs[kind], kind, backend="torch", backend_options=options)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -101,7 +92,7 @@ class _RecordingBackend(TorchBackend):
 @pytest.mark.parametrize("kind", ["latent-text", "label-unet"])
 def test_engine_pads_partial_batches_for_fixed_batch_backends(model_dirs, eager_results, kind):
     images, eager = eager_results
-    clf = _classifier(model_dirs[kind], kind)
+    clf = small_classifier(model_dirs[kind], kind)
     backend = _RecordingBackend(clf.adapter.denoiser, adapter_spec(clf.adapter))
     clf.denoise = backend
     results = clf.classify(images)
@@ -112,7 +103,7 @@ def test_engine_pads_partial_batches_for_fixed_batch_backends(model_dirs, eager_
 
 
 def test_backend_rejects_inputs_that_do_not_fit_the_model(model_dirs):
-    clf = _classifier(model_dirs["pixel-text"], "pixel-text", backend="torch")
+    clf = small_classifier(model_dirs["pixel-text"], "pixel-text", backend="torch")
     x_t, t, cond = clf.denoise.spec.dummy_inputs(2, dtype=torch.float32)
     with pytest.raises(ValueError, match="'cond' has shape"):
         clf.denoise(x_t, t, cond[:, :5])
@@ -122,11 +113,11 @@ def test_backend_rejects_inputs_that_do_not_fit_the_model(model_dirs):
 
 def test_unavailable_torch_options_say_why(model_dirs):
     with pytest.raises(ValueError, match="cuda_graphs=True needs the model on a CUDA device"):
-        _classifier(model_dirs["dit"], "dit", backend="torch", backend_options={"cuda_graphs": True})
+        small_classifier(model_dirs["dit"], "dit", backend="torch", backend_options={"cuda_graphs": True})
     with pytest.raises(ValueError, match=r"\['fuse_qvk'\] are not options of the torch backend"):
-        _classifier(model_dirs["dit"], "dit", backend="torch", backend_options={"fuse_qvk": False})
+        small_classifier(model_dirs["dit"], "dit", backend="torch", backend_options={"fuse_qvk": False})
     with pytest.raises(ValueError, match="need a backend"):
-        _classifier(model_dirs["dit"], "dit", backend_options={"compile": True})
+        small_classifier(model_dirs["dit"], "dit", backend_options={"compile": True})
 
 
 def test_xformers_needs_its_extra(model_dirs):
@@ -137,7 +128,7 @@ def test_xformers_needs_its_extra(model_dirs):
     except ImportError:
         pass
     with pytest.raises(MissingDependency, match=r"pip install 'fastgen\[xformers\]'"):
-        _classifier(model_dirs["dit"], "dit", backend="torch", backend_options={"attention": "xformers"})
+        small_classifier(model_dirs["dit"], "dit", backend="torch", backend_options={"attention": "xformers"})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device; none here")
@@ -145,8 +136,8 @@ def test_xformers_needs_its_extra(model_dirs):
 def test_cuda_graphs_match_eager_on_gpu(model_dirs, kind):
     g = torch.Generator().manual_seed(7)
     images = [torch.rand(3, 16, 16, generator=g) for _ in range(3)]
-    eager = _classifier(model_dirs[kind], kind, device="cuda").classify(images)
+    eager = small_classifier(model_dirs[kind], kind, device="cuda").classify(images)
     options = {"cuda_graphs": True, "channels_last": True}
-    graphs = _classifier(model_dirs[kind], kind, device="cuda", backend="torch", backend_options=options)
+    graphs = small_classifier(model_dirs[kind], kind, device="cuda", backend="torch", backend_options=options)
     # TF32 convolutions on both sides, but different kernels: a looser bound than on the CPU
     _assert_matches_eager(graphs.classify(images), eager, atol=1e-3)

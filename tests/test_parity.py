@@ -6,35 +6,26 @@ import numpy as np
 import pytest
 import torch
 
-from fastgen import DiffusionClassifier
+from helpers import errors_of, small_classifier
 
 KINDS = ["latent-text", "latent-text-v", "pixel-text", "dit", "label-unet"]
 
 
-def _classifier(folder, kind, **kwargs):
-    classes = ["class0", "class1", "class2"] if kind in ("dit", "label-unet") else ["cat", "dog", "bird"]
-    options = {"policy": "exhaustive", "policy_options": {"n_samples": 5}, "device": "cpu"}
-    options.update(kwargs)
-    return DiffusionClassifier.from_pretrained(folder, classes=classes, **options)
-
-
-def _errors(results):
-    return np.stack([r.errors for r in results])
 
 
 def _assert_same(results, reference):
-    np.testing.assert_allclose(_errors(results), _errors(reference), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(errors_of(results), errors_of(reference), rtol=0, atol=1e-5)
     assert [r.prediction for r in results] == [r.prediction for r in reference]
     assert [r.unet_evals for r in results] == [r.unet_evals for r in reference]
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_engine_matches_reference_across_batch_sizes_and_orders(model_dirs, images, kind):
-    clf = _classifier(model_dirs[kind], kind)
+    clf = small_classifier(model_dirs[kind], kind)
     reference = [clf.classify_reference(image) for image in images[:3]]
-    assert np.isfinite(_errors(reference)).all()
+    assert np.isfinite(errors_of(reference)).all()
     # the errors must tell classes apart, or equality would prove little
-    assert _errors(reference).std(axis=1).min() > 0
+    assert errors_of(reference).std(axis=1).min() > 0
     for batch_size in (1, 4, 7, 64):
         clf.batch_size = batch_size
         _assert_same(clf.classify(images[:3]), reference)
@@ -57,7 +48,7 @@ def test_engine_matches_reference_across_batch_sizes_and_orders(model_dirs, imag
     ids=["l1-random", "huber-exp", "two-prompts-min", "two-prompts-mean"],
 )
 def test_scoring_options_match_reference(model_dirs, images, options):
-    clf = _classifier(model_dirs["latent-text-v"], "latent-text-v", batch_size=6, **options)
+    clf = small_classifier(model_dirs["latent-text-v"], "latent-text-v", batch_size=6, **options)
     reference = [clf.classify_reference(image) for image in images[:2]]
     _assert_same(clf.classify(images[:2]), reference)
 
@@ -70,7 +61,7 @@ def test_scoring_options_match_reference(model_dirs, images, options):
     ],
 )
 def test_adaptive_policies_match_reference(model_dirs, images, policy, policy_options):
-    clf = _classifier(model_dirs["pixel-text"], "pixel-text", policy=policy, policy_options=policy_options, batch_size=5)
+    clf = small_classifier(model_dirs["pixel-text"], "pixel-text", policy=policy, policy_options=policy_options, batch_size=5)
     reference = [clf.classify_reference(image) for image in images[:3]]
     results = clf.classify(images[:3])
     for got, want in zip(results, reference):
@@ -81,16 +72,16 @@ def test_adaptive_policies_match_reference(model_dirs, images, policy, policy_op
 
 
 def test_results_do_not_depend_on_other_images(model_dirs, images):
-    clf = _classifier(model_dirs["dit"], "dit", batch_size=5)
+    clf = small_classifier(model_dirs["dit"], "dit", batch_size=5)
     alone = clf.classify(images[2])[0]
     together = clf.classify(images)[2]
     np.testing.assert_allclose(alone.errors, together.errors, rtol=0, atol=1e-5)
 
 
 def test_seed_changes_the_noise_but_not_determinism(model_dirs, images):
-    a = _classifier(model_dirs["pixel-text"], "pixel-text", seed=1).classify(images[0])[0]
-    b = _classifier(model_dirs["pixel-text"], "pixel-text", seed=1).classify(images[0])[0]
-    c = _classifier(model_dirs["pixel-text"], "pixel-text", seed=2).classify(images[0])[0]
+    a = small_classifier(model_dirs["pixel-text"], "pixel-text", seed=1).classify(images[0])[0]
+    b = small_classifier(model_dirs["pixel-text"], "pixel-text", seed=1).classify(images[0])[0]
+    c = small_classifier(model_dirs["pixel-text"], "pixel-text", seed=2).classify(images[0])[0]
     np.testing.assert_array_equal(a.errors, b.errors)
     assert np.abs(a.errors - c.errors).max() > 1e-4
 
@@ -98,7 +89,7 @@ def test_seed_changes_the_noise_but_not_determinism(model_dirs, images):
 def test_accepts_pil_numpy_tensor_and_path_inputs_alike(model_dirs, images, tmp_path):
     from PIL import Image
 
-    clf = _classifier(model_dirs["pixel-text"], "pixel-text")
+    clf = small_classifier(model_dirs["pixel-text"], "pixel-text")
     u8 = (images[3] * 255).round().to(torch.uint8)
     array = u8.permute(1, 2, 0).numpy()
     Image.fromarray(array).save(tmp_path / "img.png")

@@ -11,10 +11,8 @@ from typing import Any
 
 import torch
 
-from fastgen.classes import ClassSpec
-from fastgen.models.base import Adapter, TextDenoiser, scheduler_facts
 from fastgen.models.loading import load_component, require_components
-from fastgen.models.prompts import encode_prompts
+from fastgen.models.prompts import TextConditionedAdapter
 
 COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
 
@@ -23,20 +21,14 @@ def _side(sample_size: Any) -> int:
     return int(sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size)
 
 
-class LatentTextAdapter(Adapter):
+class LatentTextAdapter(TextConditionedAdapter):
     kind = "latent-text"
 
     def __init__(self, model, index, folder: Path | None, *, device, dtype, load: dict):
         super().__init__(device=device, dtype=dtype)
         require_components(index, folder, COMPONENTS, "latent text-to-image", str(model))
         self.vae = load_component(model, index, "vae", dtype=dtype, **load).to(device).eval()
-        self.tokenizer = load_component(model, index, "tokenizer", **load)
-        self.text_encoder = load_component(model, index, "text_encoder", dtype=dtype, **load)
-        self.text_encoder = self.text_encoder.to(device).eval()
-        unet = load_component(model, index, "unet", dtype=dtype, **load).to(device).eval()
-        scheduler = load_component(model, index, "scheduler", **load)
-        self.alphas_cumprod, self.prediction_type = scheduler_facts(scheduler)
-        self.denoiser = TextDenoiser(unet)
+        unet = self._load_text_and_unet(model, index, load)
         latent_side = _side(unet.config.sample_size)
         vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_size = latent_side * vae_scale
@@ -49,8 +41,3 @@ class LatentTextAdapter(Adapter):
         pixels = (pixels.to(self.device, self.dtype) * 2 - 1)
         latents = self.vae.encode(pixels).latent_dist.mean
         return latents.float() * self.scaling_factor
-
-    def encode_conditions(self, classes: ClassSpec) -> torch.Tensor:
-        return encode_prompts(
-            self.tokenizer, self.text_encoder, classes.flat_prompts, device=self.device, dtype=self.dtype
-        )

@@ -1,8 +1,13 @@
-"""Prompt -> text embedding, shared by the text-conditioned adapters."""
+"""What the text-conditioned adapters share: tokenizer + text encoder + UNet loading, and
+prompt -> text embedding."""
 
 from __future__ import annotations
 
 import torch
+
+from fastgen.classes import ClassSpec
+from fastgen.models.base import Adapter, TextDenoiser, scheduler_facts
+from fastgen.models.loading import load_component
 
 
 @torch.no_grad()
@@ -18,3 +23,23 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], *, device, dtype
     ids = tokens.input_ids.to(text_encoder.device)
     hidden = text_encoder(ids, return_dict=False)[0]
     return hidden.to(device=device, dtype=dtype)
+
+
+class TextConditionedAdapter(Adapter):
+    """A `UNet2DConditionModel` conditioned on CLIP-style prompt embeddings."""
+
+    def _load_text_and_unet(self, model, index, load: dict):
+        """Load tokenizer, text encoder, UNet and scheduler; returns the UNet."""
+        self.tokenizer = load_component(model, index, "tokenizer", **load)
+        text_encoder = load_component(model, index, "text_encoder", dtype=self.dtype, **load)
+        self.text_encoder = text_encoder.to(self.device).eval()
+        unet = load_component(model, index, "unet", dtype=self.dtype, **load).to(self.device).eval()
+        scheduler = load_component(model, index, "scheduler", **load)
+        self.alphas_cumprod, self.prediction_type = scheduler_facts(scheduler)
+        self.denoiser = TextDenoiser(unet)
+        return unet
+
+    def encode_conditions(self, classes: ClassSpec) -> torch.Tensor:
+        return encode_prompts(
+            self.tokenizer, self.text_encoder, classes.flat_prompts, device=self.device, dtype=self.dtype
+        )
