@@ -174,7 +174,7 @@ class DiffusionClassifier:
         return Engine(
             self.denoise,
             self.conditions,
-            self.classes.prompt_class,
+            self.classes.prompts_of_class,
             self.classes.names,
             alphas_cumprod=self.adapter.alphas_cumprod,
             prediction_type=self.adapter.prediction_type,

@@ -118,7 +118,7 @@ def reference_style(clf: DiffusionClassifier, pixels: list[torch.Tensor], *, row
     eps_bank = clf.noise.ensure(n)
     a_all, b_all = target_coefficients(clf.adapter.prediction_type, clf.adapter.alphas_cumprod[timesteps_all])
     weight_all = clf.plan.weight(timesteps_all)
-    prompts_of = [[p for p, c in enumerate(clf.classes.prompt_class) if c == k] for k in range(len(clf.classes))]
+    prompts_of = clf.classes.prompts_of_class
     predictions, evals = [], 0
     reset_peak_memory(device)
     synchronize(device)

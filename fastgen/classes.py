@@ -56,6 +56,15 @@ class ClassSpec:
         return [p for prompts in self.prompts for p in prompts]
 
     @property
+    def prompts_of_class(self) -> list[list[int]]:
+        """For each class, the indices of its prompts in `flat_prompts`."""
+        indices, first = [], 0
+        for prompts in self.prompts:
+            indices.append(list(range(first, first + len(prompts))))
+            first += len(prompts)
+        return indices
+
+    @property
     def prompt_class(self) -> list[int]:
         """The class index of each entry of `flat_prompts`."""
         return [k for k, prompts in enumerate(self.prompts) for _ in prompts]

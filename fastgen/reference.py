@@ -69,7 +69,7 @@ def reference_classify(
     """Classify one image ([C, H, W] pixels in [0, 1]) the slow, obvious way."""
     x0 = adapter.encode_images(pixels[None])[0].float()
     conditions = adapter.encode_conditions(classes)
-    prompts_of = [[p for p, c in enumerate(classes.prompt_class) if c == k] for k in range(len(classes))]
+    prompts_of = classes.prompts_of_class
     plan = SamplePlan(adapter.alphas_cumprod, mode=timesteps, seed=seed, weighting=weighting)
     noise = NoiseBank(tuple(x0.shape), seed=seed, device=adapter.device)
 

@@ -79,7 +79,7 @@ class Engine:
         self,
         denoise: Denoise,
         conditions: torch.Tensor,
-        prompt_class: list[int],
+        prompts_of: list[list[int]],
         class_names: tuple[str, ...],
         *,
         alphas_cumprod: torch.Tensor,
@@ -100,7 +100,7 @@ class Engine:
         self.denoise = fixed_batch_if_wanted(denoise, batch_size)  # pads for CUDA graphs / compile
         self.conditions = conditions
         self.class_names = class_names
-        self.prompts_of = [[p for p, c in enumerate(prompt_class) if c == k] for k in range(len(class_names))]
+        self.prompts_of = prompts_of
         self.alphas_cumprod = alphas_cumprod.double().cpu()
         self.prediction_type = prediction_type
         target_coefficients(prediction_type, self.alphas_cumprod[:1])  # validates early
