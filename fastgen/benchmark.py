@@ -15,7 +15,6 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from fastgen.api import DiffusionClassifier
 from fastgen.engine import ops
 from fastgen.engine.losses import target_coefficients
 from fastgen.engine.policies import Exhaustive
-from fastgen.images import load_pixels
+from fastgen.optional import installed_version
 
 
 def synchronize(device: torch.device) -> None:
@@ -213,18 +212,8 @@ def latency(clf: DiffusionClassifier, pixels: list[torch.Tensor]) -> dict:
 
 def environment(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    versions = {}
-    for package in ("torch", "diffusers", "transformers", "fastgen"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
+    versions = {p: installed_version(p) for p in ("torch", "diffusers", "transformers", "fastgen")}
     return {"device": str(device), "device_name": name, "cpu_threads": torch.get_num_threads(), "versions": versions}
-
-
-def load_images(clf: DiffusionClassifier, images: list) -> list[torch.Tensor]:
-    size, channels = clf.adapter.image_size, clf.adapter.image_channels
-    return [load_pixels(image, size=size, channels=channels) for image in images]
 
 
 def spread(values: list[float]) -> dict:

@@ -7,12 +7,12 @@ import json
 import logging
 import platform
 import sys
-from importlib import metadata
 from pathlib import Path
 
 from fastgen.engine.losses import LOSSES
 from fastgen.engine.policies import POLICIES
 from fastgen.engine.sampling import TIMESTEP_MODES
+from fastgen.optional import installed_version
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -154,20 +154,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def cmd_env(args: argparse.Namespace) -> int:
     import torch
 
     info = {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        **{p: _version(p) for p in ("fastgen", "torch", "diffusers", "transformers", "triton", "onnx", "onnxruntime", "tensorrt")},
+        **{p: installed_version(p) or "not installed" for p in ("fastgen", "torch", "diffusers", "transformers", "triton", "onnx", "onnxruntime", "tensorrt")},
         "cuda_available": torch.cuda.is_available(),
         "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or ["cpu"],
         "cpu_threads": torch.get_num_threads(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from importlib import metadata
 from typing import Any
 
 
@@ -20,3 +21,11 @@ def require(module: str, *, extra: str, purpose: str) -> Any:
             f"{purpose} needs the '{module}' package, which is not installed ({error}); "
             f"install it with: {install}"
         ) from None
+
+
+def installed_version(package: str) -> str | None:
+    """The installed distribution's version, or None when it is not installed."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import IO, Any
@@ -70,7 +69,7 @@ def result_record(path: str, result) -> dict[str, Any]:
     return {
         "path": path,
         "prediction": result.prediction,
-        "scores": {k: (None if v is None or math.isnan(v) else v) for k, v in result.scores.items()},
+        "scores": result.scores,
         "unet_evals": int(result.unet_evals),
     }
 

@@ -23,12 +23,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from fastgen.optional import installed_version
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +84,7 @@ def weights_fingerprint(denoiser: nn.Module) -> str:
 
 
 def library_versions(*packages: str) -> dict[str, str]:
-    versions = {}
-    for package in ("fastgen", "torch", "diffusers", *packages):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "none"
-    return versions
+    return {p: installed_version(p) or "none" for p in ("fastgen", "torch", "diffusers", *packages)}
 
 
 def compute_capability(device: torch.device | str) -> str:

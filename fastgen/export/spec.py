@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from fastgen.models.base import DiTDenoiser, LabelUNetDenoiser, TextDenoiser
-from fastgen.models.latent_text import _side
+from fastgen.models.base import DiTDenoiser, LabelUNetDenoiser, TextDenoiser, sample_side
 
 BATCH_AXIS = "batch"
 INPUT_NAMES = ("x_t", "t", "cond")
@@ -109,7 +108,7 @@ def denoiser_spec(denoiser: nn.Module, *, text_length: int | None = None) -> IOS
     t = TensorSpec("t", (), "int64")
     if isinstance(denoiser, TextDenoiser):
         config = denoiser.unet.config
-        side, channels = _side(config.sample_size), int(config.in_channels)
+        side, channels = sample_side(config.sample_size), int(config.in_channels)
         cond = TensorSpec("cond", (int(text_length or DEFAULT_TEXT_LENGTH), int(config.cross_attention_dim)), "model")
         out = TensorSpec(OUTPUT_NAME, (int(config.out_channels), side, side), "model")
         return IOSpec("unet-text", (x(channels, side), t, cond), out)
@@ -117,7 +116,7 @@ def denoiser_spec(denoiser: nn.Module, *, text_length: int | None = None) -> IOS
         is_dit = isinstance(denoiser, DiTDenoiser)
         net = denoiser.transformer if is_dit else denoiser.unet
         config = net.config
-        side, channels = _side(config.sample_size), int(config.in_channels)
+        side, channels = sample_side(config.sample_size), int(config.in_channels)
         out_channels = denoiser.latent_channels if is_dit else int(config.out_channels)
         cond = TensorSpec("cond", (), "int64")
         family = "dit-label" if is_dit else "unet-label"

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import torch
 
+from fastgen.builtin import BUILTIN_PREFIX, resolve_builtin
 from fastgen.models.base import Adapter
 from fastgen.models.class_conditional import ClassConditionalAdapter
 from fastgen.models.latent_text import LatentTextAdapter
 from fastgen.models.loading import ModelLoadError, folder_defaults, hub_offline, model_index, quiet_hub_libraries
 from fastgen.models.pixel_text import PixelTextAdapter
-
-BUILTIN_PREFIX = "builtin:"
 
 __all__ = ["Adapter", "ModelLoadError", "load_adapter", "resolve_model"]
 
@@ -21,8 +20,6 @@ __all__ = ["Adapter", "ModelLoadError", "load_adapter", "resolve_model"]
 def resolve_model(model: str | Path) -> str | Path:
     """`builtin:NAME` -> the folder shipped in the package; anything else unchanged."""
     if isinstance(model, str) and model.startswith(BUILTIN_PREFIX):
-        from fastgen.builtin import resolve_builtin
-
         return resolve_builtin(model)
     return model
 

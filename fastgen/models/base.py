@@ -50,6 +50,11 @@ class Adapter(ABC):
         return int(self.alphas_cumprod.shape[0])
 
 
+def sample_side(sample_size: Any) -> int:
+    """A model config's `sample_size` (an int, or a square [H, W]) as one side length."""
+    return int(sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size)
+
+
 def scheduler_facts(scheduler: Any) -> tuple[torch.Tensor, str]:
     """alphas_cumprod and prediction type from a diffusers scheduler, with a clear refusal for
     schedulers that have no discrete DDPM noise schedule (flow matching)."""

@@ -14,8 +14,7 @@ from typing import Any
 import torch
 
 from fastgen.classes import ClassSpec
-from fastgen.models.base import Adapter, DiTDenoiser, LabelUNetDenoiser, scheduler_facts
-from fastgen.models.latent_text import _side
+from fastgen.models.base import Adapter, DiTDenoiser, LabelUNetDenoiser, sample_side, scheduler_facts
 from fastgen.models.loading import load_component, require_components
 
 
@@ -41,7 +40,7 @@ class ClassConditionalAdapter(Adapter):
         self.vae = None
         if "vae" in needs:
             self.vae = load_component(model, index, "vae", dtype=dtype, **load).to(device).eval()
-        side = _side(net.config.sample_size)
+        side = sample_side(net.config.sample_size)
         channels = int(net.config.in_channels)
         if backbone == "transformer":
             self.denoiser = DiTDenoiser(net, channels)

@@ -7,18 +7,14 @@ embedding of its prompt.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from fastgen.models.base import sample_side
 from fastgen.models.loading import load_component, require_components
 from fastgen.models.prompts import TextConditionedAdapter
 
 COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
-
-
-def _side(sample_size: Any) -> int:
-    return int(sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size)
 
 
 class LatentTextAdapter(TextConditionedAdapter):
@@ -29,7 +25,7 @@ class LatentTextAdapter(TextConditionedAdapter):
         require_components(index, folder, COMPONENTS, "latent text-to-image", str(model))
         self.vae = load_component(model, index, "vae", dtype=dtype, **load).to(device).eval()
         unet = self._load_text_and_unet(model, index, load)
-        latent_side = _side(unet.config.sample_size)
+        latent_side = sample_side(unet.config.sample_size)
         vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_size = latent_side * vae_scale
         self.image_channels = int(self.vae.config.in_channels)
