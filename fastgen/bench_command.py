@@ -12,6 +12,7 @@ import torch
 
 from fastgen import benchmark
 from fastgen.api import DiffusionClassifier, default_device, parse_dtype
+from fastgen.presets import fastest_settings
 
 
 def _images(model: str, clf: DiffusionClassifier, n: int, seed: int) -> tuple[list[torch.Tensor], np.ndarray | None]:
@@ -30,7 +31,7 @@ def _classifier(args: argparse.Namespace, model: str, **overrides) -> DiffusionC
         "classes": args.classes,
         "device": args.device or default_device(),
         "dtype": args.dtype,
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size or 256,
         "seed": args.seed,
         "policy": "exhaustive",
         "policy_options": {"n_samples": args.n_samples},
@@ -39,18 +40,40 @@ def _classifier(args: argparse.Namespace, model: str, **overrides) -> DiffusionC
     return DiffusionClassifier.from_pretrained(model, **options)
 
 
+def _option_value(text: str):
+    return json.loads(text) if text[:1] in "0123456789[{tfn" else text
+
+
+def engine_settings(args: argparse.Namespace, device: torch.device) -> dict:
+    """`from_pretrained` arguments for (b): the device's fastest settings unless `--backend`
+    names one; `--engine-dtype`, `--batch-size` and `--backend-option` override either."""
+    if args.backend in (None, "fastest"):
+        settings = fastest_settings(device)
+    elif args.backend == "eager":
+        settings = {"dtype": parse_dtype(args.dtype), "batch_size": 256, "backend": None, "backend_options": {}}
+    else:
+        settings = {"dtype": parse_dtype(args.dtype), "batch_size": 256, "backend": args.backend, "backend_options": {}}
+    options = dict(settings["backend_options"] or {})
+    options.update({k: _option_value(v) for k, v in (item.split("=", 1) for item in args.backend_option or [])})
+    if options and settings["backend"] is None:
+        raise ValueError("--backend-option needs a backend: --backend torch, onnxruntime or tensorrt")
+    settings["backend_options"] = options or None
+    if args.engine_dtype:
+        settings["dtype"] = parse_dtype(args.engine_dtype)
+    if args.batch_size:
+        settings["batch_size"] = args.batch_size
+    return settings
+
+
 def run(args: argparse.Namespace) -> dict:
     model = args.model
     if args.sd2_random:
         from fastgen.testing.sd_sized import make_sd2_base_sized
 
         model = str(make_sd2_base_sized(args.sd2_random))
-    clf = _classifier(args, model)
-    engine_clf = clf
-    if args.backend:
-        options = dict(item.split("=", 1) for item in args.backend_option or [])
-        options = {k: json.loads(v) if v[:1] in "0123456789[{tf" else v for k, v in options.items()}
-        engine_clf = _classifier(args, model, backend=args.backend, backend_options=options or None)
+    clf = _classifier(args, model, batch_size=32)
+    engine = engine_settings(args, clf.adapter.device)
+    engine_clf = _classifier(args, model, **engine)
     pixels, _ = _images(args.model, clf, args.n_images, args.seed)
     report = {
         "benchmark": "side_by_side",
@@ -61,9 +84,11 @@ def run(args: argparse.Namespace) -> dict:
             "classes": list(clf.classes.names),
             "policy": "exhaustive",
             "n_samples": args.n_samples,
-            "engine_batch_size": args.batch_size,
-            "engine_backend": args.backend or "eager",
-            "engine_backend_options": args.backend_option or [],
+            "engine_batch_size": engine["batch_size"],
+            "engine_backend": engine["backend"] or "eager",
+            "engine_backend_options": engine["backend_options"] or {},
+            "engine_backend_settings": _describe(engine_clf.denoise),
+            "engine_dtype": str(engine_clf.adapter.dtype),
             "reference_rows_per_batch": 32,
             "dtype": str(clf.adapter.dtype),
             "images": len(pixels),
@@ -72,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
         },
     }
     report.update(benchmark.side_by_side(clf, engine_clf, pixels, repeats=args.repeats))
-    report.update(benchmark.utilisation(clf, report["fastgen"]))
+    report.update(benchmark.utilisation(engine_clf, report["fastgen"]))
     if not args.skip_latency:
         latency_clf = _classifier(args, model, policy=None, policy_options=None)
         report["latency"] = {"policy": type(latency_clf.policy).__name__, **benchmark.latency(latency_clf, pixels[: args.latency_images])}
@@ -85,6 +110,11 @@ def run(args: argparse.Namespace) -> dict:
         }
         report["policies"] = benchmark.policy_table(partial(_classifier, args, model), pixels, policies)
     return report
+
+
+def _describe(denoise) -> dict:
+    describe = getattr(denoise, "describe", None)
+    return describe() if callable(describe) else {"backend": "eager"}
 
 
 def print_table(report: dict) -> None:
@@ -114,8 +144,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--n-images", type=int, default=32)
     parser.add_argument("--n-samples", type=int, default=50, help="exhaustive samples per class")
-    parser.add_argument("--batch-size", type=int, default=256, help="engine rows per batch")
-    parser.add_argument("--backend", default=None, help="engine backend for (b): torch, onnxruntime, tensorrt (default eager)")
+    parser.add_argument("--batch-size", type=int, default=None, help="engine rows per batch (default: the fastest settings' or 256)")
+    parser.add_argument(
+        "--backend", default=None,
+        help="engine for (b): fastest (default: fastgen.presets.fastest_settings for the device), eager, torch, onnxruntime, tensorrt",
+    )  # fmt: skip
+    parser.add_argument("--engine-dtype", default=None, help="dtype of (b) (default: the fastest settings' or --dtype)")
     parser.add_argument("--backend-option", action="append", metavar="KEY=VALUE", help="backend option for (b), repeatable")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-images", type=int, default=16)

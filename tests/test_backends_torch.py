@@ -4,6 +4,7 @@ of the plain eager model, and the engine's padding for fixed-batch backends chan
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -49,6 +50,55 @@ def test_eager_backend_with_fused_qkv_and_channels_last_matches(model_dirs, eage
     # every attention layer of these models now runs one fused projection through SDPA
     assert _attention_processors(clf) == {"FusedAttnProcessor2_0"}
     _assert_matches_eager(clf.classify(images), eager[kind])
+
+
+@pytest.mark.parametrize("kind", ["latent-text", "dit"])
+def test_math_attention_matches(model_dirs, eager_results, kind):
+    images, eager = eager_results
+    clf = small_classifier(model_dirs[kind], kind, backend="torch", backend_options={"attention": "math"})
+    assert _attention_processors(clf) == {"AttnProcessor"}
+    _assert_matches_eager(clf.classify(images), eager[kind])
+
+
+@pytest.mark.parametrize("kind", ["pixel-text", "label-unet"])
+def test_chunk_threads_match_and_run_on_worker_threads(model_dirs, eager_results, kind):
+    """threads=3 cuts every batch into 3 chunks run by worker threads with one intra-op thread
+    each; the main thread keeps its own thread count."""
+    images, eager = eager_results
+    before = torch.get_num_threads()
+    clf = small_classifier(model_dirs[kind], kind, backend="torch", backend_options={"threads": 3})
+    seen: list[tuple[str, int, int]] = []
+    module = clf.denoise.module
+    hook = module.register_forward_pre_hook(
+        lambda _, args: seen.append((threading.current_thread().name, torch.get_num_threads(), args[0].shape[0]))
+    )
+    try:
+        results = clf.classify(images)
+    finally:
+        hook.remove()
+    _assert_matches_eager(results, eager[kind])
+    assert torch.get_num_threads() == before
+    assert {name.split("_")[0] for name, _, _ in seen} == {"fastgen-chunk"}
+    assert {threads for _, threads, _ in seen} == {1}
+    # batches of 7 rows (45 in all: the last batch has 3) -> chunks of 3, 3, 1 and of 1, 1, 1
+    assert sorted(rows for _, _, rows in seen) == sorted([3, 3, 1] * 6 + [1, 1, 1])
+    with pytest.raises(ValueError, match="threads=0 splits batches across CPU cores"):
+        small_classifier(model_dirs[kind], kind, backend="torch", backend_options={"threads": 0})
+
+
+def test_fastest_cpu_settings_are_valid_backend_options(model_dirs, eager_results):
+    """The preset `fastgen bench` uses on CPU loads and classifies (compile swapped for the
+    quick aot_eager capture; the preset's dtype replaced by fp32 to compare with eager)."""
+    from fastgen.presets import fastest_settings
+
+    images, eager = eager_results
+    settings = fastest_settings("cpu", threads=2)
+    assert settings["backend"] == "torch" and settings["dtype"] in (torch.bfloat16, torch.float32)
+    options = {**settings["backend_options"], "compile_backend": "aot_eager"}
+    torch._dynamo.reset()
+    clf = small_classifier(model_dirs["pixel-text"], "pixel-text", backend="torch", backend_options=options)
+    assert clf.denoise.wants_fixed_batch and clf.denoise.threads == 2
+    _assert_matches_eager(clf.classify(images), eager["pixel-text"])
 
 
 def _compiled(model_dirs, kind, compile_backend):

@@ -1,10 +1,15 @@
 """The PyTorch backend: the adapter's own module, prepared for speed.
 
 Preparation happens once, in place (no weight copy, so a 3 GB UNet is not held twice):
-PyTorch SDPA attention (or xformers when asked and installed), fused QKV projections, and
-channels-last memory on CUDA. Then, optionally, `torch.compile` and CUDA graphs. Both of
-those want one batch shape, so the backend asks the engine to pad its last batch
-(`wants_fixed_batch`): a recompile or a new graph capture costs far more than a few padded rows.
+PyTorch SDPA attention (or xformers when asked and installed, or plain matmul-softmax-matmul
+"math" attention), fused QKV projections, and channels-last memory on CUDA. Then, optionally,
+`torch.compile` and CUDA graphs. Both of those want one batch shape, so the backend asks the
+engine to pad its last batch (`wants_fixed_batch`): a recompile or a new graph capture costs far
+more than a few padded rows.
+
+On CPU, `threads=N` splits every batch into N equal chunks run side by side on N worker threads
+with one intra-op thread each. A small model's operators are too small to keep several cores
+busy from inside one operator; whole chunks on separate cores do (the operators release the GIL).
 
 Precision is the module's dtype, chosen when the model is loaded (`dtype=` of `from_pretrained`).
 """
@@ -23,7 +28,7 @@ from fastgen.optional import require
 
 log = logging.getLogger(__name__)
 
-ATTENTION = ("sdpa", "xformers", "keep")
+ATTENTION = ("sdpa", "math", "xformers", "keep")
 # Processors whose math the SDPA / fused processors reproduce exactly; others (added-KV,
 # IP-adapter ...) are left alone.
 _PLAIN_PROCESSORS = ("AttnProcessor", "AttnProcessor2_0", "FusedAttnProcessor2_0")
@@ -49,6 +54,18 @@ def use_sdpa(module: nn.Module, *, fuse_qkv: bool) -> int:
             attn.set_processor(FusedAttnProcessor2_0())
         else:
             attn.set_processor(AttnProcessor2_0())
+    return len(changed)
+
+
+def use_math_attention(module: nn.Module) -> int:
+    """Diffusers' explicit attention (batched matmul, softmax, batched matmul). For sequences of a
+    few dozen tokens with small heads it beats the fused SDPA kernels on CPU, and under
+    `torch.compile` its softmax fuses with the surrounding elementwise work."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    changed = _attention_modules(module)
+    for attn in changed:
+        attn.set_processor(AttnProcessor())
     return len(changed)
 
 
@@ -82,6 +99,41 @@ class _CapturedGraph:
         return self.output.clone()  # the next replay overwrites the static output
 
 
+class _WorkerThreads:
+    """`n` threads, each with one intra-op thread, that run equal chunks of a batch at once.
+
+    The first call runs its chunks one after another: a compiled module compiles on its first
+    call of each shape, and two threads must not compile the same graph side by side.
+    """
+
+    def __init__(self, n: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.n = n
+        # torch.set_num_threads in a worker sets that thread's own OpenMP team size only.
+        self._pool = ThreadPoolExecutor(n, thread_name_prefix="fastgen-chunk", initializer=torch.set_num_threads, initargs=(1,))
+        self._seen_shapes: set[tuple[int, ...]] = set()
+
+    def map_chunks(self, forward, *inputs: torch.Tensor) -> torch.Tensor:
+        rows = inputs[0].shape[0]
+        size = -(-rows // self.n)
+        bounds = [(i, min(rows, i + size)) for i in range(0, rows, size)]
+
+        def run(first: int, end: int) -> torch.Tensor:
+            with torch.inference_mode():
+                return forward(*(v[first:end] for v in inputs))
+
+        shapes = tuple(end - first for first, end in bounds)
+        if shapes not in self._seen_shapes:
+            self._seen_shapes.add(shapes)
+            return torch.cat([self._pool.submit(run, *b).result() for b in bounds])
+        futures = [self._pool.submit(run, *b) for b in bounds]
+        return torch.cat([f.result() for f in futures])
+
+    def __del__(self):
+        self._pool.shutdown(wait=False)
+
+
 class TorchBackend(Backend):
     """`denoiser` (an adapter's module) in eager mode, compiled, and/or as CUDA graphs."""
 
@@ -99,6 +151,8 @@ class TorchBackend(Backend):
         compile_mode: str | None = None,
         compile_backend: str = "inductor",
         cuda_graphs: bool = False,
+        freezing: bool | None = None,
+        threads: int | None = None,
     ):
         param = next(denoiser.parameters())
         super().__init__(spec, device=param.device, dtype=param.dtype)
@@ -106,12 +160,19 @@ class TorchBackend(Backend):
             raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, it is on {self.device}")
+        if threads is not None and (self.device.type != "cpu" or int(threads) < 1):
+            raise ValueError(f"threads={threads!r} splits batches across CPU cores: it needs a CPU model and threads >= 1")
         self.module = denoiser.eval()
         self.attention, self.fuse_qkv = attention, fuse_qkv and attention == "sdpa"
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
         self.compile, self.cuda_graphs = compile, cuda_graphs
         self.compile_mode = self._compile_mode(compile_mode)
         self.compile_backend = compile_backend
+        # Freezing folds the weights into the compiled graph as constants, which lets inductor
+        # pre-pack them for oneDNN on CPU; the weights must then not change, as in inference.
+        self.freezing = (self.device.type == "cpu") if freezing is None else freezing
+        self.threads = int(threads) if threads else None
+        self._workers = _WorkerThreads(self.threads) if self.threads and self.threads > 1 else None
         self._prepare()
         self.wants_fixed_batch = compile or cuda_graphs
         self._graphs: dict[tuple, _CapturedGraph] = {}
@@ -131,6 +192,8 @@ class TorchBackend(Backend):
     def _prepare(self) -> None:
         if self.attention == "sdpa":
             changed = use_sdpa(self.module, fuse_qkv=self.fuse_qkv)
+        elif self.attention == "math":
+            changed = use_math_attention(self.module)
         elif self.attention == "xformers":
             changed = use_xformers(self.module)
         else:
@@ -140,8 +203,9 @@ class TorchBackend(Backend):
             self.module.to(memory_format=torch.channels_last)
         self._forward = self.module
         if self.compile:
+            options = {"freezing": True} if self.freezing and self.compile_backend == "inductor" else None
             self._forward = torch.compile(
-                self.module, mode=self.compile_mode, backend=self.compile_backend, dynamic=False
+                self.module, mode=self.compile_mode, backend=self.compile_backend, dynamic=False, options=options
             )
 
     @torch.inference_mode()
@@ -153,6 +217,8 @@ class TorchBackend(Backend):
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         if self.cuda_graphs and not self.compile:
             return self._replay(x_t, t, cond)
+        if self._workers is not None:
+            return self._workers.map_chunks(self._forward, x_t, t, cond)
         out = self._forward(x_t, t, cond)
         return out.clone() if self.cuda_graphs else out
 
@@ -174,4 +240,6 @@ class TorchBackend(Backend):
             "compile_mode": self.compile_mode,
             "compile_backend": self.compile_backend if self.compile else None,
             "cuda_graphs": self.cuda_graphs,
+            "freezing": self.freezing if self.compile else None,
+            "threads": self.threads,
         }
