@@ -41,14 +41,14 @@ class TimedDenoise:
     calls: int = 0
     rows: int = 0
 
-    def __call__(self, x_t, t, cond):
+    def __call__(self, x_t, t, cond, *rows):
         synchronize(self.device)
         start = time.perf_counter()
-        out = self.denoise(x_t, t, cond)
+        out = self.denoise(x_t, t, cond, *rows)
         synchronize(self.device)
         self.seconds += time.perf_counter() - start
         self.calls += 1
-        self.rows += x_t.shape[0]
+        self.rows += cond.shape[0]
         return out
 
     def __getattr__(self, name: str):

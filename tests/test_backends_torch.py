@@ -68,8 +68,8 @@ def test_chunk_threads_match_and_run_on_worker_threads(model_dirs, eager_results
     before = torch.get_num_threads()
     clf = small_classifier(model_dirs[kind], kind, backend="torch", backend_options={"threads": 3})
     seen: list[tuple[str, int, int]] = []
-    module = clf.denoise.module
-    hook = module.register_forward_pre_hook(
+    last_layer = clf.denoise.module.unet.conv_out  # runs once per chunk, in the per-row part
+    hook = last_layer.register_forward_pre_hook(
         lambda _, args: seen.append((threading.current_thread().name, torch.get_num_threads(), args[0].shape[0]))
     )
     try:
@@ -134,9 +134,9 @@ class _RecordingBackend(TorchBackend):
         self.wants_fixed_batch = True
         self.batch_sizes: list[int] = []
 
-    def _run(self, x_t, t, cond):
-        self.batch_sizes.append(x_t.shape[0])
-        return super()._run(x_t, t, cond)
+    def _run(self, x_t, t, cond, rows=None):
+        self.batch_sizes.append(cond.shape[0])
+        return super()._run(x_t, t, cond, rows)
 
 
 @pytest.mark.parametrize("kind", ["latent-text", "label-unet"])

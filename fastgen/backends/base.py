@@ -2,7 +2,7 @@
 
 A backend is called exactly like `adapter.denoiser`:
 `backend(x_t [B,C,H,W], t [B] int64, cond [B,...]) -> prediction [B,C,H,W]` on the adapter's
-device. `__call__` checks the inputs against the model's I/O spec once per call and splits calls
+device, or with `rows` [B] when x_t and t hold each distinct noised input once. `__call__` checks the inputs against the model's I/O spec once per call and splits calls
 larger than what the backend was built for; subclasses implement `_run` only.
 """
 
@@ -34,8 +34,16 @@ class Backend(ABC):
         self.device = torch.device(device)
         self.dtype = dtype
 
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        batch = self.spec.check(x_t, t, cond)
+    # True when `_run` takes `rows` and runs the class-independent prefix once per distinct
+    # input (see fastgen.models.unet_prefix); other backends get the rows gathered for them.
+    shares_prefix: bool = False
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        batch = self.spec.check(x_t, t, cond, rows)
+        if rows is not None:
+            if self.shares_prefix:
+                return self._run(x_t, t, cond, rows)
+            x_t, t = x_t[rows], t[rows]
         step = self.max_batch or batch
         if batch <= step:
             return self._run(x_t, t, cond)

@@ -153,6 +153,7 @@ class TorchBackend(Backend):
         cuda_graphs: bool = False,
         freezing: bool | None = None,
         threads: int | None = None,
+        share_prefix: bool = True,
     ):
         param = next(denoiser.parameters())
         super().__init__(spec, device=param.device, dtype=param.dtype)
@@ -173,6 +174,9 @@ class TorchBackend(Backend):
         self.freezing = (self.device.type == "cpu") if freezing is None else freezing
         self.threads = int(threads) if threads else None
         self._workers = _WorkerThreads(self.threads) if self.threads and self.threads > 1 else None
+        # The class-independent prefix runs eagerly, once per distinct input (a few rows per
+        # batch); only the per-row suffix is compiled, captured or split across threads.
+        self.shares_prefix = bool(share_prefix and getattr(self.module, "shares_prefix", False))
         self._prepare()
         self.wants_fixed_batch = compile or cuda_graphs
         self._graphs: dict[tuple, _CapturedGraph] = {}
@@ -202,32 +206,46 @@ class TorchBackend(Backend):
         if self.channels_last:
             self.module.to(memory_format=torch.channels_last)
         self._forward = self.module
+        self._suffix = self.module.split.suffix if self.shares_prefix else None
         if self.compile:
-            options = {"freezing": True} if self.freezing and self.compile_backend == "inductor" else None
-            self._forward = torch.compile(
-                self.module, mode=self.compile_mode, backend=self.compile_backend, dynamic=False, options=options
+            mode, options = self.compile_mode, None
+            if self.freezing and self.compile_backend == "inductor":
+                # torch.compile takes a mode or options, not both: spell the mode out as options.
+                from torch._inductor import list_mode_options
+
+                options, mode = {**(list_mode_options(mode) if mode else {}), "freezing": True}, None
+            compile_one = lambda fn: torch.compile(  # noqa: E731
+                fn, mode=mode, backend=self.compile_backend, dynamic=False, options=options
             )
+            self._forward = compile_one(self.module)
+            if self.shares_prefix:
+                self._suffix = compile_one(self.module.split.suffix)
 
     @torch.inference_mode()
-    def _run(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def _run(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         x_t = x_t.to(self.dtype)
         if cond.is_floating_point():
             cond = cond.to(self.dtype)
         if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
+        if rows is None:
+            forward, inputs = self._forward, (x_t, t, cond)
+        else:
+            state = self.module.split.prefix(x_t, t).take(rows)
+            forward, inputs = self._suffix, (cond, *state.flat())
         if self.cuda_graphs and not self.compile:
-            return self._replay(x_t, t, cond)
+            return self._replay(forward, inputs)
         if self._workers is not None:
-            return self._workers.map_chunks(self._forward, x_t, t, cond)
-        out = self._forward(x_t, t, cond)
+            return self._workers.map_chunks(forward, *inputs)
+        out = forward(*inputs)
         return out.clone() if self.cuda_graphs else out
 
-    def _replay(self, *inputs: torch.Tensor) -> torch.Tensor:
-        key = tuple(tuple(v.shape) for v in inputs)
+    def _replay(self, forward, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        key = (forward is self._suffix, *(tuple(v.shape) for v in inputs))
         graph = self._graphs.get(key)
         if graph is None:
             log.info("capturing a CUDA graph for batch %d", inputs[0].shape[0])
-            graph = self._graphs[key] = _CapturedGraph(self._forward, inputs, self._pool)
+            graph = self._graphs[key] = _CapturedGraph(forward, inputs, self._pool)
         return graph(*inputs)
 
     def describe(self) -> dict[str, Any]:
@@ -242,4 +260,5 @@ class TorchBackend(Backend):
             "cuda_graphs": self.cuda_graphs,
             "freezing": self.freezing if self.compile else None,
             "threads": self.threads,
+            "shares_prefix": self.shares_prefix,
         }

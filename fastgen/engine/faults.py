@@ -44,6 +44,19 @@ def _release_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def call_rows(
+    denoise: Denoise, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None, start: int, end: int
+) -> torch.Tensor:
+    """The denoiser on rows start:end of a batch. With `rows` (row -> distinct input), only the
+    distinct inputs those rows use are passed on, re-indexed."""
+    if rows is None:
+        return denoise(x_t[start:end], t[start:end], cond[start:end])
+    if start == 0 and end == cond.shape[0]:
+        return denoise(x_t, t, cond, rows)
+    used, local = torch.unique(rows[start:end], return_inverse=True)
+    return denoise(x_t[used], t[used], cond[start:end], local)
+
+
 class DenoiseGuard:
     """Runs denoiser calls through out-of-memory splitting; holds the lazy fp32 fallback.
 
@@ -80,16 +93,18 @@ class DenoiseGuard:
             log.info("built the fp32 fallback denoiser")
         return self._fp32
 
-    def __call__(self, denoise: Denoise, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """denoise(x_t, t, cond), in chunks small enough to fit in memory."""
-        n = x_t.shape[0]
+    def __call__(
+        self, denoise: Denoise, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """denoise(x_t, t, cond[, rows]), in chunks of rows small enough to fit in memory."""
+        n = cond.shape[0]
         size = min(n, self.max_rows.get(x_t.dtype, n))
         outputs: list[torch.Tensor] = []
         start = 0
         while start < n:
             end = min(n, start + size)
             try:
-                outputs.append(denoise(x_t[start:end], t[start:end], cond[start:end]))
+                outputs.append(call_rows(denoise, x_t, t, cond, rows, start, end))
                 start = end
                 continue
             except torch.OutOfMemoryError as error:

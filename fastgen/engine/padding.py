@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from fastgen.engine.faults import call_rows
+
 Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -23,14 +25,22 @@ class FixedBatch:
         self.denoise = denoise
         self.batch_size = batch_size
 
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        n, size = x_t.shape[0], self.batch_size
+    @property
+    def shares_prefix(self) -> bool:
+        return bool(getattr(self.denoise, "shares_prefix", False))
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        # With `rows`, the fixed shape is that of the per-row part (cond, rows); the distinct
+        # inputs x_t, t stay as they are.
+        n, size = cond.shape[0], self.batch_size
         if n == size:
-            return self.denoise(x_t, t, cond)
+            return self.denoise(x_t, t, cond) if rows is None else self.denoise(x_t, t, cond, rows)
         if n > size:
-            return torch.cat([self(x_t[i : i + size], t[i : i + size], cond[i : i + size]) for i in range(0, n, size)])
+            return torch.cat([call_rows(self, x_t, t, cond, rows, i, min(n, i + size)) for i in range(0, n, size)])
         pad = lambda v: torch.cat([v, v[-1:].expand(size - n, *v.shape[1:])])  # noqa: E731
-        return self.denoise(pad(x_t), pad(t), pad(cond))[:n]
+        if rows is None:
+            return self.denoise(pad(x_t), pad(t), pad(cond))[:n]
+        return self.denoise(x_t, t, pad(cond), pad(rows))[:n]
 
 
 def fixed_batch_if_wanted(denoise: Denoise, batch_size: int) -> Denoise:

@@ -70,6 +70,12 @@ class _BatchInputs:
     slot: torch.Tensor
     sample: torch.Tensor
     cond: torch.Tensor
+    # Each distinct (image, sample) pair once, and every row's index into them: a denoiser that
+    # shares its class-independent prefix runs that prefix once per distinct pair.
+    distinct_slot: torch.Tensor
+    distinct_sample: torch.Tensor
+    distinct_timesteps: torch.Tensor  # CPU
+    rows: torch.Tensor
 
 
 class Engine:
@@ -152,18 +158,33 @@ class Engine:
         abar = self.alphas_cumprod[timesteps]
         slot, sample = batch.slot.to(self.device), batch.sample.to(self.device)
         cond = self.conditions[batch.prompt.to(self.conditions.device)]
-        return _BatchInputs(timesteps, abar, eps_bank, slot, sample, cond)
+        distinct, rows = torch.unique(batch.slot * n_needed + batch.sample, return_inverse=True)
+        distinct_slot, distinct_sample = distinct // n_needed, distinct % n_needed
+        return _BatchInputs(
+            timesteps, abar, eps_bank, slot, sample, cond, distinct_slot.to(self.device),
+            distinct_sample.to(self.device), self.plan.timesteps(n_needed)[distinct_sample], rows.to(self.device),
+        )  # fmt: skip
 
     def _batch_errors(self, inputs: _BatchInputs, denoise: Denoise, dtype: torch.dtype) -> torch.Tensor:
         """Per-row errors [R] (fp32, CPU) of one denoiser pass over the batch at `dtype`."""
         abar = inputs.abar
         to_dev = lambda v: v.float().to(self.device)  # noqa: E731
-        x_t = ops.noised_batch(
-            self._x0_bank, inputs.eps_bank, inputs.slot, inputs.sample, to_dev(abar.sqrt()),
-            to_dev((1 - abar).sqrt()), dtype,
-        )  # fmt: skip
         cond = inputs.cond.to(dtype) if torch.is_floating_point(inputs.cond) else inputs.cond
-        prediction = self.guard(denoise, x_t, inputs.timesteps.to(self.device), cond)
+        if getattr(denoise, "shares_prefix", False):
+            # Noise each distinct (image, sample) pair once; the denoiser gathers per row.
+            timesteps = inputs.distinct_timesteps
+            distinct_abar = self.alphas_cumprod[timesteps]
+            x_t = ops.noised_batch(
+                self._x0_bank, inputs.eps_bank, inputs.distinct_slot, inputs.distinct_sample,
+                to_dev(distinct_abar.sqrt()), to_dev((1 - distinct_abar).sqrt()), dtype,
+            )  # fmt: skip
+            prediction = self.guard(denoise, x_t, timesteps.to(self.device), cond, rows=inputs.rows)
+        else:
+            x_t = ops.noised_batch(
+                self._x0_bank, inputs.eps_bank, inputs.slot, inputs.sample, to_dev(abar.sqrt()),
+                to_dev((1 - abar).sqrt()), dtype,
+            )  # fmt: skip
+            prediction = self.guard(denoise, x_t, inputs.timesteps.to(self.device), cond)
         a, b = target_coefficients(self.prediction_type, abar)
         weight = self.plan.weight(inputs.timesteps)
         return ops.prediction_errors(

@@ -79,18 +79,25 @@ class IOSpec:
         to = lambda v, s: v.to(device=device, dtype=s.torch_dtype(dtype))  # noqa: E731
         return to(x_t, x_spec), t.to(device), to(cond, c_spec)
 
-    def check(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> int:
-        """The batch size, after checking every input against the spec."""
+    def check(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None) -> int:
+        """The batch size, after checking every input against the spec. With `rows` (row ->
+        index into x_t and t), cond has one entry per row and x_t, t one per distinct input."""
         batch = x_t.shape[0] if x_t.dim() > 0 else -1
-        for spec, value in zip(self.inputs, (x_t, t, cond)):
-            if tuple(value.shape) != spec.full_shape(batch):
+        out_rows = batch
+        if rows is not None:
+            out_rows = rows.shape[0] if rows.dim() == 1 else -1
+            if rows.dim() != 1 or rows.is_floating_point() or (rows.numel() and not 0 <= int(rows.min()) <= int(rows.max()) < batch):
+                raise ValueError(f"denoiser input 'rows' must be a 1-d integer tensor of indices below {batch} (the rows of x_t)")
+        for spec, value, n in zip(self.inputs, (x_t, t, cond), (batch, batch, out_rows)):
+            if tuple(value.shape) != spec.full_shape(n):
                 raise ValueError(
                     f"denoiser input {spec.name!r} has shape {tuple(value.shape)}, expected "
-                    f"{spec.full_shape(batch)} (batch {batch} from x_t) for a {self.family} model"
+                    f"{spec.full_shape(n)} (batch {n} from {'rows' if n is out_rows and rows is not None else 'x_t'}) "
+                    f"for a {self.family} model"
                 )
             if spec.dtype == "int64" and value.is_floating_point():
                 raise ValueError(f"denoiser input {spec.name!r} must hold integers, got {value.dtype}")
-        return batch
+        return out_rows
 
     def as_dict(self) -> dict:
         return asdict(self)

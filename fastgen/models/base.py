@@ -69,13 +69,32 @@ def scheduler_facts(scheduler: Any) -> tuple[torch.Tensor, str]:
 
 
 class TextDenoiser(nn.Module):
-    """UNet2DConditionModel conditioned on prompt embeddings."""
+    """UNet2DConditionModel conditioned on prompt embeddings.
+
+    With `rows`, x_t and t hold each distinct noised input once and output row r is the UNet on
+    (x_t[rows[r]], t[rows[r]], cond[r]); the class-independent prefix then runs once per distinct
+    input (`fastgen.models.unet_prefix`). `shares_prefix` says whether this model has one.
+    """
 
     def __init__(self, unet: nn.Module):
         super().__init__()
         self.unet = unet
+        from fastgen.models.unet_prefix import UNetSplit, split_block_index
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        # A plain attribute, not a submodule: it only holds the UNet already registered above.
+        self.__dict__["split"] = UNetSplit(unet) if split_block_index(unet) is not None else None
+
+    @property
+    def shares_prefix(self) -> bool:
+        return self.split is not None
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if rows is not None:
+            if self.split is not None:
+                return self.split(x_t, t, cond, rows)
+            x_t, t = x_t[rows], t[rows]
         return self.unet(x_t, t, encoder_hidden_states=cond, return_dict=False)[0]
 
 
