@@ -7,7 +7,8 @@ errors move within bf16 tolerance; `fastgen bench` reports the agreement that re
 
 CPU: bf16 when oneDNN has native bf16 kernels (AVX512-BF16 / AMX), `torch.compile` with frozen
 weights, explicit-matmul attention (small attention is faster that way on CPU), channels-last
-memory, and one worker thread per core, each on its own chunk of a 512-row batch.
+memory, and one single-threaded worker process per core, each on its own chunk of a 512-row
+batch.
 CUDA: bf16, `torch.compile` with CUDA graphs, SDPA attention with fused projections,
 channels-last memory.
 """
@@ -24,11 +25,12 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def fastest_settings(device: torch.device | str, *, threads: int | None = None) -> dict[str, Any]:
+def fastest_settings(device: torch.device | str, *, processes: int | None = None) -> dict[str, Any]:
     """Keyword arguments for `DiffusionClassifier.from_pretrained` on `device`.
 
-    `threads` (CPU only) is the number of chunk worker threads; the default is the number of
-    threads torch uses, which is the number of cores it may run on.
+    `processes` (CPU only) is the number of chunk worker processes; the default is the number
+    of threads torch uses, which is the number of cores it may run on. A script that uses them
+    creates the classifier under `if __name__ == "__main__":` (they are spawned).
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -41,7 +43,7 @@ def fastest_settings(device: torch.device | str, *, threads: int | None = None) 
         "compile": True,
         "attention": "math",
         "channels_last": True,
-        "threads": threads or torch.get_num_threads(),
+        "processes": processes or torch.get_num_threads(),
     }
     dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     return {"dtype": dtype, "batch_size": 512, "backend": "torch", "backend_options": options}

@@ -86,15 +86,56 @@ def test_chunk_threads_match_and_run_on_worker_threads(model_dirs, eager_results
         small_classifier(model_dirs[kind], kind, backend="torch", backend_options={"threads": 0})
 
 
+@pytest.fixture(scope="module")
+def process_classifiers(model_dirs):
+    """One classifier per kind with processes=2 (spawned workers are slow to start: shared)."""
+    made = {}
+    for kind in ("pixel-text", "label-unet"):
+        made[kind] = small_classifier(model_dirs[kind], kind, backend="torch", backend_options={"processes": 2})
+    yield made
+    for clf in made.values():
+        clf.denoise.close()
+
+
+@pytest.mark.parametrize("kind", ["pixel-text", "label-unet"])
+def test_worker_processes_match_eager(process_classifiers, eager_results, kind):
+    """processes=2: chunks on two spawned workers; the text model's workers also run the shared
+    prefix on their own range of distinct inputs."""
+    images, eager = eager_results
+    clf = process_classifiers[kind]
+    assert clf.denoise.shares_prefix == (kind == "pixel-text")
+    _assert_matches_eager(clf.classify(images), eager[kind])
+    # a second run reuses the grown shared-memory buffers and gives the same errors
+    np.testing.assert_array_equal(errors_of(clf.classify(images)), errors_of(clf.classify(images)))
+
+
+def test_a_dead_worker_process_is_named_not_waited_on(model_dirs, eager_results):
+    images, _ = eager_results
+    clf = small_classifier(model_dirs["label-unet"], "label-unet", backend="torch", backend_options={"processes": 2})
+    try:
+        clf.classify(images[:1])
+        worker = clf.denoise._worker_processes._processes[1]
+        worker.kill()
+        worker.join()
+        with pytest.raises(RuntimeError, match="fastgen-worker-1 stopped"):
+            clf.classify(images)
+    finally:
+        clf.denoise.close()
+    with pytest.raises(ValueError, match="pass one"):
+        small_classifier(model_dirs["dit"], "dit", backend="torch", backend_options={"processes": 2, "threads": 2})
+
+
 def test_fastest_cpu_settings_are_valid_backend_options(model_dirs, eager_results):
     """The preset `fastgen bench` uses on CPU loads and classifies (compile swapped for the
     quick aot_eager capture; the preset's dtype replaced by fp32 to compare with eager)."""
     from fastgen.presets import fastest_settings
 
     images, eager = eager_results
-    settings = fastest_settings("cpu", threads=2)
+    settings = fastest_settings("cpu", processes=2)
     assert settings["backend"] == "torch" and settings["dtype"] in (torch.bfloat16, torch.float32)
-    options = {**settings["backend_options"], "compile_backend": "aot_eager"}
+    assert settings["backend_options"]["processes"] == 2
+    # in-process chunk threads instead of worker processes, to keep the quick capture in view
+    options = {**settings["backend_options"], "compile_backend": "aot_eager", "processes": None, "threads": 2}
     torch._dynamo.reset()
     clf = small_classifier(model_dirs["pixel-text"], "pixel-text", backend="torch", backend_options=options)
     assert clf.denoise.wants_fixed_batch and clf.denoise.threads == 2

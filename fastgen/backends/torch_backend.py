@@ -153,6 +153,7 @@ class TorchBackend(Backend):
         cuda_graphs: bool = False,
         freezing: bool | None = None,
         threads: int | None = None,
+        processes: int | None = None,
         share_prefix: bool = True,
     ):
         param = next(denoiser.parameters())
@@ -161,8 +162,11 @@ class TorchBackend(Backend):
             raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, it is on {self.device}")
-        if threads is not None and (self.device.type != "cpu" or int(threads) < 1):
-            raise ValueError(f"threads={threads!r} splits batches across CPU cores: it needs a CPU model and threads >= 1")
+        for name, count in (("threads", threads), ("processes", processes)):
+            if count is not None and (self.device.type != "cpu" or int(count) < 1):
+                raise ValueError(f"{name}={count!r} splits batches across CPU cores: it needs a CPU model and {name} >= 1")
+        if threads and processes:
+            raise ValueError("threads= and processes= are two ways to split a batch across cores: pass one")
         self.module = denoiser.eval()
         self.attention, self.fuse_qkv = attention, fuse_qkv and attention == "sdpa"
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
@@ -177,7 +181,13 @@ class TorchBackend(Backend):
         # The class-independent prefix runs eagerly, once per distinct input (a few rows per
         # batch); only the per-row suffix is compiled, captured or split across threads.
         self.shares_prefix = bool(share_prefix and getattr(self.module, "shares_prefix", False))
+        self.processes = int(processes) if processes else None
         self._prepare()
+        self._worker_processes = None
+        if self.processes:
+            from fastgen.backends.worker_processes import WorkerProcesses
+
+            self._worker_processes = WorkerProcesses(self.processes, self.module, compile_kwargs=self._compile_kwargs)
         self.wants_fixed_batch = compile or cuda_graphs
         self._graphs: dict[tuple, _CapturedGraph] = {}
         self._pool = torch.cuda.graph_pool_handle() if cuda_graphs and not compile else None
@@ -207,6 +217,7 @@ class TorchBackend(Backend):
             self.module.to(memory_format=torch.channels_last)
         self._forward = self.module
         self._suffix = self.module.split.suffix if self.shares_prefix else None
+        self._compile_kwargs = None
         if self.compile:
             mode, options = self.compile_mode, None
             if self.freezing and self.compile_backend == "inductor":
@@ -214,12 +225,10 @@ class TorchBackend(Backend):
                 from torch._inductor import list_mode_options
 
                 options, mode = {**(list_mode_options(mode) if mode else {}), "freezing": True}, None
-            compile_one = lambda fn: torch.compile(  # noqa: E731
-                fn, mode=mode, backend=self.compile_backend, dynamic=False, options=options
-            )
-            self._forward = compile_one(self.module)
+            self._compile_kwargs = {"mode": mode, "backend": self.compile_backend, "dynamic": False, "options": options}
+            self._forward = torch.compile(self.module, **self._compile_kwargs)
             if self.shares_prefix:
-                self._suffix = compile_one(self.module.split.suffix)
+                self._suffix = torch.compile(self.module.split.suffix, **self._compile_kwargs)
 
     @torch.inference_mode()
     def _run(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -228,6 +237,9 @@ class TorchBackend(Backend):
             cond = cond.to(self.dtype)
         if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
+        if self._worker_processes is not None:
+            workers = self._worker_processes
+            return workers.forward(x_t, t, cond) if rows is None else workers.shared(x_t, t, cond, rows)
         if rows is None:
             forward, inputs = self._forward, (x_t, t, cond)
         else:
@@ -248,6 +260,11 @@ class TorchBackend(Backend):
             graph = self._graphs[key] = _CapturedGraph(forward, inputs, self._pool)
         return graph(*inputs)
 
+    def close(self) -> None:
+        """Stops the worker processes, if any (they also stop when the backend is collected)."""
+        if self._worker_processes is not None:
+            self._worker_processes.close()
+
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),
@@ -260,5 +277,6 @@ class TorchBackend(Backend):
             "cuda_graphs": self.cuda_graphs,
             "freezing": self.freezing if self.compile else None,
             "threads": self.threads,
+            "processes": self.processes,
             "shares_prefix": self.shares_prefix,
         }

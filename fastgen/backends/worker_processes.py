@@ -1,0 +1,193 @@
+"""Chunks of a batch on worker processes, one CPU core each.
+
+The torch backend's `threads` option runs chunks on threads of this process, and every kernel
+launch of a compiled graph takes the GIL back: two threads lose about a seventh of the
+throughput two independent processes get on the same two cores (`bench/README.md`).
+`processes=N` sends each chunk to one of N processes instead.
+
+Each worker gets the prepared module once, at start (its weights travel through shared
+memory), and builds the callables it serves, compiled when the backend compiles. After that a
+call moves only tensors, through shared-memory buffers that are allocated once and grown when
+a larger chunk comes: the parent copies a chunk's inputs in, the worker writes its output back.
+
+With a shared prefix (`rows`), the rows are visited in order of their distinct input, so every
+worker needs one contiguous range of distinct inputs: it runs the prefix on that range itself,
+gathers per row and runs the suffix. Only the distinct inputs travel, not the gathered state.
+
+Workers are started with `spawn` (a forked copy of a process that has run torch kernels can
+deadlock on their thread pools); so, as for any `multiprocessing` code, a script that uses
+`processes=` must create the classifier under `if __name__ == "__main__":`. Workers stop when
+the backend is closed or collected.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# How long to wait for a worker's answer before checking that every worker is still alive.
+_POLL_SECONDS = 1.0
+
+
+class _SharedBuffers:
+    """Named shared-memory byte buffers; `put` copies a tensor in, growing its buffer (and
+    returning the new one, to be sent to the other side) when it is too small."""
+
+    def __init__(self):
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def put(self, name: str, value: torch.Tensor) -> tuple[str, torch.dtype, tuple[int, ...], torch.Tensor | None]:
+        value = value.contiguous()
+        nbytes = value.numel() * value.element_size()
+        grown = None
+        if name not in self.buffers or self.buffers[name].numel() < nbytes:
+            grown = self.buffers[name] = torch.empty(max(nbytes, 1), dtype=torch.uint8).share_memory_()
+        self.view(name, value.dtype, tuple(value.shape)).copy_(value)
+        return name, value.dtype, tuple(value.shape), grown
+
+    def take(self, name: str, dtype: torch.dtype, shape: tuple[int, ...], grown: torch.Tensor | None) -> torch.Tensor:
+        if grown is not None:
+            self.buffers[name] = grown
+        return self.view(name, dtype, shape)
+
+    def view(self, name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        count = 1
+        for side in shape:
+            count *= side
+        nbytes = count * torch.empty((), dtype=dtype).element_size()
+        return self.buffers[name][:nbytes].view(dtype).view(shape)
+
+
+def _entries(module: nn.Module, compile_kwargs: dict[str, Any] | None) -> dict[str, Callable]:
+    """What a worker serves: the whole denoiser, and prefix + gather + suffix when the module
+    splits off a shared prefix."""
+    forward: Callable = module
+    split = module.split if getattr(module, "shares_prefix", False) else None
+    if compile_kwargs is not None:
+        forward = torch.compile(module, **compile_kwargs)
+    entries = {"forward": forward}
+    if split is not None:
+        prefix, suffix = split.prefix, split.suffix
+        if compile_kwargs is not None:
+            suffix = torch.compile(suffix, **compile_kwargs)
+            # the number of distinct inputs changes from call to call: a symbolic size
+            prefix = torch.compile(prefix, **{**compile_kwargs, "dynamic": True})
+
+        def shared(x_t, t, cond, rows):
+            return suffix(cond, *prefix(x_t, t).take(rows).flat())
+
+        entries["shared"] = shared
+    return entries
+
+
+def _serve(index: int, module: nn.Module, compile_kwargs: dict[str, Any] | None, requests, responses) -> None:
+    torch.set_num_threads(1)
+    entries = _entries(module.eval(), compile_kwargs)
+    inputs, outputs = _SharedBuffers(), _SharedBuffers()
+    while True:
+        request = requests.get()
+        if request is None:
+            return
+        call, entry, described = request
+        try:
+            values = [inputs.take(*d) for d in described]
+            with torch.inference_mode():
+                output = entries[entry](*values)
+            responses.put((call, index, outputs.put("out", output)))
+        except Exception as error:  # sent back and raised by the caller
+            responses.put((call, index, RuntimeError(f"worker process {index}: {type(error).__name__}: {error}")))
+
+
+class WorkerProcesses:
+    """N single-threaded worker processes, each serving `module` on chunks of a batch."""
+
+    def __init__(self, n: int, module: nn.Module, *, compile_kwargs: dict[str, Any] | None = None):
+        context = mp.get_context("spawn")
+        self.n = n
+        self._responses = context.Queue()
+        self._requests = [context.Queue() for _ in range(n)]
+        self._processes = [
+            context.Process(
+                target=_serve, args=(i, module, compile_kwargs, self._requests[i], self._responses),
+                name=f"fastgen-worker-{i}", daemon=True,
+            )
+            for i in range(n)
+        ]  # fmt: skip
+        for process in self._processes:
+            process.start()
+        self._inputs = [_SharedBuffers() for _ in range(n)]
+        self._outputs = [_SharedBuffers() for _ in range(n)]
+        self._calls = itertools.count()
+        self._finalizer = weakref.finalize(self, _stop, self._requests, self._processes)
+
+    def _bounds(self, rows: int) -> list[tuple[int, int]]:
+        size = -(-rows // self.n)
+        return [(i, min(rows, i + size)) for i in range(0, rows, size)]
+
+    def _call(self, entry: str, chunks: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+        call = next(self._calls)
+        for worker, chunk in enumerate(chunks):
+            described = [self._inputs[worker].put(f"in{i}", v) for i, v in enumerate(chunk)]
+            self._requests[worker].put((call, entry, described))
+        outputs: dict[int, torch.Tensor] = {}
+        while len(outputs) < len(chunks):
+            try:
+                answer_call, worker, answer = self._responses.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                dead = [p.name for p in self._processes if not p.is_alive()]
+                if dead:
+                    codes = [p.exitcode for p in self._processes]
+                    raise RuntimeError(
+                        f"{', '.join(dead)} stopped (exit codes {codes}); the batch cannot finish. Rerun, "
+                        "or split batches with threads= instead of processes="
+                    ) from None
+                continue
+            if answer_call != call:
+                continue  # a late answer to a call that already failed
+            if isinstance(answer, Exception):
+                raise answer
+            outputs[worker] = self._outputs[worker].take(*answer).clone()
+        return [outputs[i] for i in range(len(chunks))]
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The whole denoiser on equal row chunks, one per worker."""
+        chunks = [(x_t[a:b], t[a:b], cond[a:b]) for a, b in self._bounds(x_t.shape[0])]
+        return torch.cat(self._call("forward", chunks))
+
+    def shared(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Output row r = the denoiser on (x_t[rows[r]], t[rows[r]], cond[r]); each worker runs
+        the prefix on its own contiguous range of distinct inputs."""
+        order = torch.argsort(rows, stable=True)
+        sorted_rows = rows[order]
+        chunks = []
+        for a, b in self._bounds(rows.shape[0]):
+            low, high = int(sorted_rows[a]), int(sorted_rows[b - 1]) + 1
+            # One distinct input would be a size the compiled prefix specialises on (a second
+            # compile): send it twice.
+            span = [low, low] if high - low == 1 else slice(low, high)
+            chunks.append((x_t[span], t[span], cond[order[a:b]], sorted_rows[a:b] - low))
+        out = torch.cat(self._call("shared", chunks))
+        return torch.empty_like(out).index_copy_(0, order, out)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _stop(requests, processes) -> None:
+    for request_queue, process in zip(requests, processes):
+        if process.is_alive():
+            request_queue.put(None)
+    for process in processes:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.terminate()
