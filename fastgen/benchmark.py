@@ -79,31 +79,46 @@ class RunStats:
 
 
 # -- memory ------------------------------------------------------------------------------------
-def reset_peak_memory(device: torch.device) -> None:
+def reset_peak_memory(device: torch.device, pids: tuple[int, ...] = ()) -> None:
+    """Start a new peak: CUDA's allocator statistics, or the resident-set high-water mark of
+    this process and of `pids` (worker processes) on CPU."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    else:
-        try:  # Linux: writing 5 resets the process's peak resident set size (VmHWM)
-            with open("/proc/self/clear_refs", "w") as handle:
+        return
+    for pid in ("self", *pids):
+        try:  # Linux: writing 5 resets a process's peak resident set size (VmHWM)
+            with open(f"/proc/{pid}/clear_refs", "w") as handle:
                 handle.write("5")
         except OSError:
             pass
 
 
-def peak_memory(device: torch.device) -> int:
-    """Peak device memory on GPU; peak resident memory of the process on CPU (bytes)."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
+def _resident_peak(pid: int | str) -> int | None:
     try:
-        with open("/proc/self/status") as handle:
+        with open(f"/proc/{pid}/status") as handle:
             for line in handle:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024
     except OSError:
-        pass
-    import resource
+        return None
+    return None
 
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+def peak_memory(device: torch.device, pids: tuple[int, ...] = ()) -> int:
+    """Peak device memory on GPU; on CPU the peak resident memory of this process plus that of
+    each of `pids` (the backend's worker processes), in bytes."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    own = _resident_peak("self")
+    if own is None:
+        import resource
+
+        own = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    return own + sum(_resident_peak(pid) or 0 for pid in pids)
+
+
+def worker_pids(denoise) -> tuple[int, ...]:
+    return tuple(getattr(denoise, "worker_pids", ()) or ())
 
 
 # -- (a) the reference-style loop ---------------------------------------------------------------
@@ -155,7 +170,7 @@ def engine_run(clf: DiffusionClassifier, pixels: list[torch.Tensor]) -> RunStats
     timed = TimedDenoise(original, device)
     clf.denoise = timed
     try:
-        reset_peak_memory(device)
+        reset_peak_memory(device, worker_pids(original))
         synchronize(device)
         start = time.perf_counter()
         results = clf.classify(pixels)
@@ -165,7 +180,8 @@ def engine_run(clf: DiffusionClassifier, pixels: list[torch.Tensor]) -> RunStats
         clf.denoise = original
     predictions = [r.prediction_index for r in results]
     evals = sum(r.unet_evals for r in results)
-    return RunStats(predictions, seconds, evals, timed.seconds, peak_memory(device), {"batches": timed.calls})
+    memory = peak_memory(device, worker_pids(original))
+    return RunStats(predictions, seconds, evals, timed.seconds, memory, {"batches": timed.calls})
 
 
 # -- the hardware limit -------------------------------------------------------------------------

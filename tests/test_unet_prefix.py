@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-
 from helpers import errors_of, small_classifier
+
 from fastgen.models.base import TextDenoiser
 from fastgen.models.unet_prefix import UNetSplit, split_block_index
 

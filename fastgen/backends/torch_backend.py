@@ -260,6 +260,13 @@ class TorchBackend(Backend):
             graph = self._graphs[key] = _CapturedGraph(forward, inputs, self._pool)
         return graph(*inputs)
 
+    @property
+    def worker_pids(self) -> tuple[int, ...]:
+        """Process ids of the worker processes (empty without `processes`)."""
+        if self._worker_processes is None:
+            return ()
+        return self._worker_processes.pids
+
     def close(self) -> None:
         """Stops the worker processes, if any (they also stop when the backend is collected)."""
         if self._worker_processes is not None:

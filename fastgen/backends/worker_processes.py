@@ -130,6 +130,10 @@ class WorkerProcesses:
         self._calls = itertools.count()
         self._finalizer = weakref.finalize(self, _stop, self._requests, self._processes)
 
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return tuple(p.pid for p in self._processes if p.pid is not None)
+
     def _bounds(self, rows: int) -> list[tuple[int, int]]:
         size = -(-rows // self.n)
         return [(i, min(rows, i + size)) for i in range(0, rows, size)]

@@ -29,7 +29,7 @@ class PrefixState:
     emb: torch.Tensor
     skips: tuple[torch.Tensor, ...]
 
-    def take(self, rows: torch.Tensor) -> "PrefixState":
+    def take(self, rows: torch.Tensor) -> PrefixState:
         """One row per entry of `rows` (indices into this state's rows)."""
         return PrefixState(self.hidden[rows], self.emb[rows], tuple(s[rows] for s in self.skips))
 
