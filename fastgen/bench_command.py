@@ -44,11 +44,11 @@ def _option_value(text: str):
     return json.loads(text) if text[:1] in "0123456789[{tfn" else text
 
 
-def engine_settings(args: argparse.Namespace, device: torch.device) -> dict:
+def engine_settings(args: argparse.Namespace, device: torch.device, x0_shape: tuple[int, ...]) -> dict:
     """`from_pretrained` arguments for (b): the device's fastest settings unless `--backend`
     names one; `--engine-dtype`, `--batch-size` and `--backend-option` override either."""
     if args.backend in (None, "fastest"):
-        settings = fastest_settings(device)
+        settings = fastest_settings(device, x0_shape=x0_shape)
     elif args.backend == "eager":
         settings = {"dtype": parse_dtype(args.dtype), "batch_size": 256, "backend": None, "backend_options": {}}
     else:
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> dict:
 
         model = str(make_sd2_base_sized(args.sd2_random))
     clf = _classifier(args, model, batch_size=32)
-    engine = engine_settings(args, clf.adapter.device)
+    engine = engine_settings(args, clf.adapter.device, clf.adapter.x0_shape)
     engine_clf = _classifier(args, model, **engine)
     pixels, _ = _images(args.model, clf, args.n_images, args.seed)
     report = {

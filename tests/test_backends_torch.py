@@ -134,6 +134,9 @@ def test_fastest_cpu_settings_are_valid_backend_options(model_dirs, eager_result
     settings = fastest_settings("cpu", processes=2)
     assert settings["backend"] == "torch" and settings["dtype"] in (torch.bfloat16, torch.float32)
     assert settings["backend_options"]["processes"] == 2
+    # small models take large CPU batches; a latent-resolution UNet gets a modest one
+    assert fastest_settings("cpu", x0_shape=(1, 8, 8))["batch_size"] == 2048
+    assert fastest_settings("cpu", x0_shape=(4, 64, 64))["batch_size"] == settings["batch_size"] == 256
     # in-process chunk threads instead of worker processes, to keep the quick capture in view
     options = {**settings["backend_options"], "compile_backend": "aot_eager", "processes": None, "threads": 2}
     torch._dynamo.reset()
