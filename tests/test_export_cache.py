@@ -105,6 +105,34 @@ def test_a_build_killed_before_publishing_is_never_loaded(model_dirs, tmp_path):
     assert cache.lookup(key) is None and cache.find_engine(key, 8) is None
 
 
+def test_the_next_build_removes_leftovers_of_dead_processes_once_stale(model_dirs, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from fastgen.export.cache import STALE_SECONDS
+
+    cache, key = ExportCache(tmp_path), _fake_key(model_dirs, (1, 8, 8))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, name = int(gone.stdout), cache.folder(key).name
+    old = time.time() - STALE_SECONDS - 60
+    folders = {
+        "dead and stale": (dead_pid, old),
+        "dead but recent": (dead_pid, time.time()),  # maybe a live build on another machine
+        "alive and stale": (os.getpid(), old),
+    }
+    for label, (pid, mtime) in folders.items():
+        path = cache.folder(key).parent / f".tmp-{name}.{pid}.{label.replace(' ', '')}"
+        path.mkdir(parents=True)
+        (path / "model.plan").write_bytes(b"\x00" * 10)
+        os.utime(path, (mtime, mtime))
+    cache.build(key, lambda folder: (folder / "model.plan").write_bytes(b"\x01") and None)
+    left = sorted(p.name.rsplit(".", 1)[1] for p in cache.folder(key).parent.glob(".tmp-*"))
+    assert left == ["aliveandstale", "deadbutrecent"]
+    assert cache.lookup(key) == cache.folder(key)
+
+
 def test_find_engine_reuses_any_profile_that_covers_the_batch(model_dirs, tmp_path):
     cache = ExportCache(tmp_path)
     wide = cache.build(_fake_key(model_dirs, (1, 32, 64)), lambda f: None)

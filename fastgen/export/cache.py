@@ -8,7 +8,9 @@ library versions. Each export is a folder `<root>/<model>/<format>-<dtype>-...-<
 
 Builds write into a temporary sibling folder and rename it into place only once complete, so a
 crash or a kill mid-build leaves a `.tmp-*` folder that is never loaded, never a half engine
-under the final name.
+under the final name. The next build in the same model folder removes such leftovers once their
+process is gone and they have not changed for `STALE_SECONDS`; both, because a cache on a
+shared disk may hold the folder of a live build on another machine.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "FASTGEN_CACHE"
 META = "meta.json"
 TMP_PREFIX = ".tmp-"
+STALE_SECONDS = 6 * 3600
 
 
 def default_cache_dir() -> Path:
@@ -190,6 +193,7 @@ class ExportCache:
         """
         final = self.folder(key)
         final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_builds(final.parent)
         tmp = final.parent / f"{TMP_PREFIX}{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
@@ -207,6 +211,36 @@ class ExportCache:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return final
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_builds(folder: Path, *, now: float | None = None) -> list[Path]:
+    """Remove `.tmp-*` build folders in `folder` left by processes that are gone, once they
+    have been untouched for STALE_SECONDS; returns what was removed."""
+    now = time.time() if now is None else now
+    removed = []
+    for tmp in folder.glob(f"{TMP_PREFIX}*"):
+        parts = tmp.name.rsplit(".", 2)  # .tmp-<name>.<pid>.<random>
+        if len(parts) != 3 or not parts[1].isdigit() or not tmp.is_dir():
+            continue
+        try:
+            idle = now - tmp.stat().st_mtime
+        except OSError:
+            continue
+        if idle >= STALE_SECONDS and not _process_alive(int(parts[1])):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+            log.info("removed %s, a build left by a process that is gone", tmp)
+    return removed
 
 
 def _read_meta(folder: Path) -> dict[str, Any] | None:
