@@ -219,6 +219,7 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, *, seconds: float = 1.
 def latency(clf: DiffusionClassifier, pixels: list[torch.Tensor]) -> dict:
     """Images arriving one at a time: seconds per image percentiles."""
     device, times = clf.adapter.device, []
+    reset_peak_memory(device, worker_pids(clf.denoise))
     for image in pixels:
         synchronize(device)
         start = time.perf_counter()
@@ -226,7 +227,10 @@ def latency(clf: DiffusionClassifier, pixels: list[torch.Tensor]) -> dict:
         synchronize(device)
         times.append(time.perf_counter() - start)
     p50, p90, p99 = np.percentile(times, [50, 90, 99])
-    return {"p50_s": float(p50), "p90_s": float(p90), "p99_s": float(p99), "images": len(times)}
+    return {
+        "p50_s": float(p50), "p90_s": float(p90), "p99_s": float(p99), "images": len(times),
+        "peak_memory_bytes": peak_memory(device, worker_pids(clf.denoise)),
+    }  # fmt: skip
 
 
 def environment(device: torch.device) -> dict:
@@ -284,9 +288,12 @@ def policy_table(make_clf: Callable[..., DiffusionClassifier], pixels: list[torc
     rows, reference = [], None
     for name, (policy, options) in policies.items():
         clf = make_clf(policy=policy, policy_options=options)
+        device = clf.adapter.device
+        reset_peak_memory(device, worker_pids(clf.denoise))
         start = time.perf_counter()
         results = clf.classify(pixels)
         seconds = time.perf_counter() - start
+        memory = peak_memory(device, worker_pids(clf.denoise))
         predictions = [r.prediction_index for r in results]
         reference = predictions if reference is None else reference
         rows.append({
@@ -295,5 +302,6 @@ def policy_table(make_clf: Callable[..., DiffusionClassifier], pixels: list[torc
             "unet_evals_per_image": float(np.mean([r.unet_evals for r in results])),
             "agreement_with_exhaustive": float(np.mean([a == b for a, b in zip(predictions, reference)])),
             "images_per_s": len(pixels) / seconds,
+            "peak_memory_bytes": memory,
         })  # fmt: skip
     return rows
