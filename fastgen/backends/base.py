@@ -2,8 +2,9 @@
 
 A backend is called exactly like `adapter.denoiser`:
 `backend(x_t [B,C,H,W], t [B] int64, cond [B,...]) -> prediction [B,C,H,W]` on the adapter's
-device, or with `rows` [B] when x_t and t hold each distinct noised input once. `__call__` checks the inputs against the model's I/O spec once per call and splits calls
-larger than what the backend was built for; subclasses implement `_run` only.
+device, or with `rows` [B] when x_t and t hold each distinct noised input once. `__call__`
+checks the inputs against the model's I/O spec once per call and splits calls larger than what
+the backend was built for; subclasses implement `_run` only.
 """
 
 from __future__ import annotations

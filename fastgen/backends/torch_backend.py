@@ -8,8 +8,9 @@ engine to pad its last batch (`wants_fixed_batch`): a recompile or a new graph c
 more than a few padded rows.
 
 On CPU, `threads=N` splits every batch into N equal chunks run side by side on N worker threads
-with one intra-op thread each. A small model's operators are too small to keep several cores
-busy from inside one operator; whole chunks on separate cores do (the operators release the GIL).
+with one intra-op thread each, and `processes=N` sends them to N worker processes instead
+(`fastgen.backends.worker_processes`: no GIL between them). A small model's operators are too
+small to keep several cores busy from inside one operator; whole chunks on separate cores do.
 
 Precision is the module's dtype, chosen when the model is loaded (`dtype=` of `from_pretrained`).
 """
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from fastgen.backends.base import Backend
+from fastgen.backends.worker_processes import chunk_bounds
 from fastgen.export.spec import IOSpec
 from fastgen.optional import require
 
@@ -115,9 +117,7 @@ class _WorkerThreads:
         self._seen_shapes: set[tuple[int, ...]] = set()
 
     def map_chunks(self, forward, *inputs: torch.Tensor) -> torch.Tensor:
-        rows = inputs[0].shape[0]
-        size = -(-rows // self.n)
-        bounds = [(i, min(rows, i + size)) for i in range(0, rows, size)]
+        bounds = chunk_bounds(inputs[0].shape[0], self.n)
 
         def run(first: int, end: int) -> torch.Tensor:
             with torch.inference_mode():
@@ -235,11 +235,11 @@ class TorchBackend(Backend):
         x_t = x_t.to(self.dtype)
         if cond.is_floating_point():
             cond = cond.to(self.dtype)
-        if self.channels_last:
-            x_t = x_t.contiguous(memory_format=torch.channels_last)
-        if self._worker_processes is not None:
+        if self._worker_processes is not None:  # they copy their chunks into shared buffers as they are
             workers = self._worker_processes
             return workers.forward(x_t, t, cond) if rows is None else workers.shared(x_t, t, cond, rows)
+        if self.channels_last:
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
         if rows is None:
             forward, inputs = self._forward, (x_t, t, cond)
         else:

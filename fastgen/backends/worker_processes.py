@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 _POLL_SECONDS = 1.0
 
 
+def chunk_bounds(rows: int, n: int) -> list[tuple[int, int]]:
+    """(first, end) of up to `n` equal consecutive chunks of `rows` rows."""
+    size = -(-rows // n)
+    return [(i, min(rows, i + size)) for i in range(0, rows, size)]
+
+
 class _SharedBuffers:
     """Named shared-memory byte buffers; `put` copies a tensor in, growing its buffer (and
     returning the new one, to be sent to the other side) when it is too small."""
@@ -134,10 +140,6 @@ class WorkerProcesses:
     def pids(self) -> tuple[int, ...]:
         return tuple(p.pid for p in self._processes if p.pid is not None)
 
-    def _bounds(self, rows: int) -> list[tuple[int, int]]:
-        size = -(-rows // self.n)
-        return [(i, min(rows, i + size)) for i in range(0, rows, size)]
-
     def _call(self, entry: str, chunks: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
         call = next(self._calls)
         for worker, chunk in enumerate(chunks):
@@ -165,7 +167,7 @@ class WorkerProcesses:
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The whole denoiser on equal row chunks, one per worker."""
-        chunks = [(x_t[a:b], t[a:b], cond[a:b]) for a, b in self._bounds(x_t.shape[0])]
+        chunks = [(x_t[a:b], t[a:b], cond[a:b]) for a, b in chunk_bounds(x_t.shape[0], self.n)]
         return torch.cat(self._call("forward", chunks))
 
     def shared(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -174,7 +176,7 @@ class WorkerProcesses:
         order = torch.argsort(rows, stable=True)
         sorted_rows = rows[order]
         chunks = []
-        for a, b in self._bounds(rows.shape[0]):
+        for a, b in chunk_bounds(rows.shape[0], self.n):
             low, high = int(sorted_rows[a]), int(sorted_rows[b - 1]) + 1
             # One distinct input would be a size the compiled prefix specialises on (a second
             # compile): send it twice.

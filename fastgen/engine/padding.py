@@ -34,7 +34,7 @@ class FixedBatch:
         # inputs x_t, t stay as they are.
         n, size = cond.shape[0], self.batch_size
         if n == size:
-            return self.denoise(x_t, t, cond) if rows is None else self.denoise(x_t, t, cond, rows)
+            return call_rows(self.denoise, x_t, t, cond, rows, 0, n)
         if n > size:
             return torch.cat([call_rows(self, x_t, t, cond, rows, i, min(n, i + size)) for i in range(0, n, size)])
         pad = lambda v: torch.cat([v, v[-1:].expand(size - n, *v.shape[1:])])  # noqa: E731
