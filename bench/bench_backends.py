@@ -39,7 +39,7 @@ from fastgen.backends.onnxruntime_backend import OnnxRuntimeBackend
 from fastgen.backends.torch_backend import TorchBackend
 from fastgen.export.cache import ExportCache
 from fastgen.export.pipeline import ensure_onnx
-from fastgen.export.spec import denoiser_spec
+from fastgen.backends.spec import denoiser_spec
 from fastgen.models.base import TextDenoiser
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -18,8 +18,8 @@ import time
 import torch
 
 from fastgen import DiffusionClassifier
-from fastgen.benchmark import environment
-from fastgen.presets import fastest_settings
+from fastgen.eval.benchmark import environment
+from fastgen.backends.presets import fastest_settings
 
 
 def rows_per_second(call, repeats: int) -> float:

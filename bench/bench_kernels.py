@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from fastgen.engine.losses import target_coefficients
+from fastgen.losses import target_coefficients
 from fastgen.kernels._triton import has_triton, triton
 from fastgen.kernels.noised_batch import launch_noised_batch, noised_batch, noised_batch_ref
 from fastgen.kernels.prediction_errors import prediction_errors, prediction_errors_ref

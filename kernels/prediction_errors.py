@@ -20,7 +20,7 @@ depend on the order rows finish.
 
 import torch
 
-from fastgen.engine.losses import LOSSES, check_loss, row_errors
+from fastgen.losses import LOSSES, check_loss, row_errors
 from fastgen.kernels._checks import as_rows, check_index, check_per_row, check_same_device
 from fastgen.kernels._triton import cdiv, constexpr, jit, next_power_of_2, register_op, require_triton, tl
 
@@ -166,7 +166,7 @@ def launch_prediction_errors(
     """Check the arguments and run the kernel(s); returns errors [R] fp32. `split` forces the
     number of parts per row (tests use it to cover both paths on small shapes)."""
     require_triton()
-    loss_code = LOSSES.index(check_loss(loss))
+    loss_code = LOSSES[check_loss(loss)].kernel_code
     device, row_shape = prediction.device, tuple(prediction.shape[1:])
     check_same_device(device, x0_bank=x0_bank, eps_bank=eps_bank)
     pred_rows = as_rows(prediction, "prediction", row_shape)

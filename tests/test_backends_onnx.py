@@ -12,9 +12,9 @@ import torch
 
 from helpers import errors_of, small_classifier
 from fastgen.backends.onnxruntime_backend import OnnxRuntimeBackend, choose_providers
-from fastgen.cli import main
+from fastgen.commands.main import main
 from fastgen.export.onnx_export import ExportParityError, export_onnx, module_bytes, verify_onnx
-from fastgen.export.spec import adapter_spec
+from fastgen.backends.spec import adapter_spec
 from fastgen.models import load_adapter
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")

@@ -12,7 +12,7 @@ import torch
 
 from helpers import errors_of, small_classifier
 from fastgen.backends.torch_backend import TorchBackend
-from fastgen.export.spec import adapter_spec
+from fastgen.backends.spec import adapter_spec
 from fastgen.optional import MissingDependency
 
 KINDS = ["latent-text", "pixel-text", "dit", "label-unet"]
@@ -128,7 +128,7 @@ def test_a_dead_worker_process_is_named_not_waited_on(model_dirs, eager_results)
 def test_fastest_cpu_settings_are_valid_backend_options(model_dirs, eager_results):
     """The preset `fastgen bench` uses on CPU loads and classifies (compile swapped for the
     quick aot_eager capture; the preset's dtype replaced by fp32 to compare with eager)."""
-    from fastgen.presets import fastest_settings
+    from fastgen.backends.presets import fastest_settings
 
     images, eager = eager_results
     settings = fastest_settings("cpu", processes=2)

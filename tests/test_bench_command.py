@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from fastgen.cli import main
+from fastgen.commands.main import main
 
 
 def test_bench_prints_the_side_by_side_report_as_its_last_line(model_dirs, capsys):

@@ -9,7 +9,7 @@ import numpy as np
 from fastgen import DiffusionClassifier
 from fastgen.builtin import BUILTIN_MODELS
 from fastgen.builtin.digits_data import CLASS_NAMES, digits_split, to_pil
-from fastgen.cli import main
+from fastgen.commands.main import main
 
 def test_builtin_digits_is_small_and_loads_offline():
     folder = BUILTIN_MODELS["digits"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastgen.cli import main
+from fastgen.commands.main import main
 
 
 @pytest.fixture
@@ -95,3 +95,32 @@ def test_module_entry_point_runs_env():
     result = subprocess.run([sys.executable, "-m", "fastgen", "env", "--json"], capture_output=True, text=True, check=True)
     info = json.loads(result.stdout.strip().splitlines()[-1])
     assert info["torch"] and info["devices"]
+
+
+BACKEND_OPTIONS = ["batch_sizes=1,32,64", "fp16=true", "exporter=torchscript", "processes=null", "threads=2", "alpha=0.5"]
+
+
+def test_bench_and_classify_parse_backend_options_identically(tmp_path):
+    """One KEY=VALUE parser serves every command: bench accepts exactly what classify does."""
+    from fastgen.commands.main import build_parser
+
+    flags = [arg for option in BACKEND_OPTIONS for arg in ("--backend-option", option)]
+    classify = build_parser("classify").parse_args(["classify", str(tmp_path), *flags])
+    bench = build_parser("bench").parse_args(["bench", *flags])
+    assert classify.backend_options == bench.backend_options
+    assert dict(bench.backend_options) == {
+        "batch_sizes": (1, 32, 64), "fp16": True, "exporter": "torchscript", "processes": None, "threads": 2, "alpha": 0.5,
+    }  # fmt: skip
+
+
+def test_cli_choices_come_from_the_registries():
+    from fastgen.backends import BACKENDS
+    from fastgen.commands.main import build_parser
+    from fastgen.engine.policies import POLICIES
+    from fastgen.losses import LOSSES
+
+    parser = build_parser("classify")
+    sub = next(a for a in parser._actions if a.dest == "command").choices["classify"]
+    choices = {a.dest: tuple(a.choices) for a in sub._actions if a.choices is not None}
+    assert choices["policy"] == tuple(POLICIES) and choices["loss"] == tuple(LOSSES)
+    assert choices["backend"] == tuple(BACKENDS)

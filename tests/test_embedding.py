@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fastgen import DiffusionClassifier
-from fastgen.embedding import IMAGENET_MEAN, IMAGENET_STD
-from fastgen.model_vs_human import (
+from fastgen.api.module import IMAGENET_MEAN, IMAGENET_STD
+from fastgen.eval.model_vs_human import (
     CATEGORIES_16,
     IMAGENET_RANGES_16,
     ModelVsHumanWrapper,

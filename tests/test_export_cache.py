@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from fastgen import DiffusionClassifier
-from fastgen.cli import main
+from fastgen.commands.main import main
 from fastgen.export.cache import ExportCache, atomic_write_bytes, weights_fingerprint
 from fastgen.export.pipeline import engine_key, onnx_key
-from fastgen.export.spec import adapter_spec
+from fastgen.backends.spec import adapter_spec
 from fastgen.models import load_adapter
 from fastgen.optional import MissingDependency
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fastgen.images import ImageError, find_images, load_pixels
+from fastgen.inputs.images import ImageError, find_images, load_pixels
 
 
 def _rgb(seed=0, size=(12, 10)):

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from fastgen.engine.losses import LOSSES, PREDICTION_TYPES, target_coefficients
+from fastgen.losses import LOSSES, PREDICTION_TYPES, target_coefficients
 from fastgen.kernels._triton import has_triton, is_interpreted
 
 pytestmark = pytest.mark.skipif(not has_triton(), reason="triton is not installed")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from fastgen.metrics import accuracy, cue_conflict_scores, error_consistency, parse_cue_conflict, shape_bias
+from fastgen.eval.metrics import accuracy, cue_conflict_scores, error_consistency, parse_cue_conflict, shape_bias
 
 
 def test_accuracy():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fastgen import fit_temperature, softmax_neg_errors
-from fastgen.result import ImageResult
+from fastgen.engine.result import ImageResult
 
 
 def test_softmax_over_negative_errors_with_pruned_classes():

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fastgen.cli import main as cli_main
+from fastgen.commands.main import main as cli_main
 from fastgen.models import ModelLoadError, load_adapter
 
 # component -> (safetensors file, the pickle file the same library would read instead)

@@ -20,8 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fastgen.cli import main as cli_main
-from fastgen.distributed import Ranks, find_parts, launched_ranks, merge_parts, part_path, shard
+from fastgen.commands.main import main as cli_main
+from fastgen.jobs.distributed import Ranks, launched_ranks, shard
+from fastgen.jobs.results_file import find_parts, merge_parts, part_path
 
 N_IMAGES = 48
 # One image's rows (3 classes x 16 samples) fill exactly one batch, so every batch holds the same
@@ -121,14 +122,14 @@ def test_shards_are_disjoint_complete_and_balanced():
 def test_merge_parts_keeps_each_record_once_and_repairs_truncation(tmp_path):
     out = tmp_path / "r.jsonl"
     out.write_text(json.dumps({"path": "/a.png", "prediction": "cat"}) + "\n")
-    part0 = part_path(out, Ranks(0, 2, 0))
+    part0 = part_path(out, 0, 2)
     part0.write_text(
         json.dumps({"path": "/a.png", "prediction": "cat"}) + "\n"
         + json.dumps({"path": "/b.png", "prediction": "dog"}) + "\n"
         + '{"path": "/c.png", "predic'  # a crash mid-line
     )  # fmt: skip
     # a part of an earlier run at another world size counts too
-    part_path(out, Ranks(2, 3, 0)).write_text(json.dumps({"path": "/d.png", "prediction": "cat"}) + "\n")
+    part_path(out, 2, 3).write_text(json.dumps({"path": "/d.png", "prediction": "cat"}) + "\n")
     assert merge_parts(out) == 2
     assert find_parts(out) == []
     records = [json.loads(line) for line in out.read_text().splitlines()]

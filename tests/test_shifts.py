@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastgen.shifts import blur, contrast, gaussian_noise, standard_shifts
+from fastgen.eval.shifts import blur, contrast, gaussian_noise, standard_shifts
 
 
 def _images():

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from fastgen.export.spec import IOSpec
+from fastgen.backends.spec import IOSpec
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fastgen.backends.base import Backend
-from fastgen.export.spec import OUTPUT_NAME, IOSpec
+from fastgen.backends.spec import OUTPUT_NAME, IOSpec
 from fastgen.optional import require
 
 log = logging.getLogger(__name__)

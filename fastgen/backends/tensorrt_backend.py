@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from fastgen.backends.base import Backend
-from fastgen.export.spec import OUTPUT_NAME, IOSpec
-from fastgen.export.tensorrt_build import import_tensorrt
+from fastgen.backends.spec import OUTPUT_NAME, IOSpec
+from fastgen.optional import require
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,10 @@ def _torch_dtype(trt: Any, trt_dtype: Any) -> torch.dtype:
         raise ValueError(f"engine tensor type {trt_dtype} is not one fastgen binds; rebuild with fastgen export")
     return table[trt_dtype]
 
+
+
+def import_tensorrt(purpose: str = "the tensorrt backend") -> Any:
+    return require("tensorrt", extra="tensorrt", purpose=purpose)
 
 class TensorRTBackend(Backend):
     """Runs a TensorRT engine (`model.plan`) built by `fastgen export --format tensorrt`."""

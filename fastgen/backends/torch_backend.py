@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from fastgen.backends.base import Backend
-from fastgen.backends.worker_processes import chunk_bounds
-from fastgen.export.spec import IOSpec
+from fastgen.backends.executors import Direct, Executor, GraphReplay, Threads
+from fastgen.backends.spec import IOSpec
 from fastgen.optional import require
 
 log = logging.getLogger(__name__)
@@ -79,61 +79,6 @@ def use_xformers(module: nn.Module) -> int:
     return len(changed)
 
 
-class _CapturedGraph:
-    """One CUDA graph of the module at one batch size, replayed with copied-in inputs."""
-
-    def __init__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], pool: Any):
-        self.inputs = tuple(v.clone() for v in inputs)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):  # lazy initialisation and cuDNN autotuning stay out of the graph
-                module(*self.inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.output = module(*self.inputs)
-
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        for buffer, value in zip(self.inputs, inputs):
-            buffer.copy_(value)
-        self.graph.replay()
-        return self.output.clone()  # the next replay overwrites the static output
-
-
-class _WorkerThreads:
-    """`n` threads, each with one intra-op thread, that run equal chunks of a batch at once.
-
-    The first call runs its chunks one after another: a compiled module compiles on its first
-    call of each shape, and two threads must not compile the same graph side by side.
-    """
-
-    def __init__(self, n: int):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.n = n
-        # torch.set_num_threads in a worker sets that thread's own OpenMP team size only.
-        self._pool = ThreadPoolExecutor(n, thread_name_prefix="fastgen-chunk", initializer=torch.set_num_threads, initargs=(1,))
-        self._seen_shapes: set[tuple[int, ...]] = set()
-
-    def map_chunks(self, forward, *inputs: torch.Tensor) -> torch.Tensor:
-        bounds = chunk_bounds(inputs[0].shape[0], self.n)
-
-        def run(first: int, end: int) -> torch.Tensor:
-            with torch.inference_mode():
-                return forward(*(v[first:end] for v in inputs))
-
-        shapes = tuple(end - first for first, end in bounds)
-        if shapes not in self._seen_shapes:
-            self._seen_shapes.add(shapes)
-            return torch.cat([self._pool.submit(run, *b).result() for b in bounds])
-        futures = [self._pool.submit(run, *b) for b in bounds]
-        return torch.cat([f.result() for f in futures])
-
-    def __del__(self):
-        self._pool.shutdown(wait=False)
-
-
 class TorchBackend(Backend):
     """`denoiser` (an adapter's module) in eager mode, compiled, and/or as CUDA graphs."""
 
@@ -177,10 +122,9 @@ class TorchBackend(Backend):
         # pre-pack them for oneDNN on CPU; the weights must then not change, as in inference.
         self.freezing = (self.device.type == "cpu") if freezing is None else freezing
         self.threads = int(threads) if threads else None
-        self._workers = _WorkerThreads(self.threads) if self.threads and self.threads > 1 else None
         # The class-independent prefix runs eagerly, once per distinct input (a few rows per
         # batch); only the per-row suffix is compiled, captured or split across threads.
-        self.shares_prefix = bool(share_prefix and getattr(self.module, "shares_prefix", False))
+        self.shares_prefix = bool(share_prefix and self.module.shares_prefix)
         self.processes = int(processes) if processes else None
         self._prepare()
         self._worker_processes = None
@@ -189,8 +133,18 @@ class TorchBackend(Backend):
 
             self._worker_processes = WorkerProcesses(self.processes, self.module, compile_kwargs=self._compile_kwargs)
         self.wants_fixed_batch = compile or cuda_graphs
-        self._graphs: dict[tuple, _CapturedGraph] = {}
-        self._pool = torch.cuda.graph_pool_handle() if cuda_graphs and not compile else None
+        self._executor = self._choose_executor()
+
+    def _choose_executor(self) -> Executor:
+        """How one prepared forward call runs: replayed from our own CUDA graphs (eager +
+        cuda_graphs), split over chunk threads, or called directly."""
+        if self.cuda_graphs and not self.compile:
+            return GraphReplay()
+        if self.threads and self.threads > 1:
+            return Threads(self.threads)
+        # Compiled with CUDA graphs, inductor owns the output buffers and the next replay
+        # overwrites them: clone before handing them on.
+        return Direct(clone_outputs=self.cuda_graphs)
 
     def _compile_mode(self, mode: str | None) -> str | None:
         if not (self.compile and self.cuda_graphs):
@@ -236,29 +190,13 @@ class TorchBackend(Backend):
         if cond.is_floating_point():
             cond = cond.to(self.dtype)
         if self._worker_processes is not None:  # they copy their chunks into shared buffers as they are
-            workers = self._worker_processes
-            return workers.forward(x_t, t, cond) if rows is None else workers.shared(x_t, t, cond, rows)
+            return self._worker_processes(x_t, t, cond, rows)
         if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         if rows is None:
-            forward, inputs = self._forward, (x_t, t, cond)
-        else:
-            state = self.module.split.prefix(x_t, t).take(rows)
-            forward, inputs = self._suffix, (cond, *state.flat())
-        if self.cuda_graphs and not self.compile:
-            return self._replay(forward, inputs)
-        if self._workers is not None:
-            return self._workers.map_chunks(forward, *inputs)
-        out = forward(*inputs)
-        return out.clone() if self.cuda_graphs else out
-
-    def _replay(self, forward, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        key = (forward is self._suffix, *(tuple(v.shape) for v in inputs))
-        graph = self._graphs.get(key)
-        if graph is None:
-            log.info("capturing a CUDA graph for batch %d", inputs[0].shape[0])
-            graph = self._graphs[key] = _CapturedGraph(forward, inputs, self._pool)
-        return graph(*inputs)
+            return self._executor(self._forward, (x_t, t, cond))
+        state = self.module.split.prefix(x_t, t).take(rows)
+        return self._executor(self._suffix, (cond, *state.flat()))
 
     @property
     def worker_pids(self) -> tuple[int, ...]:

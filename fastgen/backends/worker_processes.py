@@ -78,7 +78,7 @@ def _entries(module: nn.Module, compile_kwargs: dict[str, Any] | None) -> dict[s
     """What a worker serves: the whole denoiser, and prefix + gather + suffix when the module
     splits off a shared prefix."""
     forward: Callable = module
-    split = module.split if getattr(module, "shares_prefix", False) else None
+    split = module.split if module.shares_prefix else None
     if compile_kwargs is not None:
         forward = torch.compile(module, **compile_kwargs)
     entries = {"forward": forward}
@@ -164,6 +164,12 @@ class WorkerProcesses:
                 raise answer
             outputs[worker] = self._outputs[worker].take(*answer).clone()
         return [outputs[i] for i in range(len(chunks))]
+
+    def __call__(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`forward` for whole rows, `shared` for distinct inputs and their `rows`."""
+        return self.forward(x_t, t, cond) if rows is None else self.shared(x_t, t, cond, rows)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The whole denoiser on equal row chunks, one per worker."""

@@ -20,9 +20,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
+from fastgen.engine.denoiser import Denoiser
 
-Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+log = logging.getLogger(__name__)
 
 
 def fp32_copy(module: nn.Module) -> nn.Module:
@@ -33,7 +33,7 @@ def fp32_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module).float()
 
 
-def _default_fp32_source(denoise: Denoise) -> Callable[[], Denoise] | None:
+def _default_fp32_source(denoise: Denoiser) -> Callable[[], Denoiser] | None:
     if isinstance(denoise, nn.Module):
         return lambda: fp32_copy(denoise)
     return None
@@ -45,7 +45,7 @@ def _release_cached_memory() -> None:
 
 
 def call_rows(
-    denoise: Denoise, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None, start: int, end: int
+    denoise: Denoiser, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None, start: int, end: int
 ) -> torch.Tensor:
     """The denoiser on rows start:end of a batch. With `rows` (row -> distinct input), only the
     distinct inputs those rows use are passed on, re-indexed."""
@@ -64,14 +64,14 @@ class DenoiseGuard:
     adapter's torch module, whatever fast path `denoise` is).
     """
 
-    def __init__(self, fp32_source: Callable[[], Denoise] | None = None):
+    def __init__(self, fp32_source: Callable[[], Denoiser] | None = None):
         self._fp32_source = fp32_source
-        self._fp32: Denoise | None = None
+        self._fp32: Denoiser | None = None
         self.max_rows: dict[torch.dtype, int] = {}  # largest chunk known to fit, per input dtype
         self.oom_splits = 0
 
     @classmethod
-    def for_denoiser(cls, denoise: Denoise) -> "DenoiseGuard":
+    def for_denoiser(cls, denoise: Denoiser) -> DenoiseGuard:
         return cls(_default_fp32_source(denoise))
 
     @property
@@ -79,7 +79,7 @@ class DenoiseGuard:
         """Whether the fp32 fallback has been built (it is built only when a batch needs it)."""
         return self._fp32 is not None
 
-    def fp32_denoiser(self) -> Denoise:
+    def fp32_denoiser(self) -> Denoiser:
         if self._fp32 is None:
             if self._fp32_source is None:
                 raise FloatingPointError(
@@ -94,7 +94,7 @@ class DenoiseGuard:
         return self._fp32
 
     def __call__(
-        self, denoise: Denoise, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None
+        self, denoise: Denoiser, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None
     ) -> torch.Tensor:
         """denoise(x_t, t, cond[, rows]), in chunks of rows small enough to fit in memory."""
         n = cond.shape[0]

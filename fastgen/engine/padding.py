@@ -9,25 +9,22 @@ distinct batch size would cost far more than the padded rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
+from fastgen.engine.denoiser import Denoiser
 from fastgen.engine.faults import call_rows
-
-Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class FixedBatch:
     """Calls `denoise` with exactly `batch_size` rows, whatever it is given."""
 
-    def __init__(self, denoise: Denoise, batch_size: int):
+    wants_fixed_batch = False  # already fixed here
+
+    def __init__(self, denoise: Denoiser, batch_size: int):
         self.denoise = denoise
         self.batch_size = batch_size
-
-    @property
-    def shares_prefix(self) -> bool:
-        return bool(getattr(self.denoise, "shares_prefix", False))
+        self.shares_prefix = denoise.shares_prefix
+        self.max_batch = batch_size
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         # With `rows`, the fixed shape is that of the per-row part (cond, rows); the distinct
@@ -43,6 +40,6 @@ class FixedBatch:
         return self.denoise(x_t, t, pad(cond), pad(rows))[:n]
 
 
-def fixed_batch_if_wanted(denoise: Denoise, batch_size: int) -> Denoise:
+def fixed_batch_if_wanted(denoise: Denoiser, batch_size: int) -> Denoiser:
     """`denoise` itself, or wrapped in `FixedBatch` when it asks for one batch shape."""
-    return FixedBatch(denoise, batch_size) if getattr(denoise, "wants_fixed_batch", False) else denoise
+    return FixedBatch(denoise, batch_size) if denoise.wants_fixed_batch else denoise

@@ -9,14 +9,14 @@ every alive class has scores for samples 0..n_done-1 (nested grids reuse earlier
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from scipy import stats
-
-POLICIES = ("exhaustive", "stages", "paired")
 
 
 class Policy(ABC):
@@ -162,19 +162,33 @@ class PairedTest(Policy):
         return kept, min(n_done + self.check_every, self.max_samples)
 
 
-def make_policy(name: str | Policy | None = None, **options) -> Policy:
-    """Build a policy from its name (`exhaustive`, `stages`, `paired`) and its options."""
+POLICIES: dict[str, type[Policy]] = {"exhaustive": Exhaustive, "stages": FixedStages, "paired": PairedTest}
+DEFAULT_POLICY = "paired"
+
+
+def policy_options(policy: type[Policy] | Policy) -> tuple[str, ...]:
+    """The option names a policy takes: its dataclass fields."""
+    return tuple(f.name for f in dataclasses.fields(policy))
+
+
+def make_policy(name: str | Policy | None = None, **options: Any) -> Policy:
+    """Build a policy from its registry name and its options; options another policy takes
+    (or left as None) are ignored, so one set of command-line options serves every policy."""
     if isinstance(name, Policy):
         return name
-    name = name or "paired"
-    if name == "exhaustive":
-        return Exhaustive(**_pick(options, "n_samples"))
-    if name == "stages":
-        return FixedStages(**_pick(options, "n_samples", "to_keep"))
-    if name == "paired":
-        return PairedTest(**_pick(options, "alpha", "min_samples", "max_samples", "check_every"))
-    raise ValueError(f"policy must be one of {POLICIES}, got {name!r}")
+    name = name or DEFAULT_POLICY
+    if name not in POLICIES:
+        raise ValueError(f"policy must be one of {tuple(POLICIES)}, got {name!r}")
+    cls = POLICIES[name]
+    return cls(**{k: options[k] for k in policy_options(cls) if options.get(k) is not None})
 
 
-def _pick(options: dict, *names: str) -> dict:
-    return {k: options[k] for k in names if options.get(k) is not None}
+def policy_name(policy: Policy) -> str:
+    """The registry name of a policy object (its class name for a policy defined elsewhere)."""
+    return next((name for name, cls in POLICIES.items() if type(policy) is cls), type(policy).__name__)
+
+
+def describe_policy(policy: Policy) -> dict[str, Any]:
+    """`{"name": ..., option: value, ...}`: what `make_policy(**d)` rebuilds, and what results record."""
+    values = {f: getattr(policy, f) for f in policy_options(policy)} if dataclasses.is_dataclass(policy) else {}
+    return {"name": policy_name(policy), **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}

@@ -10,24 +10,25 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from fastgen.engine import ops
+from fastgen.engine.config import ScoringConfig
+from fastgen.engine.denoiser import Denoiser, as_denoiser
 from fastgen.engine.faults import DenoiseGuard
-from fastgen.engine.losses import check_loss, target_coefficients
 from fastgen.engine.padding import fixed_batch_if_wanted
 from fastgen.engine.planner import Batch, RowQueue
-from fastgen.engine.policies import Policy
+from fastgen.engine.result import ImageResult
 from fastgen.engine.sampling import NoiseBank, SamplePlan
-from fastgen.result import ImageResult
+from fastgen.inputs.classes import ClassSpec
+from fastgen.losses import target_coefficients
+from fastgen.models.base import Adapter
 
 log = logging.getLogger(__name__)
-
-Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def aggregate_classes(
@@ -83,43 +84,35 @@ class Engine:
 
     def __init__(
         self,
-        denoise: Denoise,
+        denoise: Denoiser,
         conditions: torch.Tensor,
-        prompts_of: list[list[int]],
-        class_names: tuple[str, ...],
+        classes: ClassSpec,
+        model: Adapter,
         *,
-        alphas_cumprod: torch.Tensor,
-        prediction_type: str,
-        x0_shape: tuple[int, ...],
-        policy: Policy,
-        plan: SamplePlan,
-        noise: NoiseBank,
-        loss: str = "l2",
-        aggregate: str = "mean",
-        batch_size: int = 64,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
+        config: ScoringConfig,
+        plan: SamplePlan | None = None,
+        noise: NoiseBank | None = None,
         guard: DenoiseGuard | None = None,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.denoise = fixed_batch_if_wanted(denoise, batch_size)  # pads for CUDA graphs / compile
+        """`model` supplies the noise schedule, prediction type, x0 shape, device and dtype;
+        `plan` and `noise` may be passed in to reuse their caches across runs."""
+        denoise = as_denoiser(denoise)
+        self.denoise = fixed_batch_if_wanted(denoise, config.batch_size)  # pads for CUDA graphs / compile
         self.conditions = conditions
-        self.class_names = class_names
-        self.prompts_of = prompts_of
-        self.alphas_cumprod = alphas_cumprod.double().cpu()
-        self.prediction_type = prediction_type
-        target_coefficients(prediction_type, self.alphas_cumprod[:1])  # validates early
-        self.loss = check_loss(loss)
-        self.aggregate = aggregate
-        self.policy = policy
-        self.plan = plan
-        self.noise = noise
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.dtype = dtype
+        self.class_names = classes.names
+        self.prompts_of = classes.prompts_of_class
+        self.config = config
+        self.alphas_cumprod = model.alphas_cumprod.double().cpu()
+        self.prediction_type = model.prediction_type
+        target_coefficients(self.prediction_type, self.alphas_cumprod[:1])  # validates early
+        self.policy = config.policy
+        self.plan = plan if plan is not None else SamplePlan.for_config(model.alphas_cumprod, config)
+        self.noise = noise if noise is not None else NoiseBank(model.x0_shape, seed=config.seed, device=model.device)
+        self.batch_size = config.batch_size
+        self.device = torch.device(model.device)
+        self.dtype = model.dtype
         self.guard = guard if guard is not None else DenoiseGuard.for_denoiser(denoise)
-        self.x0_shape = tuple(x0_shape)
+        self.x0_shape = tuple(model.x0_shape)
         self._x0_bank = torch.empty((0, *self.x0_shape), device=self.device)
         self._free_slots: list[int] = []
         self._queue = RowQueue()
@@ -165,12 +158,12 @@ class Engine:
             distinct_sample.to(self.device), self.plan.timesteps(n_needed)[distinct_sample], rows.to(self.device),
         )  # fmt: skip
 
-    def _batch_errors(self, inputs: _BatchInputs, denoise: Denoise, dtype: torch.dtype) -> torch.Tensor:
+    def _batch_errors(self, inputs: _BatchInputs, denoise: Denoiser, dtype: torch.dtype) -> torch.Tensor:
         """Per-row errors [R] (fp32, CPU) of one denoiser pass over the batch at `dtype`."""
         abar = inputs.abar
         to_dev = lambda v: v.float().to(self.device)  # noqa: E731
         cond = inputs.cond.to(dtype) if torch.is_floating_point(inputs.cond) else inputs.cond
-        if getattr(denoise, "shares_prefix", False):
+        if denoise.shares_prefix:
             # Noise each distinct (image, sample) pair once; the denoiser gathers per row.
             timesteps = inputs.distinct_timesteps
             distinct_abar = self.alphas_cumprod[timesteps]
@@ -189,7 +182,7 @@ class Engine:
         weight = self.plan.weight(inputs.timesteps)
         return ops.prediction_errors(
             prediction, self._x0_bank, inputs.eps_bank, inputs.slot, inputs.sample, to_dev(a),
-            to_dev(b), to_dev(weight), self.loss,
+            to_dev(b), to_dev(weight), self.config.loss,
         ).cpu()  # fmt: skip
 
     def _recompute_in_fp32(self, inputs: _BatchInputs, errors: torch.Tensor) -> torch.Tensor:
@@ -198,7 +191,7 @@ class Engine:
             "%d of %d denoiser rows were non-finite at %s (overflow); recomputing the batch in fp32",
             bad, errors.shape[0], self.dtype,
         )  # fmt: skip
-        errors = self._batch_errors(inputs, self.guard.fp32_denoiser(), torch.float32)
+        errors = self._batch_errors(inputs, as_denoiser(self.guard.fp32_denoiser()), torch.float32)
         if not torch.isfinite(errors).all():
             raise FloatingPointError(
                 "the denoiser returned non-finite values even in fp32; the model or its inputs "
@@ -221,7 +214,7 @@ class Engine:
 
     def _end_round(self, job: _Job) -> None:
         n = job.n_target
-        class_errors = aggregate_classes(job.prompt_errors[:, :n], self.prompts_of, job.alive, self.aggregate)
+        class_errors = aggregate_classes(job.prompt_errors[:, :n], self.prompts_of, job.alive, self.config.aggregate)
         kept, next_target = self.policy.next_round(class_errors, job.alive)
         for row, k in enumerate(job.alive):
             # Every class's mean so far; overwritten while it survives, final once it stops.

@@ -99,6 +99,11 @@ class SamplePlan:
         timestep_sequence(1, self.num_train_timesteps, mode=mode, seed=seed)  # validates mode
         self._timesteps = torch.empty(0, dtype=torch.int64)
 
+    @classmethod
+    def for_config(cls, alphas_cumprod: torch.Tensor, config) -> SamplePlan:
+        """The plan a `ScoringConfig` asks for on a model's noise schedule."""
+        return cls(alphas_cumprod, mode=config.timesteps, seed=config.seed, weighting=config.weighting)
+
     def timesteps(self, n: int) -> torch.Tensor:
         if n > self._timesteps.shape[0]:
             grown = max(n, 2 * self._timesteps.shape[0])

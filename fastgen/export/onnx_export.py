@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastgen.export.spec import INPUT_NAMES, OUTPUT_NAME, IOSpec
+from fastgen.backends.spec import INPUT_NAMES, OUTPUT_NAME, IOSpec
 from fastgen.optional import require
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from fastgen.export.cache import (
     weights_fingerprint,
 )
 from fastgen.export.onnx_export import ONNX_FILE, export_onnx, module_dtype, parity_tolerance, verify_onnx
-from fastgen.export.spec import IOSpec, check_batch_sizes
+from fastgen.backends.spec import IOSpec, check_batch_sizes
 from fastgen.export.tensorrt_build import PLAN_FILE, build_engine, import_tensorrt
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def export_model(
 ) -> ExportResult:
     """Export an adapter's denoiser as `onnx` or as a `tensorrt` engine into the cache at `out`
     (default cache folder when None); a second call with the same inputs builds nothing."""
-    from fastgen.export.spec import adapter_spec
+    from fastgen.backends.spec import adapter_spec
 
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")

@@ -18,16 +18,12 @@ from typing import Any
 import torch
 
 from fastgen.export.cache import atomic_write_bytes
-from fastgen.export.spec import IOSpec
-from fastgen.optional import require
+from fastgen.backends.spec import IOSpec
+from fastgen.backends.tensorrt_backend import import_tensorrt
 
 log = logging.getLogger(__name__)
 
 PLAN_FILE = "model.plan"
-
-
-def import_tensorrt(purpose: str = "the tensorrt backend") -> Any:
-    return require("tensorrt", extra="tensorrt", purpose=purpose)
 
 
 def precision_flags(trt: Any, dtype: torch.dtype) -> list[Any]:

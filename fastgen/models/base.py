@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastgen.classes import ClassSpec
+from fastgen.inputs.classes import ClassSpec
 
 
 class Adapter(ABC):
@@ -68,7 +68,15 @@ def scheduler_facts(scheduler: Any) -> tuple[torch.Tensor, str]:
     return torch.as_tensor(alphas, dtype=torch.float64).cpu(), prediction_type
 
 
-class TextDenoiser(nn.Module):
+class ModelDenoiser(nn.Module):
+    """A model's own denoiser module; declares the engine's `Denoiser` flags (plain defaults)."""
+
+    shares_prefix: bool = False
+    wants_fixed_batch: bool = False
+    max_batch: int | None = None
+
+
+class TextDenoiser(ModelDenoiser):
     """UNet2DConditionModel conditioned on prompt embeddings.
 
     With `rows`, x_t and t hold each distinct noised input once and output row r is the UNet on
@@ -98,7 +106,7 @@ class TextDenoiser(nn.Module):
         return self.unet(x_t, t, encoder_hidden_states=cond, return_dict=False)[0]
 
 
-class LabelUNetDenoiser(nn.Module):
+class LabelUNetDenoiser(ModelDenoiser):
     """UNet2DModel conditioned on class labels."""
 
     def __init__(self, unet: nn.Module):
@@ -109,7 +117,7 @@ class LabelUNetDenoiser(nn.Module):
         return self.unet(x_t, t, class_labels=cond, return_dict=False)[0]
 
 
-class DiTDenoiser(nn.Module):
+class DiTDenoiser(ModelDenoiser):
     """DiTTransformer2DModel; drops the learned-variance half of the output when present."""
 
     def __init__(self, transformer: nn.Module, latent_channels: int):

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from fastgen.classes import ClassSpec
+from fastgen.inputs.classes import ClassSpec
 from fastgen.models.base import Adapter, DiTDenoiser, LabelUNetDenoiser, sample_side, scheduler_facts
 from fastgen.models.loading import load_component, require_components
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from fastgen.classes import ClassSpec
+from fastgen.inputs.classes import ClassSpec
 from fastgen.models.base import Adapter, TextDenoiser, scheduler_facts
 from fastgen.models.loading import load_component
 

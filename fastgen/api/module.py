@@ -26,7 +26,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from fastgen.api import DiffusionClassifier
-    from fastgen.result import ImageResult
+    from fastgen.engine.result import ImageResult
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

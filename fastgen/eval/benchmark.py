@@ -21,7 +21,7 @@ import torch
 
 from fastgen.api import DiffusionClassifier
 from fastgen.engine import ops
-from fastgen.engine.losses import target_coefficients
+from fastgen.losses import target_coefficients
 from fastgen.engine.policies import Exhaustive
 from fastgen.optional import installed_version
 

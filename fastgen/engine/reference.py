@@ -14,11 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastgen.classes import ClassSpec
-from fastgen.engine.policies import Policy
+from fastgen.engine.config import ScoringConfig
+from fastgen.engine.result import ImageResult
 from fastgen.engine.sampling import NoiseBank, SamplePlan
+from fastgen.inputs.classes import ClassSpec
 from fastgen.models.base import Adapter
-from fastgen.result import ImageResult
 
 
 def one_error(adapter: Adapter, x0, condition, t: int, eps, *, loss: str, weighting: float) -> float:
@@ -55,23 +55,14 @@ def class_sample_errors(errors: dict, prompts: list[int], n: int, aggregate: str
     return [errors[best][s] for s in range(n)]
 
 
-def reference_classify(
-    adapter: Adapter,
-    pixels: torch.Tensor,
-    classes: ClassSpec,
-    *,
-    policy: Policy,
-    loss: str = "l2",
-    timesteps: str = "even",
-    weighting: float = 0.0,
-    seed: int = 0,
-) -> ImageResult:
+def reference_classify(adapter: Adapter, pixels: torch.Tensor, classes: ClassSpec, config: ScoringConfig) -> ImageResult:
     """Classify one image ([C, H, W] pixels in [0, 1]) the slow, obvious way."""
+    policy, loss, weighting = config.policy, config.loss, config.weighting
     x0 = adapter.encode_images(pixels[None])[0].float()
     conditions = adapter.encode_conditions(classes)
     prompts_of = classes.prompts_of_class
-    plan = SamplePlan(adapter.alphas_cumprod, mode=timesteps, seed=seed, weighting=weighting)
-    noise = NoiseBank(tuple(x0.shape), seed=seed, device=adapter.device)
+    plan = SamplePlan.for_config(adapter.alphas_cumprod, config)
+    noise = NoiseBank(tuple(x0.shape), seed=config.seed, device=adapter.device)
 
     errors: dict[int, dict[int, float]] = {p: {} for p in range(len(conditions))}
     alive = list(range(len(classes)))
@@ -85,7 +76,7 @@ def reference_classify(
                     eps = noise.get([s])[0]
                     errors[p][s] = one_error(adapter, x0, conditions[p], t, eps, loss=loss, weighting=weighting)
                     evals += 1
-        per_class = [class_sample_errors(errors, prompts_of[k], n_target, classes.aggregate) for k in alive]
+        per_class = [class_sample_errors(errors, prompts_of[k], n_target, config.aggregate) for k in alive]
         kept, next_target = policy.next_round(torch.tensor(per_class, dtype=torch.float32), alive)
         for k, row in zip(alive, per_class):
             if k not in kept or next_target is None:

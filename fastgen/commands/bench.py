@@ -10,14 +10,15 @@ from functools import partial
 import numpy as np
 import torch
 
-from fastgen import benchmark
 from fastgen.api import DiffusionClassifier, default_device, parse_dtype
-from fastgen.presets import fastest_settings
+from fastgen.backends.presets import fastest_settings
+from fastgen.commands.options import add_backend_options
+from fastgen.eval import benchmark
 
 
 def _images(model: str, clf: DiffusionClassifier, n: int, seed: int) -> tuple[list[torch.Tensor], np.ndarray | None]:
     if model == "builtin:digits":
-        from fastgen.demo import load_demo_data
+        from fastgen.eval.demo import load_demo_data
 
         data = load_demo_data(n)
         return [torch.from_numpy(x[None].astype(np.float32)) for x in data.test_x], data.test_y
@@ -40,10 +41,6 @@ def _classifier(args: argparse.Namespace, model: str, **overrides) -> DiffusionC
     return DiffusionClassifier.from_pretrained(model, **options)
 
 
-def _option_value(text: str):
-    return json.loads(text) if text[:1] in "0123456789[{tfn" else text
-
-
 def engine_settings(args: argparse.Namespace, device: torch.device, x0_shape: tuple[int, ...]) -> dict:
     """`from_pretrained` arguments for (b): the device's fastest settings unless `--backend`
     names one; `--engine-dtype`, `--batch-size` and `--backend-option` override either."""
@@ -54,7 +51,7 @@ def engine_settings(args: argparse.Namespace, device: torch.device, x0_shape: tu
     else:
         settings = {"dtype": parse_dtype(args.dtype), "batch_size": 256, "backend": args.backend, "backend_options": {}}
     options = dict(settings["backend_options"] or {})
-    options.update({k: _option_value(v) for k, v in (item.split("=", 1) for item in args.backend_option or [])})
+    options.update(dict(args.backend_options or []))
     if options and settings["backend"] is None:
         raise ValueError("--backend-option needs a backend: --backend torch, onnxruntime or tensorrt")
     settings["backend_options"] = options or None
@@ -65,7 +62,7 @@ def engine_settings(args: argparse.Namespace, device: torch.device, x0_shape: tu
     return settings
 
 
-def run(args: argparse.Namespace) -> dict:
+def measure(args: argparse.Namespace) -> dict:
     model = args.model
     if args.sd2_random:
         from fastgen.testing.sd_sized import make_sd2_base_sized
@@ -89,6 +86,7 @@ def run(args: argparse.Namespace) -> dict:
             "engine_backend_options": engine["backend_options"] or {},
             "engine_backend_settings": _describe(engine_clf.denoise),
             "engine_dtype": str(engine_clf.adapter.dtype),
+            "engine_scoring": engine_clf.config.as_dict(),
             "reference_rows_per_batch": 32,
             "dtype": str(clf.adapter.dtype),
             "images": len(pixels),
@@ -145,12 +143,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-images", type=int, default=32)
     parser.add_argument("--n-samples", type=int, default=50, help="exhaustive samples per class")
     parser.add_argument("--batch-size", type=int, default=None, help="engine rows per batch (default: the fastest settings' or 256)")
-    parser.add_argument(
-        "--backend", default=None,
-        help="engine for (b): fastest (default: fastgen.presets.fastest_settings for the device), eager, torch, onnxruntime, tensorrt",
-    )  # fmt: skip
+    # (b)'s engine: `fastest` (the default: fastgen.backends.presets.fastest_settings for the
+    # device), `eager`, or a backend; --backend-option takes exactly what `classify` takes.
+    add_backend_options(parser, backends=("fastest", "eager"))
     parser.add_argument("--engine-dtype", default=None, help="dtype of (b) (default: the fastest settings' or --dtype)")
-    parser.add_argument("--backend-option", action="append", metavar="KEY=VALUE", help="backend option for (b), repeatable")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-images", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -160,9 +156,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
-def main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     parse_dtype(args.dtype)
-    report = run(args)
+    report = measure(args)
     print_table(report)
     if args.json:
         print(json.dumps(report))

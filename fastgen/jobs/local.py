@@ -15,8 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fastgen.api import DiffusionClassifier
-from fastgen.distributed import merge_parts
-from fastgen.results_file import ResultsWriter, error_record, path_key, read_results, result_record
+from fastgen.jobs.results_file import ResultsWriter, error_record, merge_parts, path_key, read_results, result_record
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,18 @@ from typing import Any
 
 import torch
 
-from fastgen.classes import ClassSpec, build_classes
+from fastgen.engine.config import ScoringConfig
+from fastgen.engine.denoiser import Denoiser
 from fastgen.engine.faults import DenoiseGuard, fp32_copy
-from fastgen.engine.losses import check_loss
-from fastgen.engine.policies import Policy, make_policy
+from fastgen.engine.policies import Policy
+from fastgen.engine.reference import reference_classify
+from fastgen.engine.result import ImageResult
 from fastgen.engine.runner import Engine
 from fastgen.engine.sampling import NoiseBank, SamplePlan
-from fastgen.images import ImageError, ImageInput, load_pixels
+from fastgen.inputs.classes import ClassSpec, build_classes
+from fastgen.inputs.images import ImageError, ImageInput, load_pixels
+from fastgen.losses import check_loss
 from fastgen.models import Adapter, load_adapter
-from fastgen.reference import reference_classify
-from fastgen.result import ImageResult
 
 DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -46,7 +48,9 @@ def default_device() -> torch.device:
 class DiffusionClassifier:
     """A diffusion model turned zero-shot classifier over a fixed set of classes.
 
-    Prompt (or label) conditions are computed once here and reused for every image.
+    Prompt (or label) conditions are computed once here and reused for every image. Every
+    scoring setting lives in `config` (a frozen `ScoringConfig`); `policy`, `loss`, `seed` and
+    `batch_size` read it, and setting `batch_size` swaps in a config with the new value.
     """
 
     def __init__(
@@ -54,26 +58,20 @@ class DiffusionClassifier:
         adapter: Adapter,
         classes: ClassSpec,
         *,
-        policy: Policy,
-        loss: str = "l2",
-        timesteps: str = "even",
-        weighting: float = 0.0,
-        seed: int = 0,
-        batch_size: int = 64,
+        config: ScoringConfig | None = None,
         encode_batch_size: int = 16,
+        **settings: Any,
     ):
+        """`settings` (`policy`, `loss`, `timesteps`, `weighting`, `seed`, `batch_size`) are
+        another way to give the fields of `config`, for callers that build no config."""
         self.adapter = adapter
         self.classes = classes
-        self.policy = policy
-        self.loss = check_loss(loss)
-        self.timesteps = timesteps
-        self.weighting = float(weighting)
-        self.seed = int(seed)
-        if batch_size < 1 or encode_batch_size < 1:
-            raise ValueError("batch_size and encode_batch_size must be >= 1")
-        self.batch_size = batch_size
+        base = config if config is not None else ScoringConfig(aggregate=classes.aggregate)
+        self.config = base.replace(**settings) if settings else base
+        if encode_batch_size < 1:
+            raise ValueError(f"encode_batch_size must be >= 1, got {encode_batch_size}")
         self.encode_batch_size = encode_batch_size
-        self.denoise = adapter.denoiser
+        self.denoise: Denoiser = adapter.denoiser
         # OOM splitting and the fp32 recompute of overflowed batches (from the plain torch module,
         # whatever fast path `denoise` is later set to); kept across classify calls.
         self.guard = DenoiseGuard(lambda: fp32_copy(adapter.denoiser))
@@ -81,8 +79,28 @@ class DiffusionClassifier:
             self.conditions = adapter.encode_conditions(classes)
         if torch.is_floating_point(self.conditions) and not torch.isfinite(self.conditions).all():
             raise FloatingPointError("the text encoder produced non-finite prompt embeddings")
-        self.plan = SamplePlan(adapter.alphas_cumprod, mode=timesteps, seed=self.seed, weighting=self.weighting)
-        self.noise = NoiseBank(adapter.x0_shape, seed=self.seed, device=adapter.device)
+        self.plan = SamplePlan.for_config(adapter.alphas_cumprod, self.config)
+        self.noise = NoiseBank(adapter.x0_shape, seed=self.config.seed, device=adapter.device)
+
+    @property
+    def policy(self) -> Policy:
+        return self.config.policy
+
+    @property
+    def loss(self) -> str:
+        return self.config.loss
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self.config = self.config.replace(batch_size=value)
 
     @classmethod
     def from_pretrained(
@@ -101,23 +119,26 @@ class DiffusionClassifier:
         weighting: float = 0.0,
         seed: int = 0,
         batch_size: int = 64,
+        config: ScoringConfig | None = None,
         local_files_only: bool | None = None,
         allow_pickle: bool = False,
         backend: str | None = None,
         backend_options: dict[str, Any] | None = None,
         export_dir: str | Path | None = None,
-    ) -> "DiffusionClassifier":
+    ) -> DiffusionClassifier:
         """Load `model` (hub id, folder or `builtin:NAME`) and fix the candidate classes.
 
         `classes`/`templates`/`policy` default to the model's own `fastgen.json` when it has
         one. `policy` is `paired` (default), `stages` or `exhaustive`, with `policy_options`
-        such as `{"n_samples": 100}` or `{"n_samples": (50, 500), "to_keep": (5, 1)}`.
+        such as `{"n_samples": 100}` or `{"n_samples": (50, 500), "to_keep": (5, 1)}`. A
+        `config` (`ScoringConfig`) replaces the policy and every scoring keyword at once.
 
         `backend` runs the denoiser: None (the model as loaded), `torch` (SDPA, fused QKV,
         optional `compile` / `cuda_graphs` via `backend_options`), `onnxruntime` or `tensorrt`
         (exported once into `export_dir`, default `~/.cache/fastgen/exports`, then reused).
         """
-        check_loss(loss)
+        if config is None:
+            check_loss(loss)
         adapter = load_adapter(
             model,
             device=device or default_device(),
@@ -129,22 +150,20 @@ class DiffusionClassifier:
         if classes is None and "classes" in defaults:
             classes = defaults["classes"]
             templates = templates if templates is not None else defaults.get("templates")
-        spec = build_classes(classes, templates=templates, aggregate=aggregate)
-        options = dict(policy_options or {})
-        if policy is None and "policy" in defaults:
-            default_policy = dict(defaults["policy"])
-            policy = default_policy.pop("name", None)
-            options = {**default_policy, **options}
-        chosen = make_policy(policy, **options)
-        classifier = cls(
-            adapter, spec, policy=chosen, loss=loss, timesteps=timesteps, weighting=weighting,
-            seed=seed, batch_size=batch_size,
-        )  # fmt: skip
+        if config is None:
+            config = ScoringConfig.build(
+                policy=policy, policy_options=policy_options, model_defaults=defaults, loss=loss,
+                timesteps=timesteps, weighting=weighting, seed=seed, aggregate=aggregate, batch_size=batch_size,
+            )  # fmt: skip
+        spec = build_classes(classes, templates=templates, aggregate=config.aggregate)
+        classifier = cls(adapter, spec, config=config)
         if backend is not None:
-            from fastgen.backends import load_backend
+            from fastgen.export.loading import load_backend
 
             options = dict(backend_options or {})
-            classifier.denoise = load_backend(backend, adapter, batch_size=batch_size, export_dir=export_dir, **options)
+            classifier.denoise = load_backend(
+                backend, adapter, batch_size=config.batch_size, export_dir=export_dir, **options
+            )
         elif backend_options or export_dir is not None:
             raise ValueError("backend_options and export_dir need a backend: pass backend='torch', 'onnxruntime' or 'tensorrt'")
         return classifier
@@ -172,23 +191,9 @@ class DiffusionClassifier:
 
     def _engine(self) -> Engine:
         return Engine(
-            self.denoise,
-            self.conditions,
-            self.classes.prompts_of_class,
-            self.classes.names,
-            alphas_cumprod=self.adapter.alphas_cumprod,
-            prediction_type=self.adapter.prediction_type,
-            x0_shape=self.adapter.x0_shape,
-            policy=self.policy,
-            plan=self.plan,
-            noise=self.noise,
-            loss=self.loss,
-            aggregate=self.classes.aggregate,
-            batch_size=self.batch_size,
-            device=self.adapter.device,
-            dtype=self.adapter.dtype,
-            guard=self.guard,
-        )
+            self.denoise, self.conditions, self.classes, self.adapter,
+            config=self.config, plan=self.plan, noise=self.noise, guard=self.guard,
+        )  # fmt: skip
 
     def classify_stream(
         self, items: Iterable[tuple[Any, ImageInput]]
@@ -228,18 +233,15 @@ class DiffusionClassifier:
         """A `torch.nn.Module` mapping images [N, C, H, W] to class logits [N, K], usable where a
         torchvision/timm classifier is. Inputs are in [0, 1] unless `mean`/`std` say they were
         normalised as (x - mean) / std; logits are -errors / temperature, -inf for pruned
-        classes. See `fastgen.embedding.ClassifierModule`."""
-        from fastgen.embedding import ClassifierModule
+        classes. See `fastgen.api.module.ClassifierModule`."""
+        from fastgen.api.module import ClassifierModule
 
         return ClassifierModule(self, temperature=temperature, mean=mean, std=std)
 
     def classify_reference(self, image: ImageInput) -> ImageResult:
-        """The same classification through `fastgen.reference` (slow; for checking)."""
+        """The same classification through `fastgen.engine.reference` (slow; for checking)."""
         pixels = load_pixels(image, size=self.adapter.image_size, channels=self.adapter.image_channels)
-        return reference_classify(
-            self.adapter, pixels, self.classes, policy=self.policy, loss=self.loss,
-            timesteps=self.timesteps, weighting=self.weighting, seed=self.seed,
-        )  # fmt: skip
+        return reference_classify(self.adapter, pixels, self.classes, self.config)
 
 
 def classify(

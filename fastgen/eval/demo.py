@@ -14,7 +14,7 @@ import torch
 
 from fastgen.api import DiffusionClassifier
 from fastgen.builtin.digits_data import CLASS_NAMES, digits_split
-from fastgen.shifts import standard_shifts
+from fastgen.eval.shifts import standard_shifts
 
 DEFAULT_N_IMAGES = 100
 

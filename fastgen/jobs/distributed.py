@@ -12,10 +12,7 @@ process group is used for barriers and one sum of counts only: no home-made prot
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import glob
-import json
 import logging
 import os
 import signal
@@ -29,11 +26,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from fastgen.results_file import path_key, read_results
+from fastgen.jobs.local import JobSummary, count_failed, labelled_accuracy, write_results
+from fastgen.jobs.results_file import ResultsWriter, merge_parts, part_path, path_key, read_results
 
 if TYPE_CHECKING:
     from fastgen.api import DiffusionClassifier
-    from fastgen.batch_job import JobSummary
 
 log = logging.getLogger(__name__)
 
@@ -85,44 +82,6 @@ def shard(items: Sequence, ranks: Ranks) -> list:
     return list(items[ranks.rank :: ranks.world_size])
 
 
-# -- part files ---------------------------------------------------------------------------------
-def part_path(out: Path, ranks: Ranks) -> Path:
-    return out.with_name(f"{out.name}.part-{ranks.rank:05d}-of-{ranks.world_size:05d}")
-
-
-def find_parts(out: Path) -> list[Path]:
-    """Part files of any world size next to `out`."""
-    pattern = glob.escape(out.name) + ".part-*-of-*"
-    return sorted(p for p in out.parent.glob(pattern) if p.is_file())
-
-
-def merge_parts(out: Path) -> int:
-    """Append to `out` every record of the part files that `out` lacks, then delete the parts.
-
-    Safe to interrupt at any point: the parts go only after the appended lines are synced, and a
-    re-run skips records `out` already holds. Returns the number of records appended.
-    """
-    parts = find_parts(out)
-    if not parts:
-        return 0
-    done = read_results(out)  # also cuts a truncated last line
-    added = 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a", encoding="utf-8") as handle:
-        for part in parts:
-            for key, record in read_results(part).items():
-                if key not in done:
-                    handle.write(json.dumps(record, allow_nan=False) + "\n")
-                    done[key] = record
-                    added += 1
-        handle.flush()
-        os.fsync(handle.fileno())  # once for the whole merge: a per-line sync is for live writes
-    for part in parts:
-        part.unlink()
-    log.info("merged %d records from %d part files into %s", added, len(parts), out)
-    return added
-
-
 # -- the process group ----------------------------------------------------------------------------
 def init_process_group(ranks: Ranks, device: torch.device) -> None:
     if device.type == "cuda":
@@ -160,38 +119,38 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 # -- the distributed `classify` ----------------------------------------------------------------------
 def classify_files_distributed(
-    args: argparse.Namespace,
+    build_classifier: Callable[[torch.device], DiffusionClassifier],
     paths: Sequence[Path],
-    build_classifier: Callable[[argparse.Namespace], DiffusionClassifier],
+    *,
+    out: Path | None,
     ranks: Ranks,
+    device: str | None = None,
+    labels_from_folders: bool = False,
+    progress: bool = True,
 ) -> JobSummary | None:
     """Run this rank's shard into its part file; rank 0 merges and returns the summary of the
-    whole job, other ranks return None."""
-    from fastgen.batch_job import JobSummary, count_failed, labelled_accuracy, write_results
-    from fastgen.results_file import ResultsWriter
-
-    if args.out is None:
+    whole job, other ranks return None. `build_classifier(device)` loads the model on this
+    rank's device (`device` as asked, with `cuda` meaning this rank's own GPU)."""
+    if out is None:
         raise ValueError("--out is required under torchrun: each rank writes a part file next to it")
-    device = rank_device(args.device, ranks)
-    args.device = str(device)
-    init_process_group(ranks, device)
+    rank_dev = rank_device(device, ranks)
+    init_process_group(ranks, rank_dev)
     try:
         if ranks.is_main:
-            merge_parts(args.out)  # an interrupted run's parts, of any world size
+            merge_parts(out)  # an interrupted run's parts, of any world size
         dist.barrier()
-        done = read_results(args.out)
+        done = read_results(out)
         todo = [p for p in sorted(paths, key=path_key) if path_key(p) not in done]
-        clf = build_classifier(args)
-        writer = ResultsWriter(part_path(args.out, ranks))
-        progress = not args.no_progress and ranks.is_main
-        new = write_results(clf, shard(todo, ranks), writer, progress=progress)
-        computed, failed = sum_over_ranks([len(new) - count_failed(new), count_failed(new)], device)
+        clf = build_classifier(rank_dev)
+        writer = ResultsWriter(part_path(out, ranks.rank, ranks.world_size))
+        new = write_results(clf, shard(todo, ranks), writer, progress=progress and ranks.is_main)
+        computed, failed = sum_over_ranks([len(new) - count_failed(new), count_failed(new)], rank_dev)
         if not ranks.is_main:
             return None
-        merge_parts(args.out)
+        merge_parts(out)
         summary = JobSummary(len(paths), len(paths) - len(todo), computed, failed)
-        if args.labels_from_folders:
-            labelled_accuracy(summary, paths, read_results(args.out))
+        if labels_from_folders:
+            labelled_accuracy(summary, paths, read_results(out))
         return summary
     finally:
         dist.destroy_process_group()

@@ -6,6 +6,7 @@ written; a truncated last line is detected on the next run, cut off, and its ima
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -76,3 +77,41 @@ def result_record(path: str, result) -> dict[str, Any]:
 
 def error_record(path: str, error: Exception) -> dict[str, Any]:
     return {"path": path, "error": str(error)}
+
+
+# -- part files ---------------------------------------------------------------------------------
+def part_path(out: Path, rank: int, world_size: int) -> Path:
+    return out.with_name(f"{out.name}.part-{rank:05d}-of-{world_size:05d}")
+
+
+def find_parts(out: Path) -> list[Path]:
+    """Part files of any world size next to `out`."""
+    pattern = glob.escape(out.name) + ".part-*-of-*"
+    return sorted(p for p in out.parent.glob(pattern) if p.is_file())
+
+
+def merge_parts(out: Path) -> int:
+    """Append to `out` every record of the part files that `out` lacks, then delete the parts.
+
+    Safe to interrupt at any point: the parts go only after the appended lines are synced, and a
+    re-run skips records `out` already holds. Returns the number of records appended.
+    """
+    parts = find_parts(out)
+    if not parts:
+        return 0
+    done = read_results(out)  # also cuts a truncated last line
+    added = 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a", encoding="utf-8") as handle:
+        for part in parts:
+            for key, record in read_results(part).items():
+                if key not in done:
+                    handle.write(json.dumps(record, allow_nan=False) + "\n")
+                    done[key] = record
+                    added += 1
+        handle.flush()
+        os.fsync(handle.fileno())  # once for the whole merge: a per-line sync is for live writes
+    for part in parts:
+        part.unlink()
+    log.info("merged %d records from %d part files into %s", added, len(parts), out)
+    return added

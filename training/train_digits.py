@@ -6,16 +6,15 @@ BPE tokens of "a handwritten digit {name}". Both are trained together from scrat
 standard epsilon-prediction objective on the training split of the scikit-learn digits, and
 saved in the diffusers folder layout (no VAE) that fastgen loads.
 
-    python -m fastgen.builtin.train_digits --out fastgen/builtin/digits --seed 0 --threads 1
+    python -m training.train_digits --out fastgen/builtin/digits --seed 0 --threads 1
 
-(about 15 minutes of training on one CPU thread, then about 13 minutes of evaluation; pass
-`--eval-timesteps` with fewer or no values to shorten the evaluation, `--eval-only` to
-re-measure an existing folder.)
+(about 15 minutes of training on one CPU thread, then the evaluation; pass `--eval-timesteps`
+with fewer or no values to shorten it, `--eval-only` to re-measure an existing folder.)
 
-The held-out accuracy of the diffusion classifier (every test image scored against all ten
-prompts with the same noise for each class, mean noise-prediction error over an evenly spaced
-timestep grid, argmin) is measured on the saved files and written to `TRAINING.md` and
-`training.json` inside the output folder.
+The held-out accuracy is measured on the saved files through the engine users run
+(`training/engine_report.py`: `fastgen.DiffusionClassifier`, exhaustive policy, every class on
+the same shared-noise samples) and written to `TRAINING.md` and `training.json` inside the
+output folder.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from fastgen.builtin.digits_data import CLASS_NAMES, SPLIT_SEED, TEMPLATE, digits_split, prompts
+from training.engine_report import engine_accuracy
 
 PIPELINE_CLASS = "PixelTextToImage"
 
@@ -160,99 +160,10 @@ def load_folder(folder: str | Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def timestep_grid(n_timesteps: int, num_train_timesteps: int = 1000) -> torch.Tensor:
-    """`n` evenly spaced timesteps over [0, T): the centres of `n` equal bins."""
-    return ((torch.arange(n_timesteps) + 0.5) * num_train_timesteps / n_timesteps).long()
-
-
-@torch.no_grad()
-def class_errors(
-    models: dict[str, Any],
-    images_u8: np.ndarray,
-    *,
-    n_timesteps: int = 100,
-    seed: int = 0,
-    batch_size: int = 4096,
-) -> torch.Tensor:
-    """Noise-prediction errors [N, n_timesteps, n_classes] of every image under every prompt.
-
-    For each (image, timestep) one noise sample is drawn and shared by all classes, so class
-    differences are not blurred by noise variance.
-    """
-    unet, text_encoder, tokenizer, scheduler = (
-        models["unet"],
-        models["text_encoder"],
-        models["tokenizer"],
-        models["scheduler"],
-    )
-    unet.eval()
-    text_encoder.eval()
-    cond = text_encoder(tokenize(tokenizer, prompts())).last_hidden_state.float()  # [C, L, H]
-    n_classes = cond.shape[0]
-    x0 = to_model_input(images_u8)
-    n = x0.shape[0]
-    ts = timestep_grid(n_timesteps, scheduler.config.num_train_timesteps)
-    abar = scheduler.alphas_cumprod.float()[ts]  # [T]
-    gen = torch.Generator().manual_seed(seed)
-    eps = torch.randn((n, n_timesteps) + tuple(x0.shape[1:]), generator=gen)  # [N, T, 1, 8, 8]
-    a = abar.sqrt().view(1, -1, 1, 1, 1)
-    s = (1 - abar).sqrt().view(1, -1, 1, 1, 1)
-    xt = (a * x0.unsqueeze(1) + s * eps).reshape((n * n_timesteps,) + tuple(x0.shape[1:]))
-    eps_flat = eps.reshape(xt.shape)
-    t_flat = ts.repeat(n)
-    errors = torch.empty(n * n_timesteps, n_classes)
-    rows = max(1, batch_size // n_classes)
-    for start in range(0, xt.shape[0], rows):
-        stop = min(start + rows, xt.shape[0])
-        m = stop - start
-        x_b = xt[start:stop].repeat_interleave(n_classes, dim=0)
-        t_b = t_flat[start:stop].repeat_interleave(n_classes)
-        c_b = cond.repeat(m, 1, 1)
-        pred = unet(x_b, t_b, encoder_hidden_states=c_b).sample.float()
-        target = eps_flat[start:stop].repeat_interleave(n_classes, dim=0)
-        err = (pred - target).pow(2).flatten(1).mean(1)
-        errors[start:stop] = err.view(m, n_classes)
-    return errors.view(n, n_timesteps, n_classes)
-
-
-def evaluate(
-    folder_or_models: str | Path | dict[str, Any],
-    n_timesteps: int = 100,
-    n_images: int | None = None,
-    *,
-    seed: int = 0,
-    split_seed: int = SPLIT_SEED,
-    batch_size: int = 4096,
-) -> dict[str, Any]:
-    """Held-out accuracy of the diffusion classifier built on a model folder (or models).
-
-    Scores the first `n_images` held-out images (all when None) against all ten prompts over
-    an evenly spaced grid of `n_timesteps` timesteps with shared noise, and picks the class
-    with the lowest mean error.
-    """
-    if isinstance(folder_or_models, (str, Path)):
-        models = load_folder(folder_or_models)
-    else:
-        models = folder_or_models
+def evaluate(folder: Path, n_samples: int, *, split_seed: int = SPLIT_SEED) -> dict[str, Any]:
+    """Held-out accuracy of the saved model, through the engine (`engine_report`)."""
     _, _, test_x, test_y = digits_split(split_seed)
-    if n_images is not None:
-        test_x, test_y = test_x[:n_images], test_y[:n_images]
-    start = time.time()
-    errors = class_errors(
-        models, test_x, n_timesteps=n_timesteps, seed=seed, batch_size=batch_size
-    )
-    seconds = time.time() - start
-    pred = errors.mean(1).argmin(1).numpy()
-    accuracy = float((pred == test_y).mean())
-    return {
-        "n_timesteps": n_timesteps,
-        "n_images": int(len(test_y)),
-        "accuracy": accuracy,
-        "n_errors": int((pred != test_y).sum()),
-        "seconds": round(seconds, 1),
-        "errors": errors,
-        "labels": test_y,
-    }
+    return engine_accuracy(folder, list(test_x), test_y, n_samples=n_samples)
 
 
 # ----------------------------------------------------------------------------- training
@@ -438,46 +349,13 @@ def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-TIMESTEP_BANDS = [(0, 250), (250, 500), (500, 750), (750, 1000), (0, 500), (0, 750), (0, 1000)]
-
-
-def band_accuracies(errors: torch.Tensor, labels: np.ndarray, n_train_steps: int = 1000):
-    """Accuracy when only the grid timesteps inside each band of `TIMESTEP_BANDS` are used."""
-    ts = timestep_grid(errors.shape[1], n_train_steps)
-    y = torch.as_tensor(labels)
-    rows = []
-    for lo, hi in TIMESTEP_BANDS:
-        sel = (ts >= lo) & (ts < hi)
-        pred = errors[:, sel].mean(1).argmin(1)
-        rows.append(
-            {"t_from": lo, "t_to": hi, "n_timesteps": int(sel.sum()),
-             "accuracy": round(float((pred == y).float().mean()), 4)}
-        )
-    return rows
-
-
 def write_report(out: Path, cfg: TrainConfig, result: dict[str, Any]) -> None:
     (out / "training.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     rows = "\n".join(
-        f"| {r['n_timesteps']} | {r['accuracy']:.4f} | {r['n_errors']} / {r['n_images']} "
+        f"| {r['n_samples']} | {r['accuracy']:.4f} | {r['n_errors']} / {r['n_images']} "
         f"| {r['seconds']:.0f} |"
         for r in result["evaluation"]
     )
-    bands = result.get("timestep_bands")
-    band_lines: list[str] = []
-    if bands:
-        band_lines = [
-            f"Accuracy when only part of the {bands['n_timesteps']}-step grid is averaged "
-            "(same errors as above):",
-            "",
-            "| t range | timesteps | accuracy |",
-            "|---|---|---|",
-        ]
-        band_lines += [
-            f"| [{b['t_from']}, {b['t_to']}) | {b['n_timesteps']} | {b['accuracy']:.4f} |"
-            for b in bands["bands"]
-        ]
-        band_lines.append("")
     lines = [
         "# builtin:digits",
         "",
@@ -510,18 +388,18 @@ def write_report(out: Path, cfg: TrainConfig, result: dict[str, Any]) -> None:
         "",
         "## Held-out accuracy",
         "",
-        "Every held-out image is scored against all ten prompts; for each timestep of an evenly",
-        "spaced grid (`t = floor((i + 0.5) * 1000 / n)`, i = 0..n-1) one noise sample is shared by",
-        "all classes, the error is the mean squared noise-prediction error averaged over the grid,",
-        "and the class with the lowest error wins. Measured on the saved (reloaded) files",
-        f"({result['eval_threads']} CPU thread{'s' if result['eval_threads'] != 1 else ''}, "
-        "batched).",
+        "Measured through the engine users run (`training/engine_report.py`): the saved folder",
+        "is loaded with `fastgen.DiffusionClassifier.from_pretrained` and every held-out image is",
+        "scored against all ten prompts with the exhaustive policy, on the same `n` shared",
+        "(timestep, noise) samples for every class (the engine's nested even timestep grid, seed 0,",
+        "l2 loss, uniform weighting); the class with the lowest mean error wins. This is",
+        "`fastgen classify --policy exhaustive --n-samples n` on these images",
+        f"({result['eval_threads']} CPU thread{'s' if result['eval_threads'] != 1 else ''}).",
         "",
-        "| timesteps per class | accuracy | errors | seconds |",
+        "| samples per class | accuracy | errors | seconds |",
         "|---|---|---|---|",
         rows,
         "",
-        *band_lines,
         "## Settings",
         "",
         "```json",
@@ -563,7 +441,7 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         nargs="*",
         default=TrainConfig().eval_timesteps,
-        help="timestep-grid sizes to measure held-out accuracy at (none: skip)",
+        help="samples per class to measure held-out accuracy at, through the engine (none: skip)",
     )
     parser.add_argument(
         "--eval-only",
@@ -592,7 +470,7 @@ def main(argv: list[str] | None = None) -> None:
             eval_timesteps=list(args.eval_timesteps),
         )
         command = (
-            f"python -m fastgen.builtin.train_digits --out {out} --seed {cfg.seed} "
+            f"python -m training.train_digits --out {out} --seed {cfg.seed} "
             f"--steps {cfg.steps} --threads {args.threads}"
         )
         for flag, value, default in (
@@ -616,21 +494,15 @@ def main(argv: list[str] | None = None) -> None:
 
     models = load_folder(out)
     evaluation = []
-    bands = None
-    for n_t in cfg.eval_timesteps:
-        r = evaluate(models, n_timesteps=n_t, seed=cfg.eval_seed, split_seed=cfg.split_seed)
+    for n in cfg.eval_timesteps:
+        r = evaluate(out, n, split_seed=cfg.split_seed)
         print(
-            f"held-out accuracy, {n_t:3d} timesteps: {r['accuracy']:.4f} "
+            f"held-out accuracy, {n:3d} samples per class: {r['accuracy']:.4f} "
             f"({r['n_errors']} errors, {r['seconds']:.0f}s)",
             flush=True,
         )
-        keys = ("n_timesteps", "n_images", "accuracy", "n_errors", "seconds")
+        keys = ("policy", "n_samples", "n_images", "accuracy", "n_errors", "seconds")
         evaluation.append({k: r[k] for k in keys})
-        if n_t == max(cfg.eval_timesteps):
-            bands = {
-                "n_timesteps": n_t,
-                "bands": band_accuracies(r["errors"], r["labels"], cfg.num_train_timesteps),
-            }
     train_x, _, test_x, _ = digits_split(cfg.split_seed)
     emb = models["text_encoder"].get_input_embeddings().weight
     result.update(
@@ -643,7 +515,6 @@ def main(argv: list[str] | None = None) -> None:
             "text_params": sum(p.numel() for p in models["text_encoder"].parameters()),
             "token_embedding_params": emb.numel(),
             "evaluation": evaluation,
-            "timestep_bands": bands,
             "loss_log": loss_log,
         }
     )

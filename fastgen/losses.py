@@ -1,21 +1,52 @@
 """Per-row noise-prediction error: the target in the model's prediction space, the loss, the
 timestep weight, and the mean over C x H x W in fp32.
 
-`row_errors` is the plain-torch definition the engine runs off CUDA; fused kernels must match it.
+The bottom layer: it imports nothing from fastgen, and both the engine and the Triton kernels
+read the loss registry from here. `row_errors` is the plain-torch definition the engine runs
+off CUDA; fused kernels must match it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("l2", "l1", "huber")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+@dataclass(frozen=True)
+class Loss:
+    """One element-wise loss: its plain-torch definition and the Triton kernel's switch value."""
+
+    kernel_code: int
+    elementwise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _squared(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (prediction - target) ** 2
+
+
+def _absolute(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (prediction - target).abs()
+
+
+def _huber(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.huber_loss(prediction, target, reduction="none", delta=1.0)
+
+
+LOSSES: dict[str, Loss] = {
+    "l2": Loss(kernel_code=0, elementwise=_squared),
+    "l1": Loss(kernel_code=1, elementwise=_absolute),
+    "huber": Loss(kernel_code=2, elementwise=_huber),
+}
 
 
 def check_loss(loss: str) -> str:
     if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {loss!r}")
     return loss
 
 
@@ -42,13 +73,7 @@ def target_coefficients(
 
 
 def elementwise_loss(prediction: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
-    if loss == "l2":
-        return (prediction - target) ** 2
-    if loss == "l1":
-        return (prediction - target).abs()
-    if loss == "huber":
-        return F.huber_loss(prediction, target, reduction="none", delta=1.0)
-    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    return LOSSES[check_loss(loss)].elementwise(prediction, target)
 
 
 def row_errors(

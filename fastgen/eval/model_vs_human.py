@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fastgen.embedding import IMAGENET_MEAN, IMAGENET_STD, ClassifierModule
+from fastgen.api.module import IMAGENET_MEAN, IMAGENET_STD, ClassifierModule
 
 if TYPE_CHECKING:
     from fastgen.api import DiffusionClassifier

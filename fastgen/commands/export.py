@@ -6,35 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-
-def parse_option(text: str) -> tuple[str, Any]:
-    """`KEY=VALUE` with VALUE as bool, int, float, a comma list of those, or a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    parts = [_scalar(v) for v in value.split(",")]
-    return key.strip().replace("-", "_"), tuple(parts) if len(parts) > 1 else parts[0]
-
-
-def _scalar(text: str) -> Any:
-    lowered = text.strip().lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text.strip()
+from fastgen.backends.spec import check_batch_sizes
+from fastgen.export.onnx_export import EXPORTERS
+from fastgen.export.pipeline import FORMATS
 
 
 def _batch_sizes(text: str) -> tuple[int, int, int]:
-    from fastgen.export.spec import check_batch_sizes
-
     try:
         sizes = tuple(int(v) for v in text.split(","))
         return check_batch_sizes(sizes)  # type: ignore[arg-type]
@@ -42,11 +20,7 @@ def _batch_sizes(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def add_export_command(sub: argparse._SubParsersAction) -> None:
-    from fastgen.export.onnx_export import EXPORTERS
-    from fastgen.export.pipeline import FORMATS
-
-    parser = sub.add_parser("export", help="export the denoiser to ONNX or a TensorRT engine (cached)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="builtin:digits", help="hub id, folder or builtin:NAME")
     parser.add_argument("--format", choices=FORMATS, default="onnx")
     parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default fp32): the graph's and engine's precision")
@@ -60,10 +34,9 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-verify", action="store_true", help="skip the parity check against torch")
     parser.add_argument("--local-files-only", action="store_true", help="never touch the network")
     parser.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (trusted only)")
-    parser.set_defaults(func=cmd_export)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from fastgen.api import default_device, parse_dtype
     from fastgen.export.pipeline import export_model
     from fastgen.models import load_adapter

@@ -1,0 +1,54 @@
+"""`fastgen demo`: classify held-out digits with the embedded model, beside a baseline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from fastgen.commands.options import add_model_options, classifier_from_args
+
+
+def _n_images(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of images or 'all', got {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n-images", type=_n_images, default=100, help="held-out images to use, or 'all'")
+    parser.add_argument("--shifts", action="store_true", help="accuracy under noise, blur and contrast shifts")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    add_model_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastgen.eval.demo import run_demo, run_shift_table
+
+    clf = classifier_from_args(args)
+    policy = type(clf.policy).__name__
+    if args.shifts:
+        rows = run_shift_table(clf, args.n_images)
+        print(f"{'shift':<18} {'fastgen':>8} {'baseline':>9} {'evals/img':>10}")
+        for row in rows:
+            print(f"{row['shift']:<18} {row['accuracy']:>8.3f} {row['baseline_accuracy']:>9.3f} {row['unet_evals_per_image']:>10.1f}")
+        if args.json:
+            print(json.dumps({"model": args.model, "policy": policy, "shifts": rows}))
+        return 0
+    report = run_demo(clf, args.n_images)
+    print(f"model: {args.model}  policy: {policy}  device: {clf.adapter.device}")
+    print(f"held-out images:        {report['images']}")
+    print(f"fastgen accuracy:       {report['accuracy']:.4f}")
+    print(f"baseline accuracy:      {report['baseline_accuracy']:.4f}  (logistic regression, same training split)")
+    print(f"UNet evaluations/image: {report['unet_evals_per_image']:.1f}")
+    print(f"images/s:               {report['images_per_s']:.2f}  ({report['seconds']:.1f} s)")
+    if args.json:
+        summary = {k: v for k, v in report.items() if k != "predictions"}
+        config = clf.config.as_dict()
+        print(json.dumps({"model": args.model, "policy": policy, "config": config, **summary, "predictions": report["predictions"]}))
+    return 0

@@ -1,0 +1,90 @@
+"""`ScoringConfig`: every setting that decides an image's scores, in one frozen object.
+
+The API, the engine, the reference, the command line and the benchmark all take this one object,
+results files and benchmark JSON record `as_dict()`, and a model's `fastgen.json` supplies the
+defaults (`from_model_defaults`). Two runs with equal configs on the same model and classes give
+the same per-class errors, whatever the batch size or image order; `batch_size` is here only
+because it is a setting users tune with the others, it never changes a score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastgen.engine.policies import Policy, describe_policy, make_policy
+from fastgen.engine.sampling import TIMESTEP_MODES
+from fastgen.inputs.classes import AGGREGATES
+from fastgen.losses import check_loss
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How images are scored. See the README's "Scoring" list for what each setting means."""
+
+    policy: Policy = field(default_factory=make_policy)
+    loss: str = "l2"
+    timesteps: str = "even"
+    weighting: float = 0.0  # k in w(t) = exp(-k t / T); 0 is uniform
+    seed: int = 0
+    aggregate: str = "mean"  # several prompts of one class: mean of their errors, or the best one
+    batch_size: int = 64  # denoiser rows per batch
+
+    def __post_init__(self):
+        check_loss(self.loss)
+        _check_choice("timesteps", self.timesteps, TIMESTEP_MODES)
+        _check_choice("aggregate", self.aggregate, AGGREGATES)
+        if not isinstance(self.policy, Policy):
+            raise TypeError(f"policy must be a Policy (see fastgen.make_policy), got {type(self.policy).__name__}")
+        _check_int("seed", self.seed, minimum=0)
+        _check_int("batch_size", self.batch_size, minimum=1)
+        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "batch_size", int(self.batch_size))
+        object.__setattr__(self, "weighting", float(self.weighting))
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        policy: str | Policy | None = None,
+        policy_options: dict[str, Any] | None = None,
+        model_defaults: dict[str, Any] | None = None,
+        **settings: Any,
+    ) -> ScoringConfig:
+        """A config from a policy name and options, falling back to a model's `fastgen.json`
+        policy when no policy is named; `settings` are the other fields (None means default)."""
+        options = dict(policy_options or {})
+        default_policy = dict((model_defaults or {}).get("policy") or {})
+        if policy is None and default_policy:
+            policy = default_policy.pop("name", None)
+            options = {**default_policy, **options}
+        chosen = make_policy(policy, **options)
+        return cls(policy=chosen, **{k: v for k, v in settings.items() if v is not None})
+
+    def replace(self, **changes: Any) -> ScoringConfig:
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON: what results files and benchmark reports record."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["policy"] = describe_policy(self.policy)
+        return values
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScoringConfig:
+        values = dict(data)
+        policy = dict(values.pop("policy", None) or {})
+        name = policy.pop("name", None)
+        return cls.build(policy=name, policy_options=policy, **values)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...] | dict) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,1 @@
+"""Offline jobs over image files: the resumable results file, one process, and torchrun ranks."""
