@@ -75,8 +75,14 @@ class DiffusionClassifier:
         # OOM splitting and the fp32 recompute of overflowed batches (from the plain torch module,
         # whatever fast path `denoise` is later set to); kept across classify calls.
         self.guard = DenoiseGuard(lambda: fp32_copy(adapter.denoiser))
+        # The policy bound to these classes, and what it scores: the classes, then any extra
+        # units it asks for (a label tree's inner nodes), all encoded once here.
+        self.bound_policy = self.config.policy.bind(classes.names)
+        self.units = classes.with_units(self.bound_policy.extra_units())
+        if len(self.units) > len(classes) and classes.labels is not None:
+            raise ValueError("a label-tree policy scores prompts of inner nodes: it needs a text-conditioned model")
         with torch.no_grad():
-            self.conditions = adapter.encode_conditions(classes)
+            self.conditions = adapter.encode_conditions(self.units)
         if torch.is_floating_point(self.conditions) and not torch.isfinite(self.conditions).all():
             raise FloatingPointError("the text encoder produced non-finite prompt embeddings")
         self.plan = SamplePlan.for_config(adapter.alphas_cumprod, self.config)
@@ -100,6 +106,7 @@ class DiffusionClassifier:
 
     @batch_size.setter
     def batch_size(self, value: int) -> None:
+        # The only setting that changes no score, so conditions and bound policy stay valid.
         self.config = self.config.replace(batch_size=value)
 
     @classmethod
@@ -119,6 +126,7 @@ class DiffusionClassifier:
         weighting: float = 0.0,
         seed: int = 0,
         batch_size: int = 64,
+        timestep_weights: Sequence[float] | None = None,
         config: ScoringConfig | None = None,
         local_files_only: bool | None = None,
         allow_pickle: bool = False,
@@ -132,6 +140,7 @@ class DiffusionClassifier:
         one. `policy` is `paired` (default), `stages` or `exhaustive`, with `policy_options`
         such as `{"n_samples": 100}` or `{"n_samples": (50, 500), "to_keep": (5, 1)}`. A
         `config` (`ScoringConfig`) replaces the policy and every scoring keyword at once.
+        `timestep_weights` defaults to the model's fitted ones (its `fastgen.json` `scoring`).
 
         `backend` runs the denoiser: None (the model as loaded), `torch` (SDPA, fused QKV,
         optional `compile` / `cuda_graphs` via `backend_options`), `onnxruntime` or `tensorrt`
@@ -154,6 +163,7 @@ class DiffusionClassifier:
             config = ScoringConfig.build(
                 policy=policy, policy_options=policy_options, model_defaults=defaults, loss=loss,
                 timesteps=timesteps, weighting=weighting, seed=seed, aggregate=aggregate, batch_size=batch_size,
+                timestep_weights=timestep_weights,
             )  # fmt: skip
         spec = build_classes(classes, templates=templates, aggregate=config.aggregate)
         classifier = cls(adapter, spec, config=config)
@@ -191,8 +201,8 @@ class DiffusionClassifier:
 
     def _engine(self) -> Engine:
         return Engine(
-            self.denoise, self.conditions, self.classes, self.adapter,
-            config=self.config, plan=self.plan, noise=self.noise, guard=self.guard,
+            self.denoise, self.conditions, self.classes, self.adapter, config=self.config,
+            policy=self.bound_policy, units=self.units, plan=self.plan, noise=self.noise, guard=self.guard,
         )  # fmt: skip
 
     def classify_stream(

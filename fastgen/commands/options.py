@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastgen.backends import BACKENDS
-from fastgen.engine.policies import POLICIES
+from fastgen.engine.policies import POLICIES, policy_options
 from fastgen.engine.sampling import TIMESTEP_MODES
 from fastgen.inputs.classes import AGGREGATES
 from fastgen.losses import LOSSES
@@ -70,10 +70,15 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     policy.add_argument("--policy", choices=POLICIES, default=None, help="default: the model's, else paired")
     policy.add_argument("--n-samples", type=int_list, help="exhaustive: N; stages: N1,N2,...")
     policy.add_argument("--to-keep", type=int_list, help="stages: K1,K2,...")
-    policy.add_argument("--alpha", type=float, help="paired: drop a class when p < alpha")
-    policy.add_argument("--min-samples", type=int, help="paired: samples before the first test")
-    policy.add_argument("--max-samples", type=int, help="paired: cap on samples per class")
-    policy.add_argument("--check-every", type=int, help="paired: samples between tests")
+    policy.add_argument("--alpha", type=float, help="paired, tree: drop a class when p < alpha")
+    policy.add_argument("--min-samples", type=int, help="paired, tree: samples before the first test")
+    policy.add_argument("--max-samples", type=int, help="paired, tree: cap on samples per class")
+    policy.add_argument("--check-every", type=int, help="paired, tree: samples between tests")
+    policy.add_argument("--screen-samples", type=int, help="paired: samples of a first screening round for every class")
+    policy.add_argument("--screen-keep", type=int, help="paired: classes kept after the screening round")
+    policy.add_argument("--tree", help="tree: label-tree JSON file (inner nodes with prompts over the classes)")
+    policy.add_argument("--beam", type=int, help="tree: inner nodes kept per round")
+    policy.add_argument("--node-samples", type=int, help="tree: samples per inner-node round")
 
 
 def add_backend_options(parser: argparse.ArgumentParser, *, backends: tuple[str, ...] = ()) -> None:
@@ -91,13 +96,9 @@ def add_backend_options(parser: argparse.ArgumentParser, *, backends: tuple[str,
 
 
 def policy_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    options = {
-        "alpha": args.alpha,
-        "min_samples": args.min_samples,
-        "max_samples": args.max_samples,
-        "check_every": args.check_every,
-        "to_keep": args.to_keep,
-    }
+    """The options of every registered policy that were given; `make_policy` keeps the chosen one's."""
+    names = {name for cls in POLICIES.values() for name in policy_options(cls)} - {"n_samples"}
+    options = {name: getattr(args, name, None) for name in sorted(names)}
     if args.n_samples is not None:
         options["n_samples"] = args.n_samples[0] if args.policy == "exhaustive" else args.n_samples
     return {k: v for k, v in options.items() if v is not None}

@@ -10,6 +10,7 @@ because it is a setting users tune with the others, it never changes a score.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,9 @@ class ScoringConfig:
     weighting: float = 0.0  # k in w(t) = exp(-k t / T); 0 is uniform
     seed: int = 0
     aggregate: str = "mean"  # several prompts of one class: mean of their errors, or the best one
+    # Fitted per model (fastgen.eval.timestep_fit): relative weights of K equal bands of [0, T);
+    # timesteps are drawn with density proportional to them. None: uniform over [0, T).
+    timestep_weights: tuple[float, ...] | None = None
     batch_size: int = 64  # denoiser rows per batch
 
     def __post_init__(self):
@@ -43,6 +47,7 @@ class ScoringConfig:
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "batch_size", int(self.batch_size))
         object.__setattr__(self, "weighting", float(self.weighting))
+        object.__setattr__(self, "timestep_weights", _check_band_weights(self.timestep_weights))
 
     @classmethod
     def build(
@@ -54,14 +59,18 @@ class ScoringConfig:
         **settings: Any,
     ) -> ScoringConfig:
         """A config from a policy name and options, falling back to a model's `fastgen.json`
-        policy when no policy is named; `settings` are the other fields (None means default)."""
+        policy when no policy is named and to its `scoring` settings (such as fitted
+        `timestep_weights`) for settings left as None; `settings` are the other fields."""
+        defaults = model_defaults or {}
         options = dict(policy_options or {})
-        default_policy = dict((model_defaults or {}).get("policy") or {})
+        default_policy = dict(defaults.get("policy") or {})
         if policy is None and default_policy:
             policy = default_policy.pop("name", None)
             options = {**default_policy, **options}
         chosen = make_policy(policy, **options)
-        return cls(policy=chosen, **{k: v for k, v in settings.items() if v is not None})
+        given = {k: v for k, v in settings.items() if v is not None}
+        from_model = {k: v for k, v in (defaults.get("scoring") or {}).items() if settings.get(k) is None}
+        return cls(policy=chosen, **{**from_model, **given})
 
     def replace(self, **changes: Any) -> ScoringConfig:
         return dataclasses.replace(self, **changes)
@@ -78,6 +87,15 @@ class ScoringConfig:
         policy = dict(values.pop("policy", None) or {})
         name = policy.pop("name", None)
         return cls.build(policy=name, policy_options=policy, **values)
+
+
+def _check_band_weights(weights: Any) -> tuple[float, ...] | None:
+    if weights is None:
+        return None
+    values = tuple(float(w) for w in weights)
+    if not values or any(not math.isfinite(w) or w < 0 for w in values) or not any(values):
+        raise ValueError(f"timestep_weights must be finite, >= 0 and not all zero, got {weights!r}")
+    return values
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...] | dict) -> None:

@@ -57,21 +57,25 @@ def class_sample_errors(errors: dict, prompts: list[int], n: int, aggregate: str
 
 def reference_classify(adapter: Adapter, pixels: torch.Tensor, classes: ClassSpec, config: ScoringConfig) -> ImageResult:
     """Classify one image ([C, H, W] pixels in [0, 1]) the slow, obvious way."""
-    policy, loss, weighting = config.policy, config.loss, config.weighting
+    loss, weighting = config.loss, config.weighting
+    policy = config.policy.bind(classes.names)
+    units = classes.with_units(policy.extra_units())
     x0 = adapter.encode_images(pixels[None])[0].float()
-    conditions = adapter.encode_conditions(classes)
-    prompts_of = classes.prompts_of_class
+    conditions = adapter.encode_conditions(units)
+    prompts_of = units.prompts_of_class
     plan = SamplePlan.for_config(adapter.alphas_cumprod, config)
     noise = NoiseBank(tuple(x0.shape), seed=config.seed, device=adapter.device)
 
     errors: dict[int, dict[int, float]] = {p: {} for p in range(len(conditions))}
-    alive = list(range(len(classes)))
+    alive = policy.initial_units(len(classes))
     final: dict[int, tuple[float, int]] = {}
-    evals, n_done, n_target = 0, 0, policy.first_round()
+    evals, n_target = 0, policy.first_round()
     while True:
         for k in alive:
             for p in prompts_of[k]:
-                for s in range(n_done, n_target):
+                for s in range(n_target):
+                    if s in errors[p]:  # scored in an earlier round: nested samples are reused
+                        continue
                     t = int(plan.timesteps(s + 1)[s])
                     eps = noise.get([s])[0]
                     errors[p][s] = one_error(adapter, x0, conditions[p], t, eps, loss=loss, weighting=weighting)
@@ -79,14 +83,15 @@ def reference_classify(adapter: Adapter, pixels: torch.Tensor, classes: ClassSpe
         per_class = [class_sample_errors(errors, prompts_of[k], n_target, config.aggregate) for k in alive]
         kept, next_target = policy.next_round(torch.tensor(per_class, dtype=torch.float32), alive)
         for k, row in zip(alive, per_class):
-            if k not in kept or next_target is None:
+            if k < len(classes) and (k not in kept or next_target is None):
                 final[k] = (float(np.mean(np.array(row, dtype=np.float32), dtype=np.float64)), n_target)
-        alive, n_done = kept, n_target
+        alive = kept
         if next_target is None:
             break
         n_target = next_target
 
-    partial = np.array([final[k][0] for k in range(len(classes))])
-    n_samples = np.array([final[k][1] for k in range(len(classes))])
+    never = (math.nan, 0)
+    partial = np.array([final.get(k, never)[0] for k in range(len(classes))])
+    n_samples = np.array([final.get(k, never)[1] for k in range(len(classes))])
     errors_out = np.array([final[k][0] if k in alive else math.nan for k in range(len(classes))])
     return ImageResult(classes.names, errors_out, partial, n_samples, evals)

@@ -22,6 +22,7 @@ from fastgen.engine.denoiser import Denoiser, as_denoiser
 from fastgen.engine.faults import DenoiseGuard
 from fastgen.engine.padding import fixed_batch_if_wanted
 from fastgen.engine.planner import Batch, RowQueue
+from fastgen.engine.policies import Policy
 from fastgen.engine.result import ImageResult
 from fastgen.engine.sampling import NoiseBank, SamplePlan
 from fastgen.inputs.classes import ClassSpec
@@ -38,6 +39,8 @@ def aggregate_classes(
 
     `mean`: the mean over the class's prompts; `min`: the row of the prompt with the lowest mean.
     """
+    if all(len(prompts_of[k]) == 1 for k in classes):  # one prompt each: a gather, whatever the rule
+        return prompt_errors[[prompts_of[k][0] for k in classes]]
     rows = []
     for k in classes:
         block = prompt_errors[prompts_of[k]]
@@ -53,12 +56,12 @@ class _Job:
     key: object
     slot: int
     prompt_errors: torch.Tensor  # [P, max_samples] fp32, filled as rows complete
-    alive: list[int]
-    n_done: int = 0
+    alive: list[int]  # units: classes, then (for a tree policy) inner nodes
+    n_scored: dict[int, int] = field(default_factory=dict)  # unit -> samples scored so far
     n_target: int = 0
     pending: int = 0
     evals: int = 0
-    partial: dict[int, tuple[float, int]] = field(default_factory=dict)  # pruned class -> (mean, n)
+    partial: dict[int, tuple[float, int]] = field(default_factory=dict)  # stopped class -> (mean, n)
 
 
 @dataclass
@@ -90,22 +93,27 @@ class Engine:
         model: Adapter,
         *,
         config: ScoringConfig,
+        policy: Policy | None = None,
+        units: ClassSpec | None = None,
         plan: SamplePlan | None = None,
         noise: NoiseBank | None = None,
         guard: DenoiseGuard | None = None,
     ):
         """`model` supplies the noise schedule, prediction type, x0 shape, device and dtype;
-        `plan` and `noise` may be passed in to reuse their caches across runs."""
+        `policy` is `config.policy` bound to the classes (bound here when not given) and
+        `units` the classes followed by the policy's extra units, with `conditions` encoding
+        `units`' prompts; `plan` and `noise` may be passed in to reuse their caches."""
         denoise = as_denoiser(denoise)
         self.denoise = fixed_batch_if_wanted(denoise, config.batch_size)  # pads for CUDA graphs / compile
         self.conditions = conditions
         self.class_names = classes.names
-        self.prompts_of = classes.prompts_of_class
+        self.policy = policy if policy is not None else config.policy.bind(classes.names)
+        units = units if units is not None else classes.with_units(self.policy.extra_units())
+        self.prompts_of = units.prompts_of_class
         self.config = config
         self.alphas_cumprod = model.alphas_cumprod.double().cpu()
         self.prediction_type = model.prediction_type
         target_coefficients(self.prediction_type, self.alphas_cumprod[:1])  # validates early
-        self.policy = config.policy
         self.plan = plan if plan is not None else SamplePlan.for_config(model.alphas_cumprod, config)
         self.noise = noise if noise is not None else NoiseBank(model.x0_shape, seed=config.seed, device=model.device)
         self.batch_size = config.batch_size
@@ -134,14 +142,25 @@ class Engine:
             raise ValueError(f"x0 of shape {tuple(x0.shape)} does not match the model's {self.x0_shape}")
         n_prompts = len(self.conditions)
         errors = torch.full((n_prompts, self.policy.max_samples), math.nan)
-        job = _Job(key, self._take_slot(x0), errors, alive=list(range(len(self.class_names))))
+        job = _Job(key, self._take_slot(x0), errors, alive=self.policy.initial_units(len(self.class_names)))
         self._start_round(job, self.policy.first_round())
 
     def _start_round(self, job: _Job, n_target: int) -> None:
+        """Queue the rows that bring every alive unit to `n_target` samples: new units (a tree
+        policy's children) from sample 0, the others from where they stopped."""
         job.n_target = n_target
-        prompts = [p for k in job.alive for p in self.prompts_of[k]]
-        job.pending = self._queue.push(job, job.slot, prompts, job.n_done, n_target)
+        by_start: dict[int, list[int]] = {}
+        for unit in job.alive:
+            by_start.setdefault(job.n_scored.get(unit, 0), []).append(unit)
+            job.n_scored[unit] = n_target
+        job.pending = 0
+        for first, units in by_start.items():
+            if first < n_target:
+                prompts = [p for k in units for p in self.prompts_of[k]]
+                job.pending += self._queue.push(job, job.slot, prompts, first, n_target)
         job.evals += job.pending
+        if job.pending == 0:  # every alive unit already has these samples: decide at once
+            self._end_round(job)
 
     # -- one denoiser batch -------------------------------------------------------------------
     def _batch_inputs(self, batch: Batch) -> _BatchInputs:
@@ -216,11 +235,13 @@ class Engine:
         n = job.n_target
         class_errors = aggregate_classes(job.prompt_errors[:, :n], self.prompts_of, job.alive, self.config.aggregate)
         kept, next_target = self.policy.next_round(class_errors, job.alive)
+        staying = set(kept) if next_target is not None else set()
+        n_classes = len(self.class_names)
         for row, k in enumerate(job.alive):
-            # Every class's mean so far; overwritten while it survives, final once it stops.
-            if k not in kept or next_target is None:
+            # A class's mean over its samples, recorded when it stops (pruned, or at the end).
+            if k < n_classes and k not in staying:
                 job.partial[k] = (float(class_errors[row].double().mean()), n)
-        job.alive, job.n_done = list(kept), n
+        job.alive = list(kept)
         if next_target is None:
             self._finished.append(job)
             self._free_slots.append(job.slot)
@@ -229,8 +250,9 @@ class Engine:
 
     def _result(self, job: _Job) -> ImageResult:
         k_all = len(self.class_names)
-        partial = np.array([job.partial[k][0] for k in range(k_all)])
-        n_samples = np.array([job.partial[k][1] for k in range(k_all)], dtype=np.int64)
+        never = (math.nan, 0)  # a class in a subtree the policy never entered
+        partial = np.array([job.partial.get(k, never)[0] for k in range(k_all)])
+        n_samples = np.array([job.partial.get(k, never)[1] for k in range(k_all)], dtype=np.int64)
         errors = np.where(np.isin(np.arange(k_all), job.alive), partial, np.nan)
         return ImageResult(self.class_names, errors, partial, n_samples, job.evals)
 

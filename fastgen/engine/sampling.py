@@ -27,26 +27,56 @@ def van_der_corput(index: int) -> float:
     return value
 
 
+def warp_by_band_weights(u: torch.Tensor, weights: tuple[float, ...]) -> torch.Tensor:
+    """Map points u in [0, 1) through the inverse CDF of the density that is constant on each of
+    len(weights) equal bands of [0, 1) and proportional to its weight there. Equal weights give
+    u back; a zero-weight band receives no point. Monotone, so a nested, even sequence of u
+    stays nested and evenly spread under the density."""
+    w = torch.tensor(weights, dtype=torch.float64)
+    cdf = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(w / w.sum(), 0)])
+    band = torch.searchsorted(cdf, u.double(), right=True).clamp(1, len(weights)) - 1
+    inside = (u.double() - cdf[band]) / (cdf[band + 1] - cdf[band]).clamp_min(1e-300)
+    return ((band + inside.clamp(0, 1 - 1e-12)) / len(weights)).clamp(0, 1 - 1e-12)
+
+
 def timestep_sequence(
-    n: int, num_train_timesteps: int, *, mode: str = "even", seed: int = 0
+    n: int,
+    num_train_timesteps: int,
+    *,
+    mode: str = "even",
+    seed: int = 0,
+    band_weights: tuple[float, ...] | None = None,
 ) -> torch.Tensor:
     """The first `n` timesteps of the nested sequence, as int64.
 
     `even`: a low-discrepancy grid over [0, T) (the reference's even spacing, made nestable).
     `random`: i.i.d. uniform draws over [0, T) from `seed` (Clark & Jaini), also nested because
     draw s is fixed once the seed is.
+    `band_weights` (fitted per model, see `fastgen.eval.timestep_fit`): the same points drawn
+    with density proportional to the weight of each of K equal bands of [0, T) instead of
+    uniformly, so the samples go where the model tells classes apart.
     """
+    if mode not in TIMESTEP_MODES:
+        raise ValueError(f"timesteps must be one of {TIMESTEP_MODES}, got {mode!r}")
+    if band_weights is None:
+        if mode == "even":
+            values = [int(van_der_corput(s) * num_train_timesteps) for s in range(n)]
+            return torch.tensor(values, dtype=torch.int64)
+        return _random_timesteps(n, num_train_timesteps, seed)
     if mode == "even":
-        values = [int(van_der_corput(s) * num_train_timesteps) for s in range(n)]
-        return torch.tensor(values, dtype=torch.int64)
-    if mode == "random":
-        # Drawn in seeded blocks so that draw s never depends on how many are asked for.
-        blocks = []
-        for block in range((n + _TIMESTEP_BLOCK - 1) // _TIMESTEP_BLOCK):
-            generator = torch.Generator().manual_seed(seed * 1_000_003 + 7919 + block)
-            blocks.append(torch.randint(0, num_train_timesteps, (_TIMESTEP_BLOCK,), generator=generator))
-        return torch.cat(blocks)[:n] if blocks else torch.empty(0, dtype=torch.int64)
-    raise ValueError(f"timesteps must be one of {TIMESTEP_MODES}, got {mode!r}")
+        u = torch.tensor([van_der_corput(s) for s in range(n)], dtype=torch.float64)
+    else:
+        u = (_random_timesteps(n, 1 << 30, seed).double() + 0.5) / (1 << 30)
+    return (warp_by_band_weights(u, band_weights) * num_train_timesteps).long()
+
+
+def _random_timesteps(n: int, high: int, seed: int) -> torch.Tensor:
+    # Drawn in seeded blocks so that draw s never depends on how many are asked for.
+    blocks = []
+    for block in range((n + _TIMESTEP_BLOCK - 1) // _TIMESTEP_BLOCK):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + 7919 + block)
+        blocks.append(torch.randint(0, high, (_TIMESTEP_BLOCK,), generator=generator))
+    return torch.cat(blocks)[:n] if blocks else torch.empty(0, dtype=torch.int64)
 
 
 class NoiseBank:
@@ -90,25 +120,30 @@ class SamplePlan:
         mode: str = "even",
         seed: int = 0,
         weighting: float = 0.0,
+        band_weights: tuple[float, ...] | None = None,
     ):
         self.alphas_cumprod = alphas_cumprod.double().cpu()
         self.num_train_timesteps = int(alphas_cumprod.shape[0])
         self.mode = mode
         self.seed = seed
         self.weighting = float(weighting)
+        self.band_weights = band_weights
         timestep_sequence(1, self.num_train_timesteps, mode=mode, seed=seed)  # validates mode
         self._timesteps = torch.empty(0, dtype=torch.int64)
 
     @classmethod
     def for_config(cls, alphas_cumprod: torch.Tensor, config) -> SamplePlan:
         """The plan a `ScoringConfig` asks for on a model's noise schedule."""
-        return cls(alphas_cumprod, mode=config.timesteps, seed=config.seed, weighting=config.weighting)
+        return cls(
+            alphas_cumprod, mode=config.timesteps, seed=config.seed, weighting=config.weighting,
+            band_weights=config.timestep_weights,
+        )  # fmt: skip
 
     def timesteps(self, n: int) -> torch.Tensor:
         if n > self._timesteps.shape[0]:
             grown = max(n, 2 * self._timesteps.shape[0])
             self._timesteps = timestep_sequence(
-                grown, self.num_train_timesteps, mode=self.mode, seed=self.seed
+                grown, self.num_train_timesteps, mode=self.mode, seed=self.seed, band_weights=self.band_weights
             )
         return self._timesteps[:n]
 

@@ -51,6 +51,15 @@ class ClassSpec:
     def __len__(self) -> int:
         return len(self.names)
 
+    def with_units(self, extra: list[tuple[str, tuple[str, ...]]]) -> ClassSpec:
+        """These classes followed by `extra` scoring units (name, prompts), such as a label
+        tree's inner nodes; the first `len(self)` entries stay the classes."""
+        if not extra:
+            return self
+        names = self.names + tuple(name for name, _ in extra)
+        prompts = self.prompts + tuple(tuple(p) for _, p in extra)
+        return ClassSpec(names, prompts, labels=None, aggregate=self.aggregate)
+
     @property
     def flat_prompts(self) -> list[str]:
         return [p for prompts in self.prompts for p in prompts]

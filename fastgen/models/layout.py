@@ -59,5 +59,11 @@ def read_model_index(folder: Path) -> dict[str, Any]:
 
 
 def read_defaults(folder: Path) -> dict[str, Any]:
+    """The model's own `fastgen.json` (classes, templates, policy, scoring); a file the policy
+    names (a label tree) is resolved against the model folder."""
     path = folder / FASTGEN_DEFAULTS
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    defaults = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    policy = defaults.get("policy")
+    if isinstance(policy, dict) and isinstance(policy.get("tree"), str):
+        defaults["policy"] = {**policy, "tree": str(folder / policy["tree"])}
+    return defaults
