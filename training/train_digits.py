@@ -87,8 +87,9 @@ def build_tokenizer(folder: Path, max_length: int):
     return CLIPTokenizer.from_pretrained(str(folder))
 
 
-def build_models(cfg: TrainConfig, tokenizer) -> tuple[Any, Any, Any]:
-    """Fresh (unet, text_encoder, scheduler) for `cfg`; weights drawn from torch's RNG."""
+def build_models(cfg: TrainConfig, tokenizer, sample_size: int | tuple[int, int] = 8) -> tuple[Any, Any, Any]:
+    """Fresh (unet, text_encoder, scheduler) for `cfg` on one-channel images of `sample_size`
+    (a side or (H, W)); weights drawn from torch's RNG."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -105,7 +106,7 @@ def build_models(cfg: TrainConfig, tokenizer) -> tuple[Any, Any, Any]:
     )
     text_encoder = CLIPTextModel(text_config)
     unet = UNet2DConditionModel(
-        sample_size=8,
+        sample_size=sample_size,
         in_channels=1,
         out_channels=1,
         block_out_channels=tuple(cfg.block_out_channels),
@@ -301,8 +302,9 @@ def train(cfg: TrainConfig, workdir: Path, log_every: int = 250) -> dict[str, An
 # ----------------------------------------------------------------------------- saving
 
 
-def save(models: dict[str, Any], out: Path, cfg: TrainConfig) -> Path:
-    """Write the diffusers layout; weights are stored in `cfg.save_dtype`."""
+def save(models: dict[str, Any], out: Path, cfg: TrainConfig, defaults: dict[str, Any] | None = None) -> Path:
+    """Write the diffusers layout; weights are stored in `cfg.save_dtype`. `defaults` (the
+    digits' classes, template and policy unless given) go to `fastgen.json`."""
     from fastgen.models.clip_vocab import write_clip_tokenizer
     from fastgen.models.layout import save_model_folder
 
@@ -312,11 +314,8 @@ def save(models: dict[str, Any], out: Path, cfg: TrainConfig) -> Path:
             shutil.rmtree(out / sub)
     unet = _cast_copy(models["unet"], dtype)
     text_encoder = _cast_copy(models["text_encoder"], dtype)
-    defaults = {
-        "classes": list(CLASS_NAMES),
-        "templates": [TEMPLATE],
-        "policy": {},
-    }
+    if defaults is None:
+        defaults = {"classes": list(CLASS_NAMES), "templates": [TEMPLATE], "policy": {}}
     save_model_folder(
         out,
         {

@@ -189,7 +189,7 @@ class DiffusionClassifier:
                 yield from ((key, x0[i]) for i, (key, _) in enumerate(chunk))
                 chunk.clear()
 
-        size, channels = self.adapter.image_size, self.adapter.image_channels
+        size, channels = self.adapter.image_hw, self.adapter.image_channels
         for key, image in items:
             try:
                 chunk.append((key, load_pixels(image, size=size, channels=channels)))
@@ -250,7 +250,7 @@ class DiffusionClassifier:
 
     def classify_reference(self, image: ImageInput) -> ImageResult:
         """The same classification through `fastgen.engine.reference` (slow; for checking)."""
-        pixels = load_pixels(image, size=self.adapter.image_size, channels=self.adapter.image_channels)
+        pixels = load_pixels(image, size=self.adapter.image_hw, channels=self.adapter.image_channels)
         return reference_classify(self.adapter, pixels, self.classes, self.config)
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from fastgen.models.base import DiTDenoiser, LabelUNetDenoiser, TextDenoiser, sample_side
+from fastgen.models.base import DiTDenoiser, LabelUNetDenoiser, TextDenoiser, sample_hw
 
 BATCH_AXIS = "batch"
 INPUT_NAMES = ("x_t", "t", "cond")
@@ -111,25 +111,25 @@ def check_batch_sizes(sizes: tuple[int, int, int]) -> tuple[int, int, int]:
 
 def denoiser_spec(denoiser: nn.Module, *, text_length: int | None = None) -> IOSpec:
     """The I/O spec of one of fastgen's denoiser wrappers, read from its model config."""
-    x = lambda c, s: TensorSpec("x_t", (c, s, s), "model")  # noqa: E731
+    x = lambda c, hw: TensorSpec("x_t", (c, *hw), "model")  # noqa: E731
     t = TensorSpec("t", (), "int64")
     if isinstance(denoiser, TextDenoiser):
         config = denoiser.unet.config
-        side, channels = sample_side(config.sample_size), int(config.in_channels)
+        hw, channels = sample_hw(config.sample_size), int(config.in_channels)
         cond = TensorSpec("cond", (int(text_length or DEFAULT_TEXT_LENGTH), int(config.cross_attention_dim)), "model")
-        out = TensorSpec(OUTPUT_NAME, (int(config.out_channels), side, side), "model")
-        return IOSpec("unet-text", (x(channels, side), t, cond), out)
+        out = TensorSpec(OUTPUT_NAME, (int(config.out_channels), *hw), "model")
+        return IOSpec("unet-text", (x(channels, hw), t, cond), out)
     if isinstance(denoiser, (LabelUNetDenoiser, DiTDenoiser)):
         is_dit = isinstance(denoiser, DiTDenoiser)
         net = denoiser.transformer if is_dit else denoiser.unet
         config = net.config
-        side, channels = sample_side(config.sample_size), int(config.in_channels)
+        hw, channels = sample_hw(config.sample_size), int(config.in_channels)
         out_channels = denoiser.latent_channels if is_dit else int(config.out_channels)
         cond = TensorSpec("cond", (), "int64")
         family = "dit-label" if is_dit else "unet-label"
-        out = TensorSpec(OUTPUT_NAME, (out_channels, side, side), "model")
+        out = TensorSpec(OUTPUT_NAME, (out_channels, *hw), "model")
         labels = int(config.num_embeds_ada_norm if is_dit else config.num_class_embeds)
-        return IOSpec(family, (x(channels, side), t, cond), out, num_labels=labels)
+        return IOSpec(family, (x(channels, hw), t, cond), out, num_labels=labels)
     raise TypeError(
         f"no I/O spec for denoiser type {type(denoiser).__name__}; backends and export take "
         "the `denoiser` of a fastgen adapter (TextDenoiser, LabelUNetDenoiser, DiTDenoiser)"

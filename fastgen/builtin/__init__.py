@@ -2,6 +2,9 @@
 
 `builtin:digits` is a small pixel-space, text-conditioned diffusion model trained on the
 scikit-learn digits (8x8 grayscale); see `digits/TRAINING.md` and `train_digits.py`.
+`builtin:numbers` is its 1,000-class sibling on handwritten three-digit numbers 000-999 (8x24,
+three digits side by side); see `numbers/TRAINING.md`, `numbers_data.py` and
+`training/train_numbers.py` at the repository root.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from pathlib import Path
 
 BUILTIN_DIR = Path(__file__).parent
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS: dict[str, Path] = {"digits": BUILTIN_DIR / "digits"}
+BUILTIN_MODELS: dict[str, Path] = {"digits": BUILTIN_DIR / "digits", "numbers": BUILTIN_DIR / "numbers"}
 
 
 def resolve_builtin(name: str) -> Path:

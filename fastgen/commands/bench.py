@@ -23,8 +23,8 @@ def _images(model: str, clf: DiffusionClassifier, n: int, seed: int) -> tuple[li
         data = load_demo_data(n)
         return [torch.from_numpy(x[None].astype(np.float32)) for x in data.test_x], data.test_y
     g = torch.Generator().manual_seed(seed)
-    size, channels = clf.adapter.image_size, clf.adapter.image_channels
-    return [torch.rand(channels, size, size, generator=g) for _ in range(n)], None
+    (height, width), channels = clf.adapter.image_hw, clf.adapter.image_channels
+    return [torch.rand(channels, height, width, generator=g) for _ in range(n)], None
 
 
 def _classifier(args: argparse.Namespace, model: str, **overrides) -> DiffusionClassifier:

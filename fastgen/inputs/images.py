@@ -1,8 +1,12 @@
 """Turn user images (PIL images, file paths, numpy arrays, tensors) into model-sized pixels.
 
-Every input becomes a float32 tensor [C, H, W] in [0, 1] with the model's channel count,
-resized (shorter side) and center-cropped to the model's resolution. Failures raise
-`ImageError`, which names the image and what is wrong with it.
+Every input becomes a float32 tensor [C, H, W] in [0, 1] with the model's channel count and
+resolution H x W. Resizing rule (`resize_center_crop`): the image is scaled, preserving its aspect
+ratio, by the smallest factor that makes it cover H x W (bicubic, antialiased), then the central
+H x W window is cut out. For a square model this is "resize the shorter side, center-crop"; for a
+non-square model (e.g. an 8 x 24 strip) an input of the model's aspect is only resized, and a
+squarer input loses its top and bottom (a taller one) or its sides (a wider one); nothing is padded.
+Failures raise `ImageError`, which names the image and what is wrong with it.
 """
 
 from __future__ import annotations
@@ -98,22 +102,35 @@ def _match_channels(tensor: torch.Tensor, channels: int) -> torch.Tensor:
     return (tensor * luma).sum(dim=0, keepdim=True)
 
 
-def resize_center_crop(tensor: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize the shorter side to `size` (bicubic, antialiased) and center-crop a square."""
+def target_hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """A model resolution given as one side (square) or (H, W), as (H, W)."""
+    if isinstance(size, (tuple, list)):
+        height, width = (int(s) for s in size)
+    else:
+        height = width = int(size)
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {size!r}")
+    return height, width
+
+
+def resize_center_crop(tensor: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Scale [C, h, w] to cover H x W preserving aspect ratio (bicubic, antialiased), then
+    center-crop H x W; `size` is one side (square) or (H, W). See the module docstring."""
+    out_h, out_w = target_hw(size)
     _, height, width = tensor.shape
-    if (height, width) != (size, size):
-        scale = size / min(height, width)
-        new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+    if (height, width) != (out_h, out_w):
+        scale = max(out_h / height, out_w / width)
+        new_h, new_w = max(out_h, round(height * scale)), max(out_w, round(width * scale))
         tensor = F.interpolate(
             tensor[None], size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
         )[0].clamp(0, 1)
-        top, left = (new_h - size) // 2, (new_w - size) // 2
-        tensor = tensor[:, top : top + size, left : left + size]
+        top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+        tensor = tensor[:, top : top + out_h, left : left + out_w]
     return tensor.contiguous()
 
 
-def load_pixels(image: ImageInput, *, size: int, channels: int) -> torch.Tensor:
-    """One input image -> float32 [channels, size, size] in [0, 1]."""
+def load_pixels(image: ImageInput, *, size: int | tuple[int, int], channels: int) -> torch.Tensor:
+    """One input image -> float32 [channels, H, W] in [0, 1]; `size` is one side or (H, W)."""
     name = _describe(image)
     if isinstance(image, (str, Path)):
         tensor = _pil_to_tensor(open_image(image), channels)

@@ -16,6 +16,9 @@ label set be searched top-down. The file is JSON:
   on; a model that never saw such prompts gives the policy nothing to go on.
 * `children`: names of nodes or of classes. Each node and class has at most one parent. Nodes
   that are nobody's child are the roots; classes under no node are scored from the start.
+
+`nodes` may also be an object mapping each name to its `prompt(s)` and `children`; other
+top-level keys (a description, a list of roots) are ignored.
 """
 
 from __future__ import annotations
@@ -89,10 +92,13 @@ class LabelTree:
 
 
 def parse_label_tree(data: Any, *, source: str = "label tree") -> LabelTree:
-    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
-        raise LabelTreeError(f"{source}: expected a JSON object with a list under 'nodes'")
+    raw_nodes = data.get("nodes") if isinstance(data, dict) else None
+    if isinstance(raw_nodes, dict):  # {name: {prompt(s), children}} is accepted too
+        raw_nodes = [{"name": name, **spec} for name, spec in raw_nodes.items() if isinstance(spec, dict)]
+    if not isinstance(raw_nodes, list):
+        raise LabelTreeError(f"{source}: expected a JSON object with a list (or an object) under 'nodes'")
     nodes = []
-    for index, raw in enumerate(data["nodes"]):
+    for index, raw in enumerate(raw_nodes):
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise LabelTreeError(f"{source}: node {index} needs a 'name' string")
         prompts = raw.get("prompts", [raw["prompt"]] if "prompt" in raw else [])

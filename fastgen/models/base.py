@@ -23,7 +23,7 @@ class Adapter(ABC):
     denoiser: nn.Module
     prediction_type: str
     alphas_cumprod: torch.Tensor  # [T] float64 on CPU
-    image_size: int  # pixels fed to encode_images are [C, image_size, image_size]
+    image_hw: tuple[int, int]  # pixels fed to encode_images are [C, H, W] = [C, *image_hw]
     image_channels: int
     name: str = ""
     defaults: dict[str, Any] = {}
@@ -41,6 +41,14 @@ class Adapter(ABC):
         """One condition per entry of `classes.flat_prompts`, stacked on the device."""
 
     @property
+    def image_size(self) -> int | tuple[int, int]:
+        """The model's input resolution: one side length for square models (as before non-square
+        models existed), (H, W) otherwise; `load_pixels(size=...)` takes either. Prefer
+        `image_hw`, which is always (H, W)."""
+        height, width = self.image_hw
+        return height if height == width else (height, width)
+
+    @property
     def x0_shape(self) -> tuple[int, ...]:
         """Shape of one image's x0, known without encoding anything."""
         return self._x0_shape
@@ -50,9 +58,21 @@ class Adapter(ABC):
         return int(self.alphas_cumprod.shape[0])
 
 
+def sample_hw(sample_size: Any) -> tuple[int, int]:
+    """A model config's `sample_size` (an int for square models, or [H, W]) as (H, W)."""
+    if isinstance(sample_size, (list, tuple)):
+        if len(sample_size) != 2:
+            raise ValueError(f"sample_size must be an int or (H, W), got {sample_size!r}")
+        return int(sample_size[0]), int(sample_size[1])
+    return int(sample_size), int(sample_size)
+
+
 def sample_side(sample_size: Any) -> int:
-    """A model config's `sample_size` (an int, or a square [H, W]) as one side length."""
-    return int(sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size)
+    """A square model config's `sample_size` as one side length (see `sample_hw` for any shape)."""
+    height, width = sample_hw(sample_size)
+    if height != width:
+        raise ValueError(f"sample_size {sample_size!r} is not square; use sample_hw")
+    return height
 
 
 def scheduler_facts(scheduler: Any) -> tuple[torch.Tensor, str]:

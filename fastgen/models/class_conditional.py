@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from fastgen.inputs.classes import ClassSpec
-from fastgen.models.base import Adapter, DiTDenoiser, LabelUNetDenoiser, sample_side, scheduler_facts
+from fastgen.models.base import Adapter, DiTDenoiser, LabelUNetDenoiser, sample_hw, scheduler_facts
 from fastgen.models.loading import load_component, require_components
 
 
@@ -40,7 +40,7 @@ class ClassConditionalAdapter(Adapter):
         self.vae = None
         if "vae" in needs:
             self.vae = load_component(model, index, "vae", dtype=dtype, **load).to(device).eval()
-        side = sample_side(net.config.sample_size)
+        height, width = sample_hw(net.config.sample_size)
         channels = int(net.config.in_channels)
         if backbone == "transformer":
             self.denoiser = DiTDenoiser(net, channels)
@@ -50,13 +50,14 @@ class ClassConditionalAdapter(Adapter):
             self.num_labels = int(net.config.num_class_embeds or 0)
             if self.num_labels == 0:
                 raise ValueError(f"UNet2DModel of {model!r} has no class embedding (num_class_embeds)")
-        self._x0_shape = (channels, side, side)
+        self._x0_shape = (channels, height, width)
         if self.vae is not None:
-            self.image_size = side * 2 ** (len(self.vae.config.block_out_channels) - 1)
+            scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            self.image_hw = (height * scale, width * scale)
             self.image_channels = int(self.vae.config.in_channels)
             self.scaling_factor = float(self.vae.config.scaling_factor)
         else:
-            self.image_size, self.image_channels = side, channels
+            self.image_hw, self.image_channels = (height, width), channels
         self.labels_by_name = label_lookup(index.get("id2label"))
 
     @torch.no_grad()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from fastgen.models.base import sample_side
+from fastgen.models.base import sample_hw
 from fastgen.models.loading import load_component, require_components
 from fastgen.models.prompts import TextConditionedAdapter
 
@@ -25,11 +25,11 @@ class LatentTextAdapter(TextConditionedAdapter):
         require_components(index, folder, COMPONENTS, "latent text-to-image", str(model))
         self.vae = load_component(model, index, "vae", dtype=dtype, **load).to(device).eval()
         unet = self._load_text_and_unet(model, index, load)
-        latent_side = sample_side(unet.config.sample_size)
+        latent_h, latent_w = sample_hw(unet.config.sample_size)
         vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.image_size = latent_side * vae_scale
+        self.image_hw = (latent_h * vae_scale, latent_w * vae_scale)
         self.image_channels = int(self.vae.config.in_channels)
-        self._x0_shape = (int(unet.config.in_channels), latent_side, latent_side)
+        self._x0_shape = (int(unet.config.in_channels), latent_h, latent_w)
         self.scaling_factor = float(self.vae.config.scaling_factor)
 
     @torch.no_grad()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from fastgen.models.base import sample_side
+from fastgen.models.base import sample_hw
 from fastgen.models.loading import require_components
 from fastgen.models.prompts import TextConditionedAdapter
 
@@ -23,9 +23,9 @@ class PixelTextAdapter(TextConditionedAdapter):
         super().__init__(device=device, dtype=dtype)
         require_components(index, folder, COMPONENTS, "pixel-space text-conditioned", str(model))
         unet = self._load_text_and_unet(model, index, load)
-        self.image_size = sample_side(unet.config.sample_size)
+        self.image_hw = sample_hw(unet.config.sample_size)
         self.image_channels = int(unet.config.in_channels)
-        self._x0_shape = (self.image_channels, self.image_size, self.image_size)
+        self._x0_shape = (self.image_channels, *self.image_hw)
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return pixels.to(self.device, torch.float32) * 2 - 1

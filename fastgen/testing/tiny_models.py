@@ -43,7 +43,7 @@ def _text_parts(folder: Path, max_length: int = 12) -> tuple[CLIPTokenizer, CLIP
     return tokenizer, CLIPTextModel(config).eval()
 
 
-def _cond_unet(channels: int, sample_size: int) -> UNet2DConditionModel:
+def _cond_unet(channels: int, sample_size: int | tuple[int, int]) -> UNet2DConditionModel:
     return UNet2DConditionModel(
         sample_size=sample_size,
         in_channels=channels,
@@ -86,15 +86,23 @@ def make_latent_text(folder: str | Path, *, prediction_type: str = "epsilon", se
     return save_model_folder(folder, components, pipeline_class="StableDiffusionPipeline")
 
 
-def make_pixel_text(folder: str | Path, *, channels: int = 3, prediction_type: str = "epsilon", seed: int = 0) -> Path:
-    """Pixel-space text-conditioned model on 8 x 8 images (the SD layout without vae/)."""
+def make_pixel_text(
+    folder: str | Path,
+    *,
+    channels: int = 3,
+    prediction_type: str = "epsilon",
+    seed: int = 0,
+    sample_size: int | tuple[int, int] = 8,
+) -> Path:
+    """Pixel-space text-conditioned model on 8 x 8 images, or `sample_size=(H, W)` (the SD
+    layout without vae/)."""
     folder = Path(folder)
     torch.manual_seed(seed)
     tokenizer, text_encoder = _text_parts(folder)
     components = {
         "text_encoder": text_encoder,
         "tokenizer": tokenizer,
-        "unet": _cond_unet(channels, 8),
+        "unet": _cond_unet(channels, sample_size),
         "scheduler": _scheduler(prediction_type),
     }
     return save_model_folder(folder, components, pipeline_class="PixelTextToImage")
