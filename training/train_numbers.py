@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from fastgen.builtin import numbers_data as nd
-from fastgen.builtin.train_digits import (
+from training.train_digits import (
     EMA,
     build_models,
     build_tokenizer,
@@ -429,7 +429,7 @@ def write_training_md(out: Path, cfg: NumbersConfig, result: dict[str, Any]) -> 
         f"* classes: `zero zero zero` ... `nine nine nine` (class i is the number i, hundreds first);",
         f"  template `{nd.TEMPLATE}` (`fastgen.json`).",
         "* input: uint8 8x24 image -> `u8 / 255 * 2 - 1`, shape [1, 8, 24]. Other sizes are scaled",
-        "  to cover 8x24 and center-cropped (`fastgen.images`).",
+        "  to cover 8x24 and center-cropped (`fastgen.inputs.images`).",
         "",
         "## Data",
         "",
