@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from fastgen.api import DiffusionClassifier
 from fastgen.distributed import merge_parts
-from fastgen.results_file import ResultsWriter, error_record, path_key, read_results, result_record
+from fastgen.results_file import ResultsContents, ResultsWriter, error_record, path_key, repair_tail, result_record, scan_results
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,15 @@ def labelled_accuracy(summary: JobSummary, paths: Sequence[Path], done: dict[str
     summary.accuracy = sum(r["prediction"] == folder_label(p) for p, r in scored) / len(scored) if scored else None
 
 
+def prepare_output(out: Path) -> ResultsContents:
+    """Make `out` ready for appending and return what it already holds. A file that is not
+    fastgen's is refused before anything is changed."""
+    contents = scan_results(out)
+    repair_tail(out, contents)
+    merge_parts(out)  # part files left by an interrupted torchrun run count as done
+    return scan_results(out)
+
+
 def classify_files(
     clf: DiffusionClassifier,
     paths: Sequence[Path],
@@ -77,9 +86,7 @@ def classify_files(
     labels_from_folders: bool = False,
     progress: bool = True,
 ) -> JobSummary:
-    if out is not None:
-        merge_parts(out)  # part files left by an interrupted torchrun run count as done
-    done = read_results(out) if out is not None else {}
+    done = prepare_output(out).records if out is not None else {}
     todo = [p for p in paths if path_key(p) not in done]
     new = write_results(clf, todo, ResultsWriter(out, stream=sys.stdout), progress=progress)
     failed = count_failed(new)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from fastgen.results_file import path_key, read_results
+from fastgen.results_file import path_key, read_results, repair_tail, scan_results
 
 if TYPE_CHECKING:
     from fastgen.api import DiffusionClassifier
@@ -105,13 +105,16 @@ def merge_parts(out: Path) -> int:
     parts = find_parts(out)
     if not parts:
         return 0
-    done = read_results(out)  # also cuts a truncated last line
+    contents = scan_results(out)  # refuses an `out` that is not fastgen's, before any change
+    repair_tail(out, contents)
+    done = contents.records
     added = 0
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as handle:
         for part in parts:
-            for key, record in read_results(part).items():
-                if key not in done:
+            for key, record in scan_results(part, strict=False).records.items():
+                # A record `out` already holds is skipped; a newer one (a retried image) is not.
+                if done.get(key) != record:
                     handle.write(json.dumps(record, allow_nan=False) + "\n")
                     done[key] = record
                     added += 1
@@ -158,6 +161,22 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def on_main(ranks: Ranks, device: torch.device, step: Callable[[], object]) -> None:
+    """Run `step` on rank 0 only; a ValueError it raises (a refused output file) is raised on
+    rank 0 and reported on every other rank, instead of leaving them waiting at a barrier."""
+    refusal: ValueError | None = None
+    if ranks.is_main:
+        try:
+            step()
+        except ValueError as error:
+            refusal = error
+    (refused,) = sum_over_ranks([refusal is not None], device)  # also the barrier after `step`
+    if refusal is not None:
+        raise refusal
+    if refused:
+        raise ValueError("rank 0 refused the output file; its error message says why")
+
+
 # -- the distributed `classify` ----------------------------------------------------------------------
 def classify_files_distributed(
     args: argparse.Namespace,
@@ -167,7 +186,7 @@ def classify_files_distributed(
 ) -> JobSummary | None:
     """Run this rank's shard into its part file; rank 0 merges and returns the summary of the
     whole job, other ranks return None."""
-    from fastgen.batch_job import JobSummary, count_failed, labelled_accuracy, write_results
+    from fastgen.batch_job import JobSummary, count_failed, labelled_accuracy, prepare_output, write_results
     from fastgen.results_file import ResultsWriter
 
     if args.out is None:
@@ -176,9 +195,9 @@ def classify_files_distributed(
     args.device = str(device)
     init_process_group(ranks, device)
     try:
-        if ranks.is_main:
-            merge_parts(args.out)  # an interrupted run's parts, of any world size
-        dist.barrier()
+        # Rank 0 alone checks and repairs the output and merges an interrupted run's parts (of any
+        # world size); every rank learns whether it refused the file before computing anything.
+        on_main(ranks, device, lambda: prepare_output(args.out))
         done = read_results(args.out)
         todo = [p for p in sorted(paths, key=path_key) if path_key(p) not in done]
         clf = build_classifier(args)
