@@ -5,12 +5,15 @@ Both validate their arguments, then hand the work to the engine.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fastgen.builtin import BUILTIN_PREFIX
 from fastgen.classes import ClassSpec, build_classes
 from fastgen.engine.faults import DenoiseGuard, fp32_copy
 from fastgen.engine.losses import check_loss
@@ -37,6 +40,14 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     if dtype in DTYPES:
         return DTYPES[dtype]
     raise ValueError(f"dtype must be one of {sorted(DTYPES)} or a torch.dtype, got {dtype!r}")
+
+
+def policy_settings(policy: Policy) -> dict[str, Any]:
+    """A policy's name and parameters, JSON-ready (a policy that is not a dataclass by its repr)."""
+    name = type(policy).__name__
+    if dataclasses.is_dataclass(policy):
+        return {"name": name, **dataclasses.asdict(policy)}
+    return {"name": name, "repr": repr(policy)}
 
 
 def default_device() -> torch.device:
@@ -148,6 +159,32 @@ class DiffusionClassifier:
         elif backend_options or export_dir is not None:
             raise ValueError("backend_options and export_dir need a backend: pass backend='torch', 'onnxruntime' or 'tensorrt'")
         return classifier
+
+    # -- what a result depends on ---------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        """The model as a results header names it: a folder by its absolute path, a hub id or
+        `builtin:NAME` as given."""
+        name = self.adapter.name
+        return os.path.abspath(name) if name and not name.startswith(BUILTIN_PREFIX) and Path(name).is_dir() else name
+
+    def settings(self) -> dict[str, Any]:
+        """Everything besides the model that a result depends on, JSON-ready. A results file's
+        header records it so that a resume can check that it continues the same job. Batch size,
+        device and backend are left out: results do not depend on them beyond float rounding."""
+        labels = self.classes.labels
+        return {
+            "classes": list(self.classes.names),
+            "prompts": [list(p) for p in self.classes.prompts],
+            "labels": list(labels) if labels is not None else None,
+            "aggregate": self.classes.aggregate,
+            "policy": policy_settings(self.policy),
+            "loss": self.loss,
+            "timesteps": self.timesteps,
+            "weighting": self.weighting,
+            "seed": self.seed,
+            "dtype": str(self.adapter.dtype).removeprefix("torch."),
+        }
 
     # -- classification -----------------------------------------------------------------------
     def _x0_stream(self, items: Iterable[tuple[Any, ImageInput]]) -> Iterator[tuple[Any, Any]]:

@@ -4,10 +4,13 @@ Each rank classifies a deterministic shard of the images and appends its records
 file next to the output (`F.part-RRRRR-of-WWWWW`) through the same durable writer a one-process
 run uses. When every rank is done, rank 0 merges the parts into `F` and deletes them.
 
-Resuming works at any world size, with or without torchrun: before anything is computed, the
-part files of an interrupted run (whatever its world size) are merged into `F` (a truncated last
-line is dropped there and its image redone), and only images absent from `F` are sharded. The
-process group is used for barriers and one sum of counts only: no home-made protocol.
+Resuming works at any world size, with or without torchrun: before anything is computed, rank 0
+checks `F` (a file that is not fastgen's, or whose header names other settings, is refused), cuts
+an interrupted last line there, merges the part files of an interrupted run (whatever its world
+size) and appends the job's header when `F` lacks it; only images absent from `F` (or, with
+`--retry-failed`, whose latest record is an error) are sharded. Part files hold records only: the
+header of `F` covers them. The process group is used for barriers and sums of counts only: no
+home-made protocol.
 """
 
 from __future__ import annotations
@@ -186,21 +189,25 @@ def classify_files_distributed(
 ) -> JobSummary | None:
     """Run this rank's shard into its part file; rank 0 merges and returns the summary of the
     whole job, other ranks return None."""
-    from fastgen.batch_job import JobSummary, count_failed, labelled_accuracy, prepare_output, write_results
+    from fastgen.batch_job import (
+        JobSummary, count_failed, job_header, labelled_accuracy, needs_computing, prepare_output, write_results,
+    )  # fmt: skip
     from fastgen.results_file import ResultsWriter
 
     if args.out is None:
         raise ValueError("--out is required under torchrun: each rank writes a part file next to it")
+    retry_failed, force = getattr(args, "retry_failed", False), getattr(args, "force", False)
     device = rank_device(args.device, ranks)
     args.device = str(device)
     init_process_group(ranks, device)
     try:
-        # Rank 0 alone checks and repairs the output and merges an interrupted run's parts (of any
-        # world size); every rank learns whether it refused the file before computing anything.
-        on_main(ranks, device, lambda: prepare_output(args.out))
-        done = read_results(args.out)
-        todo = [p for p in sorted(paths, key=path_key) if path_key(p) not in done]
         clf = build_classifier(args)
+        # Rank 0 alone checks the output against this job's settings, repairs it and merges an
+        # interrupted run's parts (of any world size); every rank learns whether it refused the
+        # file before computing anything.
+        on_main(ranks, device, lambda: prepare_output(args.out, job_header(clf), force=force))
+        done = read_results(args.out)
+        todo = [p for p in sorted(paths, key=path_key) if needs_computing(done.get(path_key(p)), retry_failed=retry_failed)]
         writer = ResultsWriter(part_path(args.out, ranks))
         progress = not args.no_progress and ranks.is_main
         new = write_results(clf, shard(todo, ranks), writer, progress=progress)
@@ -209,8 +216,10 @@ def classify_files_distributed(
             return None
         merge_parts(args.out)
         summary = JobSummary(len(paths), len(paths) - len(todo), computed, failed)
+        latest = read_results(args.out)
+        summary.errors_in_output = count_failed(latest)
         if args.labels_from_folders:
-            labelled_accuracy(summary, paths, read_results(args.out))
+            labelled_accuracy(summary, paths, latest)
         return summary
     finally:
         dist.destroy_process_group()

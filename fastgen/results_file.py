@@ -112,6 +112,21 @@ def _starts_like_ours(complete: list[bytes], tail: bytes) -> bool:
     return tail.startswith(_OUR_LINE_STARTS)
 
 
+def check_not_foreign(path: Path) -> None:
+    """Refuse a file that is not fastgen's from its first line alone: cheap enough to run before
+    a model is loaded."""
+    if not path.is_file():
+        return
+    with path.open("rb") as handle:
+        head = handle.readline()
+    if head.endswith(b"\n"):
+        complete, tail = [head[:-1]], b""
+    else:
+        complete, tail = [], head
+    if head and not _starts_like_ours(complete, tail):
+        _refuse_foreign(path, head.rstrip(b"\n"))
+
+
 def _warn_bad_lines(path: Path, bad_lines: list[int]) -> None:
     listed = ", ".join(str(n) for n in bad_lines[:_LISTED_BAD_LINES])
     more = f" (and {len(bad_lines) - _LISTED_BAD_LINES} more)" if len(bad_lines) > _LISTED_BAD_LINES else ""
@@ -242,9 +257,26 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def unwritable_message(path: Path, error: OSError) -> str:
-    reason = error.strerror or str(error)
+def unwritable_message(path: Path, error: OSError | str) -> str:
+    reason = error if isinstance(error, str) else error.strerror or str(error)
     return f"cannot write the results file {path} ({reason}); choose a writable location for --out"
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, before any work is done, a results path that cannot be written."""
+    if path.is_dir():
+        raise ResultsFileError(f"{path} is a folder; pass a file path such as {path / 'results.jsonl'}")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise ResultsFileError(unwritable_message(path, "permission denied"))
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ResultsFileError(unwritable_message(path, f"{parent} is a file, not a folder"))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ResultsFileError(unwritable_message(path, f"permission denied in {parent}"))
 
 
 class ResultsWriter:

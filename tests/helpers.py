@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from fastgen import DiffusionClassifier
+from fastgen.results_file import is_header
 
 
 def small_classifier(folder, kind: str, **kwargs) -> DiffusionClassifier:
@@ -17,3 +21,11 @@ def small_classifier(folder, kind: str, **kwargs) -> DiffusionClassifier:
 
 def errors_of(results) -> np.ndarray:
     return np.stack([r.errors for r in results])
+
+
+def file_lines(path: Path) -> tuple[dict, list[dict]]:
+    """A results file as (its header, its records in file order); the header must come first."""
+    objects = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    assert objects and is_header(objects[0]), "a results file starts with its header"
+    assert not any(is_header(o) for o in objects[1:])
+    return objects[0], objects[1:]

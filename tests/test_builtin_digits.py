@@ -10,6 +10,7 @@ from fastgen import DiffusionClassifier
 from fastgen.builtin import BUILTIN_MODELS
 from fastgen.builtin.digits_data import CLASS_NAMES, digits_split, to_pil
 from fastgen.cli import main
+from helpers import file_lines
 
 def test_builtin_digits_is_small_and_loads_offline():
     folder = BUILTIN_MODELS["digits"]
@@ -41,7 +42,8 @@ def test_cli_classifies_png_digits_with_the_builtin_model(tmp_path, capsys):
     code = main(["classify", str(tmp_path), "--model", "builtin:digits", "--out", str(out), "--labels-from-folders",
                  "--no-progress", "--device", "cpu"])  # fmt: skip
     assert code == 0
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    header, lines = file_lines(out)
+    assert header["model"] == "builtin:digits"
     assert len(lines) == 6 and all(r["prediction"] in CLASS_NAMES for r in lines)
     assert "accuracy:" in capsys.readouterr().err
 

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from fastgen.cli import main
+from helpers import file_lines
 
 
 @pytest.fixture
@@ -46,7 +47,8 @@ def test_classify_folder_writes_a_line_per_image_and_resumes(model_dirs, image_f
     ]  # fmt: skip
     code, err = _run(argv, capsys)
     assert code == 0
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    header, lines = file_lines(out)
+    assert header["model"] == str(model_dirs["pixel-text"]) and header["settings"]["classes"] == ["cat", "dog"]
     assert len(lines) == 11
     failed = [r for r in lines if "error" in r]
     assert len(failed) == 1 and failed[0]["path"].endswith("corrupt.png")
@@ -56,7 +58,7 @@ def test_classify_folder_writes_a_line_per_image_and_resumes(model_dirs, image_f
         assert record["prediction"] in ("cat", "dog") and record["unet_evals"] == 8
         assert set(record["scores"]) == {"cat", "dog"}
         assert record["prediction"] == min(record["scores"], key=record["scores"].get)
-    assert "computed: 10" in err and "failed: 1" in err and "accuracy:" in err
+    assert "computed: 10" in err and "failed: 1" in err and "errors in output: 1" in err and "accuracy:" in err
 
     before = out.read_bytes()
     code, err = _run(argv, capsys)
@@ -75,9 +77,10 @@ def test_a_truncated_last_line_is_redone(model_dirs, image_folder, tmp_path, cap
     out.write_text("\n".join(complete[:-1]) + "\n" + complete[-1][:20])  # a crash mid-line
     code, err = _run(argv, capsys)
     assert code == 0 and "computed: 1" in err
-    redone = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
-    assert len(redone) == len(complete)
-    for record in map(json.loads, complete):
+    header, records = file_lines(out)
+    redone = {r["path"]: r for r in records}
+    assert len(redone) == len(complete) - 1 == len(records)
+    for record in map(json.loads, complete[1:]):
         # the redone image sits in another batch: equal up to float rounding
         assert redone[record["path"]]["scores"] == pytest.approx(record["scores"], abs=1e-5)
         assert redone[record["path"]]["prediction"] == record["prediction"]
@@ -95,3 +98,76 @@ def test_module_entry_point_runs_env():
     result = subprocess.run([sys.executable, "-m", "fastgen", "env", "--json"], capture_output=True, text=True, check=True)
     info = json.loads(result.stdout.strip().splitlines()[-1])
     assert info["torch"] and info["devices"]
+
+
+def _classify_argv(images, model, out, *extra):
+    return [
+        "classify", str(images), "--model", str(model), "--classes", "cat,dog", "--out", str(out),
+        "--policy", "exhaustive", "--n-samples", "3", "--no-progress", "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def test_an_out_file_that_is_not_fastgens_is_refused_untouched(model_dirs, image_folder, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    code, err = _run(_classify_argv(image_folder, model_dirs["pixel-text"], notes), capsys)
+    assert code == 2 and notes.read_text() == "my notes\n"
+    assert err.startswith("fastgen classify: error: ") and "not a fastgen results file" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_resume_with_other_settings_is_refused_unless_forced(model_dirs, image_folder, tmp_path, capsys):
+    out = tmp_path / "results.jsonl"
+    model = model_dirs["pixel-text"]
+    assert _run(_classify_argv(image_folder / "cat", model, out), capsys)[0] == 0
+    before = out.read_bytes()
+    code, err = _run(_classify_argv(image_folder / "cat", model, out, "--seed", "1"), capsys)
+    assert code == 2 and "seed: 0 in the file, 1 now" in err and "--force" in err
+    assert out.read_bytes() == before
+    code, err = _run(_classify_argv(image_folder / "cat", model, out, "--seed", "1", "--force"), capsys)
+    assert code == 0 and "computed: 0" in err and "skipped (already in output): 5" in err
+    objects = [json.loads(line) for line in out.read_text().splitlines()]
+    assert out.read_bytes().startswith(before) and len(objects) == 5 + 2
+    assert objects[-1]["fastgen"] == "results" and objects[-1]["settings"]["seed"] == 1
+    # the last header now describes the job: the same settings resume without --force
+    after = out.read_bytes()
+    assert _run(_classify_argv(image_folder / "cat", model, out, "--seed", "1"), capsys)[0] == 0
+    assert out.read_bytes() == after
+
+
+def test_a_file_from_before_headers_resumes_and_gains_a_header(model_dirs, image_folder, tmp_path, capsys):
+    out = tmp_path / "results.jsonl"
+    model = model_dirs["pixel-text"]
+    assert _run(_classify_argv(image_folder / "cat", model, out), capsys)[0] == 0
+    header_line, *record_lines = out.read_text().splitlines(keepends=True)
+    legacy = "".join(record_lines[:3])  # an older fastgen's file: records only, two images missing
+    out.write_text(legacy)
+    code, err = _run(_classify_argv(image_folder / "cat", model, out), capsys)
+    assert code == 0 and "computed: 2" in err and "skipped (already in output): 3" in err
+    text = out.read_text()
+    assert text.startswith(legacy) and text[len(legacy) :].splitlines(keepends=True)[0] == header_line
+    redone = {r["path"]: r for r in map(json.loads, text.splitlines()[4:])}
+    for record in map(json.loads, record_lines[3:]):  # in other batches now: equal up to rounding
+        assert redone[record["path"]]["scores"] == pytest.approx(record["scores"], abs=1e-5)
+    assert len(redone) == 2
+
+
+def test_retry_failed_redoes_a_fixed_image_and_the_summary_counts_errors(model_dirs, image_folder, tmp_path, capsys):
+    out = tmp_path / "results.jsonl"
+    argv = _classify_argv(image_folder / "dog", model_dirs["pixel-text"], out)
+    code, err = _run(argv, capsys)
+    assert code == 0 and "failed: 1, errors in output: 1" in err and "--retry-failed" in err
+    code, err = _run(argv, capsys)  # nothing fixed, nothing retried: the error is still reported
+    assert code == 0 and "computed: 0" in err and "failed: 0, errors in output: 1" in err
+    corrupt = image_folder / "dog" / "corrupt.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(corrupt)
+    before = out.read_bytes()
+    code, err = _run([*argv, "--retry-failed"], capsys)
+    assert code == 0 and "computed: 1" in err and "skipped (already in output): 5" in err
+    assert "failed: 0, errors in output: 0" in err
+    assert out.read_bytes().startswith(before)  # the error record stays; the new record follows it
+    records = [r for r in file_lines(out)[1] if r["path"].endswith("corrupt.png")]
+    assert "error" in records[0] and records[-1]["prediction"] in ("cat", "dog") and len(records) == 2
+    from fastgen.results_file import path_key, read_results
+
+    assert read_results(out)[path_key(corrupt)] == records[-1]
