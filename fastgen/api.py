@@ -6,11 +6,13 @@ Both validate their arguments, then hand the work to the engine.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fastgen.builtin import BUILTIN_PREFIX
@@ -20,7 +22,7 @@ from fastgen.engine.losses import check_loss
 from fastgen.engine.policies import Policy, make_policy
 from fastgen.engine.runner import Engine
 from fastgen.engine.sampling import NoiseBank, SamplePlan
-from fastgen.images import ImageError, ImageInput, load_pixels
+from fastgen.images import DEFAULT_MAX_PIXELS, ImageError, ImageInput, load_pixels
 from fastgen.models import Adapter, load_adapter
 from fastgen.reference import reference_classify
 from fastgen.result import ImageResult
@@ -40,6 +42,25 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     if dtype in DTYPES:
         return DTYPES[dtype]
     raise ValueError(f"dtype must be one of {sorted(DTYPES)} or a torch.dtype, got {dtype!r}")
+
+
+MAX_SEED = 2**32 - 1
+
+
+def check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
+    """`value` as an int within bounds, or a ValueError naming the argument."""
+    within = f"in {minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer {within}, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an integer {within}, got {value}")
+    return int(value)
+
+
+def check_finite(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def policy_settings(policy: Policy) -> dict[str, Any]:
@@ -72,18 +93,18 @@ class DiffusionClassifier:
         seed: int = 0,
         batch_size: int = 64,
         encode_batch_size: int = 16,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         self.adapter = adapter
         self.classes = classes
         self.policy = policy
         self.loss = check_loss(loss)
         self.timesteps = timesteps
-        self.weighting = float(weighting)
-        self.seed = int(seed)
-        if batch_size < 1 or encode_batch_size < 1:
-            raise ValueError("batch_size and encode_batch_size must be >= 1")
-        self.batch_size = batch_size
-        self.encode_batch_size = encode_batch_size
+        self.weighting = check_finite("weighting", weighting)
+        self.seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.encode_batch_size = check_int("encode_batch_size", encode_batch_size, minimum=1)
+        self.max_pixels = check_int("max_pixels", max_pixels, minimum=1)
         self.denoise = adapter.denoiser
         # OOM splitting and the fp32 recompute of overflowed batches (from the plain torch module,
         # whatever fast path `denoise` is later set to); kept across classify calls.
@@ -112,6 +133,7 @@ class DiffusionClassifier:
         weighting: float = 0.0,
         seed: int = 0,
         batch_size: int = 64,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
         local_files_only: bool | None = None,
         allow_pickle: bool = False,
         backend: str | None = None,
@@ -128,7 +150,12 @@ class DiffusionClassifier:
         optional `compile` / `cuda_graphs` via `backend_options`), `onnxruntime` or `tensorrt`
         (exported once into `export_dir`, default `~/.cache/fastgen/exports`, then reused).
         """
+        # Cheap checks first: a bad argument should not cost a model load.
         check_loss(loss)
+        check_int("seed", seed, minimum=0, maximum=MAX_SEED)
+        check_int("batch_size", batch_size, minimum=1)
+        check_int("max_pixels", max_pixels, minimum=1)
+        check_finite("weighting", weighting)
         adapter = load_adapter(
             model,
             device=device or default_device(),
@@ -149,7 +176,7 @@ class DiffusionClassifier:
         chosen = make_policy(policy, **options)
         classifier = cls(
             adapter, spec, policy=chosen, loss=loss, timesteps=timesteps, weighting=weighting,
-            seed=seed, batch_size=batch_size,
+            seed=seed, batch_size=batch_size, max_pixels=max_pixels,
         )  # fmt: skip
         if backend is not None:
             from fastgen.backends import load_backend
@@ -187,6 +214,12 @@ class DiffusionClassifier:
         }
 
     # -- classification -----------------------------------------------------------------------
+    def prepare_pixels(self, image: ImageInput) -> torch.Tensor:
+        """One image as the model takes it: [C, size, size] in [0, 1]; raises ImageError."""
+        return load_pixels(
+            image, size=self.adapter.image_size, channels=self.adapter.image_channels, max_pixels=self.max_pixels
+        )
+
     def _x0_stream(self, items: Iterable[tuple[Any, ImageInput]]) -> Iterator[tuple[Any, Any]]:
         """(key, x0) per image, encoding in chunks; an image that fails yields (key, error)."""
         chunk: list[tuple[Any, torch.Tensor]] = []
@@ -197,10 +230,9 @@ class DiffusionClassifier:
                 yield from ((key, x0[i]) for i, (key, _) in enumerate(chunk))
                 chunk.clear()
 
-        size, channels = self.adapter.image_size, self.adapter.image_channels
         for key, image in items:
             try:
-                chunk.append((key, load_pixels(image, size=size, channels=channels)))
+                chunk.append((key, self.prepare_pixels(image)))
             except ImageError as error:
                 yield key, error
             if len(chunk) >= self.encode_batch_size:
@@ -272,7 +304,7 @@ class DiffusionClassifier:
 
     def classify_reference(self, image: ImageInput) -> ImageResult:
         """The same classification through `fastgen.reference` (slow; for checking)."""
-        pixels = load_pixels(image, size=self.adapter.image_size, channels=self.adapter.image_channels)
+        pixels = self.prepare_pixels(image)
         return reference_classify(
             self.adapter, pixels, self.classes, policy=self.policy, loss=self.loss,
             timesteps=self.timesteps, weighting=self.weighting, seed=self.seed,

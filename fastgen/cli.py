@@ -15,8 +15,22 @@ from fastgen.engine.sampling import TIMESTEP_MODES
 from fastgen.optional import installed_version
 
 
+# Mirrors fastgen.images.DEFAULT_MAX_PIXELS without importing it: that module needs torch.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +46,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--loss", choices=LOSSES, default="l2")
     group.add_argument("--timesteps", choices=TIMESTEP_MODES, default="even")
     group.add_argument("--weighting", type=float, default=0.0, help="k in w(t)=exp(-k t); 0 is uniform")
+    group.add_argument(
+        "--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+        help=f"refuse image files with more pixels than this, from their header (default {DEFAULT_MAX_PIXELS:,})",
+    )  # fmt: skip
     group.add_argument("--local-files-only", action="store_true", help="never touch the network")
     group.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (trusted only)")
     add_backend_options(parser)
@@ -84,6 +102,7 @@ def classifier_from_args(args: argparse.Namespace):
         weighting=args.weighting,
         seed=args.seed,
         batch_size=args.batch_size,
+        max_pixels=args.max_pixels,
         local_files_only=args.local_files_only or None,
         allow_pickle=args.allow_pickle,
         backend=args.backend,

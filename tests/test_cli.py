@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from fastgen import ImageError
 from fastgen.cli import main
-from helpers import file_lines
+from helpers import file_lines, small_classifier, zero_png
 
 
 @pytest.fixture
@@ -171,3 +173,30 @@ def test_retry_failed_redoes_a_fixed_image_and_the_summary_counts_errors(model_d
     from fastgen.results_file import path_key, read_results
 
     assert read_results(out)[path_key(corrupt)] == records[-1]
+
+
+def test_an_oversized_image_is_its_own_error_record_and_never_stops_a_run(model_dirs, image_folder, tmp_path, capsys):
+    bomb = image_folder / "cat" / "bomb.png"
+    bomb.write_bytes(zero_png(14000, 14000))  # 190 KB on disk, 196 million pixels decoded
+    out = tmp_path / "results.jsonl"
+    argv = _classify_argv(image_folder / "cat", model_dirs["pixel-text"], out)
+    code, err = _run(argv, capsys)
+    assert code == 0 and "computed: 5" in err and "failed: 1" in err
+    records = {Path(r["path"]).name: r for r in file_lines(out)[1]}
+    assert len(records) == 6 and all("prediction" in r for name, r in records.items() if name != "bomb.png")
+    assert "14000x14000" in records["bomb.png"]["error"] and "--max-pixels" in records["bomb.png"]["error"]
+    code, err = _run(argv, capsys)  # the resume gets past it too
+    assert code == 0 and "computed: 0" in err and "skipped (already in output): 6" in err
+
+    clf = small_classifier(model_dirs["pixel-text"], "pixel-text")
+    good = sorted((image_folder / "cat").glob("*_RGB.png"))[0]
+    results = clf.classify([good, bomb, good], on_error="return")
+    assert isinstance(results[1], ImageError) and "over the limit" in str(results[1])
+    assert results[0].prediction == results[2].prediction and np.allclose(results[0].errors, results[2].errors)
+
+
+def test_max_pixels_option_sets_the_limit(model_dirs, image_folder, tmp_path, capsys):
+    out = tmp_path / "results.jsonl"
+    code, err = _run(_classify_argv(image_folder / "cat", model_dirs["pixel-text"], out, "--max-pixels", "143"), capsys)
+    assert code == 0 and "computed: 0" in err and "failed: 5" in err  # every image is 12 x 12 = 144 pixels
+    assert all("over the limit of 143" in r["error"] for r in file_lines(out)[1])
