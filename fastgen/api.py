@@ -6,6 +6,7 @@ Both validate their arguments, then hand the work to the engine.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from fastgen.builtin import BUILTIN_PREFIX
-from fastgen.classes import ClassSpec, build_classes
+from fastgen.classes import DEFAULT_TEMPLATES, ClassSpec, build_classes
 from fastgen.engine.faults import DenoiseGuard, fp32_copy
 from fastgen.engine.losses import check_loss
 from fastgen.engine.policies import Policy, make_policy
@@ -26,6 +27,8 @@ from fastgen.images import DEFAULT_MAX_PIXELS, ImageError, ImageInput, load_pixe
 from fastgen.models import Adapter, load_adapter
 from fastgen.reference import reference_classify
 from fastgen.result import ImageResult
+
+log = logging.getLogger(__name__)
 
 DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -69,6 +72,20 @@ def policy_settings(policy: Policy) -> dict[str, Any]:
     if dataclasses.is_dataclass(policy):
         return {"name": name, **dataclasses.asdict(policy)}
     return {"name": name, "repr": repr(policy)}
+
+
+def model_templates(adapter: Adapter) -> list[str] | None:
+    """The prompt templates the model declares in its `fastgen.json`; None (the generic
+    `DEFAULT_TEMPLATES`) when it declares none."""
+    templates = adapter.defaults.get("templates")
+    if templates:
+        return list(templates)
+    if adapter.kind != "class-conditional":
+        log.info(
+            "model %s declares no prompt templates (fastgen.json); using %s. Pass templates=[...] "
+            "(--template on the command line) to choose", adapter.name, list(DEFAULT_TEMPLATES),
+        )  # fmt: skip
+    return None
 
 
 def default_device() -> torch.device:
@@ -142,9 +159,13 @@ class DiffusionClassifier:
     ) -> "DiffusionClassifier":
         """Load `model` (hub id, folder or `builtin:NAME`) and fix the candidate classes.
 
-        `classes`/`templates`/`policy` default to the model's own `fastgen.json` when it has
-        one. `policy` is `paired` (default), `stages` or `exhaustive`, with `policy_options`
-        such as `{"n_samples": 100}` or `{"n_samples": (50, 500), "to_keep": (5, 1)}`.
+        `classes`, `templates` and `policy` default to the model's own `fastgen.json` when it
+        has one, each on its own: classes given without templates are put in the model's own
+        templates (a model that declares none gets `a photo of a {}.`). `policy` is `paired`
+        (default), `stages` or `exhaustive`, with `policy_options` such as `{"n_samples": 100}`
+        or `{"n_samples": (50, 500), "to_keep": (5, 1)}`.
+
+        `max_pixels` refuses image files with more pixels, from their header, as an `ImageError`.
 
         `backend` runs the denoiser: None (the model as loaded), `torch` (SDPA, fused QKV,
         optional `compile` / `cuda_graphs` via `backend_options`), `onnxruntime` or `tensorrt`
@@ -166,7 +187,8 @@ class DiffusionClassifier:
         defaults = adapter.defaults
         if classes is None and "classes" in defaults:
             classes = defaults["classes"]
-            templates = templates if templates is not None else defaults.get("templates")
+        if templates is None:  # the model's own templates, whatever classes were given
+            templates = model_templates(adapter)
         spec = build_classes(classes, templates=templates, aggregate=aggregate)
         options = dict(policy_options or {})
         if policy is None and "policy" in defaults:
@@ -318,5 +340,6 @@ def classify(
     model: str | Path = "builtin:digits",
     **options: Any,
 ) -> list[ImageResult]:
-    """Load `model`, classify `images` among `classes`, return one result per image."""
+    """Load `model`, classify `images` among `classes`, return one result per image. Classes,
+    their prompt templates and the policy default to the model's own (see `from_pretrained`)."""
     return DiffusionClassifier.from_pretrained(model, classes=classes, **options).classify(images)

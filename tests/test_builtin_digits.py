@@ -6,11 +6,12 @@ import json
 
 import numpy as np
 
+import fastgen
 from fastgen import DiffusionClassifier
 from fastgen.builtin import BUILTIN_MODELS
 from fastgen.builtin.digits_data import CLASS_NAMES, digits_split, to_pil
 from fastgen.cli import main
-from helpers import file_lines
+from helpers import errors_of, file_lines
 
 def test_builtin_digits_is_small_and_loads_offline():
     folder = BUILTIN_MODELS["digits"]
@@ -54,3 +55,24 @@ def test_demo_prints_one_json_object_last(capsys):
     for key in ("accuracy", "baseline_accuracy", "images", "unet_evals_per_image", "images_per_s"):
         assert key in report
     assert report["images"] == 12 and 0.5 <= report["accuracy"] <= 1 and report["baseline_accuracy"] > 0.5
+
+
+def test_classes_without_a_template_keep_the_models_own_prompts(tmp_path, capsys):
+    _, _, test_x, _ = digits_split()
+    images = [to_pil(image) for image in test_x[:20]]
+    options = {"device": "cpu", "policy": "exhaustive", "policy_options": {"n_samples": 8}, "batch_size": 400}
+    own = DiffusionClassifier.from_pretrained("builtin:digits", **options)
+    named = DiffusionClassifier.from_pretrained("builtin:digits", classes=list(CLASS_NAMES), **options)
+    assert named.classes.prompts == own.classes.prompts == tuple((f"a handwritten digit {n}",) for n in CLASS_NAMES)
+    assert np.array_equal(errors_of(named.classify(images)), errors_of(own.classify(images)))
+    subset = DiffusionClassifier.from_pretrained("builtin:digits", classes="three,eight", **options)
+    assert subset.classes.prompts == (("a handwritten digit three",), ("a handwritten digit eight",))
+    # the one-call API and the command line take the same default
+    one_call = fastgen.classify(images[:4], list(CLASS_NAMES), **options)
+    assert [r.prediction for r in one_call] == [r.prediction for r in own.classify(images[:4])]
+    for i, image in enumerate(images[:2]):
+        image.save(tmp_path / f"{i}.png")
+    out = tmp_path / "out.jsonl"
+    assert main(["classify", str(tmp_path), "--classes", ",".join(CLASS_NAMES), "--out", str(out), "--no-progress",
+                 "--device", "cpu", "--policy", "exhaustive", "--n-samples", "4"]) == 0  # fmt: skip
+    assert file_lines(out)[0]["settings"]["prompts"] == [list(p) for p in own.classes.prompts]
