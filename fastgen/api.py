@@ -25,6 +25,7 @@ from fastgen.engine.runner import Engine
 from fastgen.engine.sampling import NoiseBank, SamplePlan
 from fastgen.images import DEFAULT_MAX_PIXELS, ImageError, ImageInput, load_pixels
 from fastgen.models import Adapter, load_adapter
+from fastgen.polarity import declared_polarity, polarity_rule
 from fastgen.reference import reference_classify
 from fastgen.result import ImageResult
 
@@ -111,6 +112,7 @@ class DiffusionClassifier:
         batch_size: int = 64,
         encode_batch_size: int = 16,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        invert: bool | str | None = None,
     ):
         self.adapter = adapter
         self.classes = classes
@@ -122,6 +124,7 @@ class DiffusionClassifier:
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.encode_batch_size = check_int("encode_batch_size", encode_batch_size, minimum=1)
         self.max_pixels = check_int("max_pixels", max_pixels, minimum=1)
+        self.polarity = polarity_rule(invert, declared_polarity(adapter.defaults, adapter.name), adapter.name)
         self.denoise = adapter.denoiser
         # OOM splitting and the fp32 recompute of overflowed batches (from the plain torch module,
         # whatever fast path `denoise` is later set to); kept across classify calls.
@@ -151,6 +154,7 @@ class DiffusionClassifier:
         seed: int = 0,
         batch_size: int = 64,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        invert: bool | str | None = None,
         local_files_only: bool | None = None,
         allow_pickle: bool = False,
         backend: str | None = None,
@@ -166,6 +170,9 @@ class DiffusionClassifier:
         or `{"n_samples": (50, 500), "to_keep": (5, 1)}`.
 
         `max_pixels` refuses image files with more pixels, from their header, as an `ImageError`.
+        `invert` matches images to the ink polarity the model declares (`fastgen.polarity`):
+        None (default) is `"auto"` for a model that declares one (an image whose background has
+        the other polarity is inverted), else `"never"`; `"always"`/`"never"` (True/False) force it.
 
         `backend` runs the denoiser: None (the model as loaded), `torch` (SDPA, fused QKV,
         optional `compile` / `cuda_graphs` via `backend_options`), `onnxruntime` or `tensorrt`
@@ -198,7 +205,7 @@ class DiffusionClassifier:
         chosen = make_policy(policy, **options)
         classifier = cls(
             adapter, spec, policy=chosen, loss=loss, timesteps=timesteps, weighting=weighting,
-            seed=seed, batch_size=batch_size, max_pixels=max_pixels,
+            seed=seed, batch_size=batch_size, max_pixels=max_pixels, invert=invert,
         )  # fmt: skip
         if backend is not None:
             from fastgen.backends import load_backend
@@ -233,14 +240,17 @@ class DiffusionClassifier:
             "weighting": self.weighting,
             "seed": self.seed,
             "dtype": str(self.adapter.dtype).removeprefix("torch."),
+            "input": self.polarity.settings(),
         }
 
     # -- classification -----------------------------------------------------------------------
     def prepare_pixels(self, image: ImageInput) -> torch.Tensor:
-        """One image as the model takes it: [C, size, size] in [0, 1]; raises ImageError."""
-        return load_pixels(
+        """One image as the model takes it: [C, size, size] in [0, 1], in the model's ink
+        polarity; raises ImageError."""
+        pixels = load_pixels(
             image, size=self.adapter.image_size, channels=self.adapter.image_channels, max_pixels=self.max_pixels
         )
+        return self.polarity.apply(pixels)
 
     def _x0_stream(self, items: Iterable[tuple[Any, ImageInput]]) -> Iterator[tuple[Any, Any]]:
         """(key, x0) per image, encoding in chunks; an image that fails yields (key, error)."""

@@ -50,6 +50,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
         help=f"refuse image files with more pixels than this, from their header (default {DEFAULT_MAX_PIXELS:,})",
     )  # fmt: skip
+    group.add_argument(
+        "--invert", choices=("auto", "always", "never"), default=None,
+        help="invert images to the model's ink polarity: auto (default for a model that declares one) "
+        "inverts an image whose background has the other polarity",
+    )  # fmt: skip
     group.add_argument("--local-files-only", action="store_true", help="never touch the network")
     group.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (trusted only)")
     add_backend_options(parser)
@@ -103,6 +108,7 @@ def classifier_from_args(args: argparse.Namespace):
         seed=args.seed,
         batch_size=args.batch_size,
         max_pixels=args.max_pixels,
+        invert=args.invert,
         local_files_only=args.local_files_only or None,
         allow_pickle=args.allow_pickle,
         backend=args.backend,
