@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fastgen.builtin import BUILTIN_PREFIX
+from fastgen.choices import MAX_SEED
 from fastgen.classes import DEFAULT_TEMPLATES, ClassSpec, build_classes
 from fastgen.engine.faults import DenoiseGuard, fp32_copy
 from fastgen.engine.losses import check_loss
@@ -46,9 +47,6 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     if dtype in DTYPES:
         return DTYPES[dtype]
     raise ValueError(f"dtype must be one of {sorted(DTYPES)} or a torch.dtype, got {dtype!r}")
-
-
-MAX_SEED = 2**32 - 1
 
 
 def check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
@@ -91,6 +89,24 @@ def model_templates(adapter: Adapter) -> list[str] | None:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device` as a torch.device that exists here (None: cuda if available, else cpu), or a
+    ValueError that says what is wrong with it."""
+    if device is None:
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {str(device)!r} is not a device name torch knows ({error}); use cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r} was asked for, but torch sees no CUDA GPU here; use cpu")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {str(device)!r} was asked for, but torch sees {count} GPU(s): cuda:0..cuda:{count - 1}")
+    return resolved
 
 
 class DiffusionClassifier:
@@ -186,7 +202,7 @@ class DiffusionClassifier:
         check_finite("weighting", weighting)
         adapter = load_adapter(
             model,
-            device=device or default_device(),
+            device=resolve_device(device),
             dtype=parse_dtype(dtype),
             local_files_only=local_files_only,
             allow_pickle=allow_pickle,

@@ -12,6 +12,8 @@ import torch
 
 from fastgen import benchmark
 from fastgen.api import DiffusionClassifier, default_device, parse_dtype
+from fastgen.choices import BACKENDS, DTYPE_NAMES
+from fastgen.cli_types import positive_int, seed_value
 from fastgen.presets import fastest_settings
 
 
@@ -141,19 +143,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="builtin:digits")
     parser.add_argument("--classes", default=None)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--n-images", type=int, default=32)
-    parser.add_argument("--n-samples", type=int, default=50, help="exhaustive samples per class")
-    parser.add_argument("--batch-size", type=int, default=None, help="engine rows per batch (default: the fastest settings' or 256)")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None)
+    parser.add_argument("--n-images", type=positive_int, default=32)
+    parser.add_argument("--n-samples", type=positive_int, default=50, help="exhaustive samples per class")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="engine rows per batch (default: the fastest settings' or 256)")
     parser.add_argument(
-        "--backend", default=None,
+        "--backend", choices=("fastest", "eager", *BACKENDS), default=None,
         help="engine for (b): fastest (default: fastgen.presets.fastest_settings for the device), eager, torch, onnxruntime, tensorrt",
     )  # fmt: skip
-    parser.add_argument("--engine-dtype", default=None, help="dtype of (b) (default: the fastest settings' or --dtype)")
+    parser.add_argument("--engine-dtype", choices=DTYPE_NAMES, default=None, help="dtype of (b) (default: the fastest settings' or --dtype)")
     parser.add_argument("--backend-option", action="append", metavar="KEY=VALUE", help="backend option for (b), repeatable")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--latency-images", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--latency-images", type=positive_int, default=16)
+    parser.add_argument("--seed", type=seed_value, default=0)
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-policies", action="store_true")
     parser.add_argument("--sd2-random", metavar="DIR", help="build an SD-2-base-sized random-weight model in DIR and use it")

@@ -1,77 +1,93 @@
-"""The `fastgen` command line: argparse subcommands that call the public API."""
+"""The `fastgen` command line: argparse subcommands that call the public API.
+
+Only the standard library and torch-free fastgen modules are imported here at module level, and a
+subcommand's options are added only when that subcommand is used: `fastgen --help` and
+`fastgen env` never import torch or diffusers, and so answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
+import os
 import platform
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from fastgen.engine.losses import LOSSES
-from fastgen.engine.policies import POLICIES
-from fastgen.engine.sampling import TIMESTEP_MODES
+from fastgen.choices import (
+    BACKENDS,
+    DEFAULT_MAX_PIXELS,
+    DTYPE_NAMES,
+    INVERT_MODES,
+    LOSSES,
+    POLICIES,
+    TIMESTEP_MODES,
+)
+from fastgen.cli_types import (
+    OneLineErrorParser,
+    finite_float,
+    int_in,
+    open_probability,
+    parse_option,
+    positive_int,
+    positive_int_list,
+    positive_int_or_all,
+    seed_value,
+)
 from fastgen.optional import installed_version
 
-
-# Mirrors fastgen.images.DEFAULT_MAX_PIXELS without importing it: that module needs torch.
-DEFAULT_MAX_PIXELS = 100_000_000
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(","))
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+# The options of each policy, as argparse `dest` names.
+POLICY_OPTIONS = {
+    "exhaustive": ("n_samples",),
+    "stages": ("n_samples", "to_keep"),
+    "paired": ("alpha", "min_samples", "max_samples", "check_every"),
+}
+POLICY_NAMES = {"Exhaustive": "exhaustive", "FixedStages": "stages", "PairedTest": "paired"}
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and scoring")
     group.add_argument("--model", default="builtin:digits", help="hub id, folder or builtin:NAME")
-    group.add_argument("--classes", help="file with one name per line, a prompt CSV, or a comma list")
-    group.add_argument("--template", action="append", dest="templates", help="prompt template with {} (repeatable)")
+    group.add_argument("--classes", help="file with one name per line, a prompt CSV, or a comma list (default: the model's)")
+    group.add_argument(
+        "--template", action="append", dest="templates",
+        help="prompt template with {} (repeatable; default: the model's own, with or without --classes)",
+    )  # fmt: skip
     group.add_argument("--aggregate", choices=("mean", "min"), default="mean", help="combine several prompts of a class")
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    group.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default fp32)")
-    group.add_argument("--batch-size", type=int, default=64, help="denoiser rows per batch")
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="default fp32")
+    group.add_argument("--batch-size", type=positive_int, default=64, help="denoiser rows per batch")
+    group.add_argument("--seed", type=seed_value, default=0, help="fixes every (timestep, noise) sample; 0..2**32-1")
     group.add_argument("--loss", choices=LOSSES, default="l2")
     group.add_argument("--timesteps", choices=TIMESTEP_MODES, default="even")
-    group.add_argument("--weighting", type=float, default=0.0, help="k in w(t)=exp(-k t); 0 is uniform")
+    group.add_argument("--weighting", type=finite_float, default=0.0, help="k in w(t)=exp(-k t); 0 is uniform")
     group.add_argument(
         "--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
         help=f"refuse image files with more pixels than this, from their header (default {DEFAULT_MAX_PIXELS:,})",
     )  # fmt: skip
     group.add_argument(
-        "--invert", choices=("auto", "always", "never"), default=None,
-        help="invert images to the model's ink polarity: auto (default for a model that declares one) "
-        "inverts an image whose background has the other polarity",
+        "--invert", choices=INVERT_MODES, default=None,
+        help="match images to the model's ink polarity: auto (the default for a model that declares one) inverts "
+        "an image whose background has the other polarity; always; never",
     )  # fmt: skip
     group.add_argument("--local-files-only", action="store_true", help="never touch the network")
     group.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (trusted only)")
     add_backend_options(parser)
     policy = parser.add_argument_group("adaptive evaluation")
     policy.add_argument("--policy", choices=POLICIES, default=None, help="default: the model's, else paired")
-    policy.add_argument("--n-samples", type=_int_list, help="exhaustive: N; stages: N1,N2,...")
-    policy.add_argument("--to-keep", type=_int_list, help="stages: K1,K2,...")
-    policy.add_argument("--alpha", type=float, help="paired: drop a class when p < alpha")
-    policy.add_argument("--min-samples", type=int, help="paired: samples before the first test")
-    policy.add_argument("--max-samples", type=int, help="paired: cap on samples per class")
-    policy.add_argument("--check-every", type=int, help="paired: samples between tests")
+    policy.add_argument("--n-samples", type=positive_int_list, help="exhaustive: N; stages: N1,N2,...")
+    policy.add_argument("--to-keep", type=positive_int_list, help="stages: K1,K2,...")
+    policy.add_argument("--alpha", type=open_probability, help="paired: drop a class when p < alpha")
+    policy.add_argument("--min-samples", type=int_in(2), help="paired: samples before the first test (>= 2)")
+    policy.add_argument("--max-samples", type=positive_int, help="paired: cap on samples per class")
+    policy.add_argument("--check-every", type=positive_int, help="paired: samples between tests")
 
 
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
-    from fastgen.backends import BACKENDS
-    from fastgen.export.command import parse_option
-
     group = parser.add_argument_group("denoiser backend")
     group.add_argument("--backend", choices=BACKENDS, default=None, help="default: the model as loaded, in eager torch")
     group.add_argument("--export-dir", type=Path, help="export cache (default: ~/.cache/fastgen/exports)")
@@ -81,19 +97,48 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_policy_options(args: argparse.Namespace, policy: str, *, chosen: bool) -> None:
+    """Refuse policy options that `policy` would silently ignore, and combinations it cannot
+    take, naming the options as typed."""
+    whose = f"--policy {policy}" if chosen else f"the model's default policy ({policy})"
+    given = [d for d in dict.fromkeys(sum(POLICY_OPTIONS.values(), ())) if getattr(args, d, None) is not None]
+    unused = [d for d in given if d not in POLICY_OPTIONS[policy]]
+    if unused:
+        takes = ", ".join(_flag(d) for d in POLICY_OPTIONS[policy])
+        raise ValueError(
+            f"{', '.join(_flag(d) for d in unused)} does not apply to {whose}, which takes {takes}; "
+            "choose the policy with --policy"
+        )
+    if policy == "exhaustive" and args.n_samples is not None and len(args.n_samples) != 1:
+        raise ValueError(f"--n-samples takes one number with {whose}, got {','.join(map(str, args.n_samples))}")
+    if policy == "stages" and args.n_samples is not None and args.to_keep is not None:
+        if len(args.n_samples) != len(args.to_keep):
+            raise ValueError(
+                f"--n-samples and --to-keep need one value per stage each, got {len(args.n_samples)} "
+                f"and {len(args.to_keep)}"
+            )
+    if policy == "paired" and None not in (args.min_samples, args.max_samples) and args.min_samples > args.max_samples:
+        raise ValueError(f"--min-samples {args.min_samples} is more than --max-samples {args.max_samples}")
+
+
 def classifier_from_args(args: argparse.Namespace):
     from fastgen.api import DiffusionClassifier
 
+    if args.policy is not None:  # checked before the model is loaded
+        check_policy_options(args, args.policy, chosen=True)
     options = {
+        "n_samples": args.n_samples,
         "alpha": args.alpha,
         "min_samples": args.min_samples,
         "max_samples": args.max_samples,
         "check_every": args.check_every,
         "to_keep": args.to_keep,
     }
-    if args.n_samples is not None:
-        options["n_samples"] = args.n_samples[0] if args.policy == "exhaustive" else args.n_samples
-    return DiffusionClassifier.from_pretrained(
+    clf = DiffusionClassifier.from_pretrained(
         args.model,
         classes=args.classes,
         templates=args.templates,
@@ -115,6 +160,9 @@ def classifier_from_args(args: argparse.Namespace):
         backend_options=dict(args.backend_options or []),
         export_dir=args.export_dir,
     )
+    if args.policy is None and type(clf.policy).__name__ in POLICY_NAMES:
+        check_policy_options(args, POLICY_NAMES[type(clf.policy).__name__], chosen=False)
+    return clf
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -166,10 +214,6 @@ def print_summary(summary, args: argparse.Namespace) -> None:
         print(f"accuracy: {summary.accuracy:.4f} over {summary.labelled} labelled images", file=sys.stderr)
 
 
-def _n_images(text: str) -> int | None:
-    return None if text == "all" else int(text)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from fastgen.demo import run_demo, run_shift_table
 
@@ -196,17 +240,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_env(args: argparse.Namespace) -> int:
-    import torch
+def nvidia_gpus() -> list[str]:
+    """GPU models as the NVIDIA driver lists them, read without initialising CUDA or torch."""
+    names = []
+    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+        found = re.search(r"^Model:\s*(.+)$", info.read_text(errors="replace"), re.MULTILINE)
+        names.append(found.group(1).strip() if found else "NVIDIA GPU")
+    return names
 
+
+def torch_cuda_build() -> str:
+    """The CUDA version torch was built for, from its version.py, without importing torch."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return "torch not installed"
+    version_file = Path(list(spec.submodule_search_locations)[0]) / "version.py"
+    try:
+        found = re.search(r"^cuda\b[^=]*=\s*(.+)$", version_file.read_text(), re.MULTILINE)
+        cuda = ast.literal_eval(found.group(1).strip()) if found else None
+    except (OSError, ValueError, SyntaxError):
+        return "unknown"
+    return cuda or "none (CPU-only build)"
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    packages = ("fastgen", "torch", "diffusers", "transformers", "triton", "onnx", "onnxruntime", "tensorrt")
+    gpus = nvidia_gpus()
     info = {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        **{p: installed_version(p) or "not installed" for p in ("fastgen", "torch", "diffusers", "transformers", "triton", "onnx", "onnxruntime", "tensorrt")},
-        "cuda_available": torch.cuda.is_available(),
-        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or ["cpu"],
-        "cpu_threads": torch.get_num_threads(),
+        **{p: installed_version(p) or "not installed" for p in packages},
+        "torch_cuda": torch_cuda_build(),
+        "devices": gpus or ["cpu"],
+        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     }
+    if args.torch:  # what torch itself sees; importing it takes seconds
+        import torch
+
+        info["cuda_available"] = torch.cuda.is_available()
+        info["torch_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or ["cpu"]
+        info["cpu_threads"] = torch.get_num_threads()
     if args.json:
         print(json.dumps(info))
     else:
@@ -215,11 +290,8 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastgen", description="Generative classification with diffusion models")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    classify = sub.add_parser("classify", help="classify image files into a JSON-lines file")
+# -- the parser ---------------------------------------------------------------------------------------
+def add_classify_arguments(classify: argparse.ArgumentParser) -> None:
     classify.add_argument("images", nargs="+", help="image files, folders (recursive) or globs")
     classify.add_argument("--out", type=Path, help="results .jsonl (resumable); default: stdout")
     classify.add_argument("--labels-from-folders", action="store_true", help="report accuracy, label = parent folder name")
@@ -235,37 +307,73 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(classify)
     classify.set_defaults(func=cmd_classify)
 
-    demo = sub.add_parser("demo", help="classify held-out digits with builtin:digits, beside a baseline")
-    demo.add_argument("--n-images", type=_n_images, default=100, help="held-out images to use, or 'all'")
+
+def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
+    demo.add_argument("--n-images", type=positive_int_or_all, default=100, help="held-out images to use, or 'all'")
     demo.add_argument("--shifts", action="store_true", help="accuracy under noise, blur and contrast shifts")
     demo.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     add_model_options(demo)
     demo.set_defaults(func=cmd_demo)
 
-    from fastgen import bench_command
 
-    bench = sub.add_parser("bench", help="fastgen beside the reference-style loop; utilisation; policies")
+def add_bench_arguments(bench: argparse.ArgumentParser) -> None:
+    from fastgen import bench_command  # imports torch: only when `fastgen bench` runs
+
     bench_command.add_arguments(bench)
     bench.set_defaults(func=bench_command.main)
 
-    env = sub.add_parser("env", help="versions and devices")
+
+def add_env_arguments(env: argparse.ArgumentParser) -> None:
     env.add_argument("--json", action="store_true")
+    env.add_argument("--torch", action="store_true", help="also import torch and report what it sees (slower)")
     env.set_defaults(func=cmd_env)
 
-    from fastgen.export.command import add_export_command
 
-    add_export_command(sub)
+def add_export_arguments(export: argparse.ArgumentParser) -> None:
+    from fastgen.export.command import add_arguments
+
+    add_arguments(export)
+
+
+# name -> (help, function adding the subcommand's options)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "classify": ("classify image files into a JSON-lines file", add_classify_arguments),
+    "demo": ("classify held-out digits with builtin:digits, beside a baseline", add_demo_arguments),
+    "bench": ("fastgen beside the reference-style loop; utilisation; policies", add_bench_arguments),
+    "env": ("versions and devices", add_env_arguments),
+    "export": ("export the denoiser to ONNX or a TensorRT engine (cached)", add_export_arguments),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `fastgen` parser. With `only`, just that subcommand gets its options (the others are
+    listed, with their help, but importing what their options need is skipped)."""
+    parser = OneLineErrorParser(prog="fastgen", description="Generative classification with diffusion models")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
+    for name, (help_text, add_arguments) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if only is None or only == name:
+            add_arguments(command)
     return parser
+
+
+def _command_in(argv: list[str]) -> str:
+    """The subcommand named in `argv` (its first word that is not an option), or ''."""
+    return next((word for word in argv if not word.startswith("-")), "")
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(only=_command_in(argv)).parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
         print(f"fastgen {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a disk that fills up or goes away mid-run: one line, not a traceback
+        print(f"fastgen {args.command}: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         # Every finished image is already a synced line; the file ends after the last of them.
         out = getattr(args, "out", None)

@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from fastgen.choices import DEFAULT_MAX_PIXELS
+
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-DEFAULT_MAX_PIXELS = 100_000_000
 ORIENTATION_TAG = 0x0112
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
+from fastgen.choices import INVERT_MODES
+
 POLARITIES = ("bright-on-dark", "dark-on-bright")
-INVERT_MODES = ("auto", "always", "never")
 _LUMA = (0.299, 0.587, 0.114)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,9 +98,10 @@ def test_cli_reports_bad_arguments_clearly(model_dirs, image_folder, capsys):
 
 
 def test_module_entry_point_runs_env():
-    result = subprocess.run([sys.executable, "-m", "fastgen", "env", "--json"], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-m", "fastgen", "env", "--json", "--torch"], capture_output=True, text=True, check=True)
     info = json.loads(result.stdout.strip().splitlines()[-1])
-    assert info["torch"] and info["devices"]
+    assert info["torch"] and info["devices"] and info["torch_devices"] and info["cpu_threads"] >= 1
+    assert isinstance(info["cuda_available"], bool)
 
 
 def _classify_argv(images, model, out, *extra):
@@ -200,3 +202,101 @@ def test_max_pixels_option_sets_the_limit(model_dirs, image_folder, tmp_path, ca
     code, err = _run(_classify_argv(image_folder / "cat", model_dirs["pixel-text"], out, "--max-pixels", "143"), capsys)
     assert code == 0 and "computed: 0" in err and "failed: 5" in err  # every image is 12 x 12 = 144 pixels
     assert all("over the limit of 143" in r["error"] for r in file_lines(out)[1])
+
+
+# -- option values, output paths, start-up ------------------------------------------------------------
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--batch-size", "0", "argument --batch-size: expected an integer >= 1, got '0'"),
+        ("--seed", "-1", "argument --seed: expected an integer in 0..4294967295, got '-1'"),
+        ("--seed", "1.5", "argument --seed: expected an integer"),
+        ("--max-pixels", "0", "argument --max-pixels: expected an integer >= 1"),
+        ("--alpha", "1.5", "argument --alpha: expected a number between 0 and 1"),
+        ("--weighting", "nan", "argument --weighting: expected a finite number, got 'nan'"),
+        ("--n-samples", "10,0", "argument --n-samples: expected integers >= 1"),
+        ("--min-samples", "1", "argument --min-samples: expected an integer >= 2"),
+        ("--check-every", "-3", "argument --check-every: expected an integer >= 1"),
+        ("--dtype", "fp8", "argument --dtype: invalid choice: 'fp8'"),
+    ],
+)
+def test_bad_option_values_are_one_line_errors_naming_the_option(image_folder, capsys, option, value, message):
+    with pytest.raises(SystemExit) as stop:
+        main(["classify", str(image_folder), option, value])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("fastgen classify: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and "encode_batch_size" not in err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--policy", "exhaustive", "--alpha", "0.01"], "--alpha does not apply to --policy exhaustive"),
+        (["--policy", "exhaustive", "--n-samples", "5,10"], "--n-samples takes one number with --policy exhaustive"),
+        (["--policy", "paired", "--min-samples", "30", "--max-samples", "10"], "--min-samples 30 is more than --max-samples 10"),
+        (["--policy", "stages", "--n-samples", "5,10,20", "--to-keep", "2,1"], "one value per stage"),
+        (["--n-samples", "4"], "--n-samples does not apply to the model's default policy (paired)"),
+        (["--device", "gpu"], "device 'gpu' is not a device name torch knows"),
+    ],
+)
+def test_options_that_would_be_ignored_or_cannot_combine_are_refused(model_dirs, image_folder, tmp_path, capsys, extra, message):
+    out = tmp_path / "results.jsonl"
+    argv = ["classify", str(image_folder), "--model", str(model_dirs["pixel-text"]), "--classes", "cat,dog",
+            "--out", str(out), "--no-progress", "--device", "cpu", *extra]  # fmt: skip
+    code, err = _run(argv, capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_an_unwritable_output_path_is_a_one_line_error(model_dirs, image_folder, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a folder\n")
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    for out, reason in ((notes / "results.jsonl", "is a file, not a folder"), (folder, "is a folder")):
+        code, err = _run(_classify_argv(image_folder, model_dirs["pixel-text"], out), capsys)
+        assert code == 2 and err.startswith("fastgen classify: error: ") and reason in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert notes.read_text() == "not a folder\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_a_one_line_error(model_dirs, image_folder, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        code, err = _run(_classify_argv(image_folder, model_dirs["pixel-text"], locked / "results.jsonl"), capsys)
+    finally:
+        locked.chmod(0o755)
+    assert code == 2 and "cannot write the results file" in err and "permission denied" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_help_and_env_import_neither_torch_nor_diffusers():
+    """`fastgen --help`, `fastgen classify --help` and `fastgen env` answer without importing the
+    heavy libraries (importing torch alone takes seconds)."""
+    script = (
+        "import contextlib, io, sys\n"
+        "from fastgen.cli import main\n"
+        "for argv in (['--help'], ['classify', '--help'], ['demo', '--help']):\n"
+        "    try:\n"
+        "        with contextlib.redirect_stdout(io.StringIO()):\n"
+        "            main(argv)\n"
+        "    except SystemExit as stop:\n"
+        "        assert stop.code == 0, stop.code\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    assert main(['env', '--json']) == 0\n"
+        "assert 'cpu_cores' in out.getvalue()\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'PIL', 'scipy') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_command_lines_fixed_lists_match_the_library():
+    from fastgen import choices
+    from fastgen.api import DTYPES
+    from fastgen.images import DEFAULT_MAX_PIXELS
+
+    assert set(choices.DTYPE_NAMES) == set(DTYPES) and choices.DEFAULT_MAX_PIXELS == DEFAULT_MAX_PIXELS

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from fastgen.backends.base import Backend
+from fastgen.choices import BACKENDS
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
 # Options consumed by the export step rather than the backend itself.
 _EXPORT_OPTIONS = {"onnxruntime": {"exporter", "verify"}, "tensorrt": {"exporter", "verify", "batch_sizes"}}
 

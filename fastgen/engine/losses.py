@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("l2", "l1", "huber")
+from fastgen.choices import LOSSES
+
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 

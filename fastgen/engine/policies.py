@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from scipy import stats
 
-POLICIES = ("exhaustive", "stages", "paired")
+from fastgen.choices import POLICIES
 
 
 class Policy(ABC):
@@ -168,12 +168,23 @@ def make_policy(name: str | Policy | None = None, **options) -> Policy:
         return name
     name = name or "paired"
     if name == "exhaustive":
-        return Exhaustive(**_pick(options, "n_samples"))
+        return Exhaustive(**_pick(_one_count(options), "n_samples"))
     if name == "stages":
         return FixedStages(**_pick(options, "n_samples", "to_keep"))
     if name == "paired":
         return PairedTest(**_pick(options, "alpha", "min_samples", "max_samples", "check_every"))
     raise ValueError(f"policy must be one of {POLICIES}, got {name!r}")
+
+
+def _one_count(options: dict) -> dict:
+    """The exhaustive policy takes one `n_samples`; a one-element sequence (as the command line
+    parses `--n-samples 50`) is that count."""
+    n_samples = options.get("n_samples")
+    if isinstance(n_samples, (tuple, list)):
+        if len(n_samples) != 1:
+            raise ValueError(f"the exhaustive policy takes one n_samples, got {tuple(n_samples)}")
+        return {**options, "n_samples": n_samples[0]}
+    return options
 
 
 def _pick(options: dict, *names: str) -> dict:

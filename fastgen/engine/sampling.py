@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-TIMESTEP_MODES = ("even", "random")
+from fastgen.choices import TIMESTEP_MODES
+
 _NOISE_BLOCK = 64
 _TIMESTEP_BLOCK = 256
 

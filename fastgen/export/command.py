@@ -6,30 +6,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-
-def parse_option(text: str) -> tuple[str, Any]:
-    """`KEY=VALUE` with VALUE as bool, int, float, a comma list of those, or a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    parts = [_scalar(v) for v in value.split(",")]
-    return key.strip().replace("-", "_"), tuple(parts) if len(parts) > 1 else parts[0]
-
-
-def _scalar(text: str) -> Any:
-    lowered = text.strip().lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text.strip()
+from fastgen.choices import DTYPE_NAMES, EXPORT_FORMATS, EXPORTERS
+from fastgen.cli_types import parse_option  # noqa: F401  (its former home; kept importable)
 
 
 def _batch_sizes(text: str) -> tuple[int, int, int]:
@@ -43,13 +22,13 @@ def _batch_sizes(text: str) -> tuple[int, int, int]:
 
 
 def add_export_command(sub: argparse._SubParsersAction) -> None:
-    from fastgen.export.onnx_export import EXPORTERS
-    from fastgen.export.pipeline import FORMATS
+    add_arguments(sub.add_parser("export", help="export the denoiser to ONNX or a TensorRT engine (cached)"))
 
-    parser = sub.add_parser("export", help="export the denoiser to ONNX or a TensorRT engine (cached)")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="builtin:digits", help="hub id, folder or builtin:NAME")
-    parser.add_argument("--format", choices=FORMATS, default="onnx")
-    parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default fp32): the graph's and engine's precision")
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="fp32, fp16 or bf16 (default fp32): the graph's and engine's precision")
     parser.add_argument(
         "--batch-sizes", type=_batch_sizes, default=(1, 64, 64), metavar="MIN,OPT,MAX",
         help="TensorRT shape profile (an ONNX file has a dynamic batch axis and ignores it)",
@@ -64,13 +43,13 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from fastgen.api import default_device, parse_dtype
+    from fastgen.api import parse_dtype, resolve_device
     from fastgen.export.pipeline import export_model
     from fastgen.models import load_adapter
 
     adapter = load_adapter(
         args.model,
-        device=args.device or default_device(),
+        device=resolve_device(args.device),
         dtype=parse_dtype(args.dtype),
         local_files_only=args.local_files_only or None,
         allow_pickle=args.allow_pickle,

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastgen.choices import EXPORTERS
 from fastgen.export.spec import INPUT_NAMES, OUTPUT_NAME, IOSpec
 from fastgen.optional import require
 
 log = logging.getLogger(__name__)
 
-EXPORTERS = ("dynamo", "torchscript")
 ONNX_FILE = "model.onnx"
 DEFAULT_OPSET = 18
 # Protobuf refuses messages over 2 GiB; leave room for the graph itself.

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastgen.choices import EXPORT_FORMATS as FORMATS
 from fastgen.export.cache import (
     ExportCache,
     ExportKey,
@@ -29,8 +30,6 @@ from fastgen.export.spec import IOSpec, check_batch_sizes
 from fastgen.export.tensorrt_build import PLAN_FILE, build_engine, import_tensorrt
 
 log = logging.getLogger(__name__)
-
-FORMATS = ("onnx", "tensorrt")
 
 
 @dataclass(frozen=True)
