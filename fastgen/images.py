@@ -116,13 +116,10 @@ def open_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     if not path.is_file():
         raise ImageError(f"{name} does not exist")
     try:
-        with _pillow_allows(max_pixels), warnings.catch_warnings():
-            # fastgen's own limit decides; Pillow's warning below its hard limit is noise here.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as handle:
-                _check_size(handle.size, max_pixels, name)  # from the header, before decoding
-                handle.load()
-                image = handle.copy()
+        with _pillow_allows(max_pixels), _pillow_warnings_named(name), Image.open(path) as handle:
+            _check_size(handle.size, max_pixels, name)  # from the header, before decoding
+            handle.load()
+            image = handle.copy()
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -135,13 +132,29 @@ def open_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     return upright(image, name)
 
 
+@contextlib.contextmanager
+def _pillow_warnings_named(name: str) -> Iterator[None]:
+    """Pillow warns about damaged files (corrupt EXIF, short reads) without saying which file:
+    each warning is logged with the image's name instead. Its decompression-bomb warning is
+    dropped, since fastgen's own pixel limit decides."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            yield
+        finally:
+            for message in dict.fromkeys(str(w.message) for w in caught):
+                log.warning("%s: %s", name, message)
+
+
 def upright(image: Image.Image, name: str) -> Image.Image:
     """The image turned by its EXIF orientation, as viewers show it (a new image; the input is
     not changed). An unreadable EXIF block is ignored with a warning."""
     try:
-        orientation = image.getexif().get(ORIENTATION_TAG, 1)
-        if orientation in range(2, 9):
-            return ImageOps.exif_transpose(image)
+        with _pillow_warnings_named(name):
+            orientation = image.getexif().get(ORIENTATION_TAG, 1)
+            if orientation in range(2, 9):
+                return ImageOps.exif_transpose(image)
     except Exception as error:  # a broken EXIF block must not cost the image
         log.warning("%s: ignoring its unreadable EXIF orientation (%s: %s)", name, type(error).__name__, error)
     return image

@@ -210,3 +210,11 @@ def test_a_very_long_image_is_trimmed_before_resizing():
     strip[:, 49_999:50_001] = 255  # a bright center
     pixels = load_pixels(strip, size=64, channels=1)  # without trimming: a 64 x 3.2M intermediate
     assert pixels.shape == (1, 64, 64) and pixels.max() > 0.5
+
+
+def test_a_broken_exif_block_costs_nothing_and_its_warning_names_the_file(tmp_path, caplog):
+    path = tmp_path / "broken-exif.jpg"
+    Image.fromarray(_rgb(12, (10, 10))).save(path, exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff" + bytes(range(30)))
+    with caplog.at_level(logging.WARNING, logger="fastgen.images"):
+        assert load_pixels(path, size=10, channels=3).shape == (3, 10, 10)
+    assert "broken-exif.jpg" in caplog.text and "EXIF" in caplog.text
