@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import struct
+import zlib
+from pathlib import Path
+
 import numpy as np
 
 from fastgen import DiffusionClassifier
+from fastgen.jobs.results_file import is_header
 
 
 def small_classifier(folder, kind: str, **kwargs) -> DiffusionClassifier:
@@ -17,3 +23,25 @@ def small_classifier(folder, kind: str, **kwargs) -> DiffusionClassifier:
 
 def errors_of(results) -> np.ndarray:
     return np.stack([r.errors for r in results])
+
+
+def file_lines(path: Path) -> tuple[dict, list[dict]]:
+    """A results file as (its header, its records in file order); the header must come first."""
+    objects = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    assert objects and is_header(objects[0]), "a results file starts with its header"
+    assert not any(is_header(o) for o in objects[1:])
+    return objects[0], objects[1:]
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def zero_png(width: int, height: int) -> bytes:
+    """A valid all-black 8-bit grayscale PNG of any declared size, small on disk: a 14000 x 14000
+    one is about 190 KB and decodes to 196 million pixels."""
+    compressor = zlib.compressobj(6)
+    rows = b"\0" * (width + 1) * min(height, 256)  # each row: filter byte 0, then the pixels
+    data = b"".join(compressor.compress(rows[: (width + 1) * min(256, height - y)]) for y in range(0, height, 256))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", data + compressor.flush()) + png_chunk(b"IEND", b"")

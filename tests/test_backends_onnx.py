@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import errors_of, small_classifier
+from helpers import errors_of, file_lines, small_classifier
 from fastgen.backends.onnxruntime_backend import OnnxRuntimeBackend, choose_providers
 from fastgen.commands.main import main
 from fastgen.export.onnx_export import ExportParityError, export_onnx, module_bytes, verify_onnx
@@ -97,7 +97,7 @@ def test_cli_classify_with_onnxruntime_backend(model_dirs, images, tmp_path):
     assert main(["classify", *common, "--out", str(tmp_path / "eager.jsonl")]) == 0
     onnx = ["--backend", "onnxruntime", "--export-dir", str(tmp_path / "cache"), "--backend-option", "exporter=torchscript"]
     assert main(["classify", *common, *onnx, "--out", str(tmp_path / "onnx.jsonl")]) == 0
-    read = lambda name: {r["path"]: r for r in map(json.loads, (tmp_path / name).read_text().splitlines())}  # noqa: E731
+    read = lambda name: {r["path"]: r for r in file_lines(tmp_path / name)[1]}  # noqa: E731
     eager, onnx_records = read("eager.jsonl"), read("onnx.jsonl")
     assert eager.keys() == onnx_records.keys() and len(eager) == 3
     for path, record in eager.items():

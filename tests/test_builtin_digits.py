@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
+import torch
+from PIL import Image
 
+import fastgen
 from fastgen import DiffusionClassifier
 from fastgen.builtin import BUILTIN_MODELS
 from fastgen.builtin.digits_data import CLASS_NAMES, digits_split, to_pil
 from fastgen.commands.main import main
+from fastgen.inputs.polarity import PolarityRule, background_is_bright
+from helpers import errors_of, file_lines
 
 def test_builtin_digits_is_small_and_loads_offline():
     folder = BUILTIN_MODELS["digits"]
@@ -41,7 +47,8 @@ def test_cli_classifies_png_digits_with_the_builtin_model(tmp_path, capsys):
     code = main(["classify", str(tmp_path), "--model", "builtin:digits", "--out", str(out), "--labels-from-folders",
                  "--no-progress", "--device", "cpu"])  # fmt: skip
     assert code == 0
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    header, lines = file_lines(out)
+    assert header["model"] == "builtin:digits"
     assert len(lines) == 6 and all(r["prediction"] in CLASS_NAMES for r in lines)
     assert "accuracy:" in capsys.readouterr().err
 
@@ -52,3 +59,68 @@ def test_demo_prints_one_json_object_last(capsys):
     for key in ("accuracy", "baseline_accuracy", "images", "unet_evals_per_image", "images_per_s"):
         assert key in report
     assert report["images"] == 12 and 0.5 <= report["accuracy"] <= 1 and report["baseline_accuracy"] > 0.5
+
+
+def test_classes_without_a_template_keep_the_models_own_prompts(tmp_path, capsys):
+    _, _, test_x, _ = digits_split()
+    images = [to_pil(image) for image in test_x[:20]]
+    options = {"device": "cpu", "policy": "exhaustive", "policy_options": {"n_samples": 8}, "batch_size": 400}
+    own = DiffusionClassifier.from_pretrained("builtin:digits", **options)
+    named = DiffusionClassifier.from_pretrained("builtin:digits", classes=list(CLASS_NAMES), **options)
+    assert named.classes.prompts == own.classes.prompts == tuple((f"a handwritten digit {n}",) for n in CLASS_NAMES)
+    assert np.array_equal(errors_of(named.classify(images)), errors_of(own.classify(images)))
+    subset = DiffusionClassifier.from_pretrained("builtin:digits", classes="three,eight", **options)
+    assert subset.classes.prompts == (("a handwritten digit three",), ("a handwritten digit eight",))
+    # the one-call API and the command line take the same default
+    one_call = fastgen.classify(images[:4], list(CLASS_NAMES), **options)
+    assert [r.prediction for r in one_call] == [r.prediction for r in own.classify(images[:4])]
+    for i, image in enumerate(images[:2]):
+        image.save(tmp_path / f"{i}.png")
+    out = tmp_path / "out.jsonl"
+    assert main(["classify", str(tmp_path), "--classes", ",".join(CLASS_NAMES), "--out", str(out), "--no-progress",
+                 "--device", "cpu", "--policy", "exhaustive", "--n-samples", "4"]) == 0  # fmt: skip
+    assert file_lines(out)[0]["settings"]["prompts"] == [list(p) for p in own.classes.prompts]
+
+
+def test_the_border_rule_tells_both_polarities_of_every_held_out_digit():
+    _, _, test_x, _ = digits_split()
+    pixels = torch.from_numpy(test_x / 255.0).float()[:, None]
+    rule = PolarityRule("auto", "bright-on-dark")
+    assert not any(rule.needs_inverting(p) for p in pixels)
+    assert all(rule.needs_inverting(1 - p) for p in pixels)
+    rgb_on_white = (1 - pixels).expand(-1, 3, -1, -1)
+    assert all(background_is_bright(p) for p in rgb_on_white)
+
+
+def test_dark_on_white_digits_are_read_as_well_as_bright_on_dark_ones(tmp_path):
+    """Held-out digits saved as files both ways: bright-on-dark 8x8 grayscale as scikit-learn has
+    them, and dark ink on white as RGB at 32x32, as most people save a digit."""
+    _, _, test_x, test_y = digits_split()
+    n = 40
+    bright, dark = [], []
+    for i in range(n):
+        bright.append(tmp_path / f"bright{i}.png")
+        to_pil(test_x[i]).save(bright[-1])
+        dark.append(tmp_path / f"dark{i}.png")
+        to_pil(255 - test_x[i]).convert("RGB").resize((32, 32), Image.NEAREST).save(dark[-1])
+    options = {"device": "cpu", "policy": "exhaustive", "policy_options": {"n_samples": 16}, "batch_size": 640}
+    clf = DiffusionClassifier.from_pretrained("builtin:digits", **options)
+    assert clf.polarity == PolarityRule("auto", "bright-on-dark")
+
+    def accuracy(results):
+        return np.mean([CLASS_NAMES.index(r.prediction) == y for r, y in zip(results, test_y[:n])])
+
+    on_dark, on_white = clf.classify(bright), clf.classify(dark)
+    assert accuracy(on_dark) >= 0.95 and accuracy(on_white) >= 0.95, (accuracy(on_dark), accuracy(on_white))
+    agree = np.mean([a.prediction == b.prediction for a, b in zip(on_dark, on_white)])
+    assert agree >= 0.95
+    # the override: never inverting reads dark-on-white digits as the wrong thing
+    never = DiffusionClassifier.from_pretrained("builtin:digits", invert="never", **options)
+    assert accuracy(never.classify(dark[:20])) <= 0.3
+
+
+def test_auto_invert_needs_a_declared_polarity(model_dirs):
+    with pytest.raises(ValueError, match="declares none"):
+        DiffusionClassifier.from_pretrained(model_dirs["pixel-text"], classes=["a", "b"], device="cpu", invert="auto")
+    plain = DiffusionClassifier.from_pretrained(model_dirs["pixel-text"], classes=["a", "b"], device="cpu")
+    assert plain.polarity.mode == "never" and plain.settings()["input"] == {"invert": "never", "polarity": None}

@@ -29,7 +29,7 @@ def test_model_defaults_apply_only_when_no_policy_is_named():
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("seed", -1, "seed must be an integer >= 0"), ("batch_size", 0, "batch_size must be an integer >= 1"),
+    [("seed", -1, "seed must be an integer in 0.."), ("batch_size", 0, "batch_size must be an integer >= 1"),
      ("loss", "l3", "loss must be one of"), ("timesteps", "odd", "timesteps must be one of")],
 )  # fmt: skip
 def test_bad_settings_are_refused_by_name(field, value, message):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from fastgen.inputs.images import ImageError, find_images, load_pixels
+from helpers import zero_png
 
 
 def _rgb(seed=0, size=(12, 10)):
@@ -79,3 +82,139 @@ def test_find_images_walks_folders_and_globs(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/1.png", "a/b/2.jpg", "3.PNG"]
     with pytest.raises(FileNotFoundError, match="no image file"):
         find_images([str(tmp_path / "zzz*.png")])
+
+
+# -- high bit depths, transparency, orientation, limits ---------------------------------------------
+def _gradient16(seed=5, size=(12, 12)) -> np.ndarray:
+    """Seeded 16-bit values spread over the whole range, most far above 255."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 65536, size=size, dtype=np.uint16)
+
+
+def test_a_16_bit_png_decodes_to_its_own_values(tmp_path):
+    values = _gradient16()
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode == "I;16"
+    pixels = load_pixels(path, size=12, channels=1)
+    assert torch.allclose(pixels[0], torch.from_numpy(values / 65535.0).float(), atol=1e-6)
+    rgb = load_pixels(path, size=12, channels=3)  # gray replicated, not saturated
+    assert torch.allclose(rgb, pixels.expand(3, -1, -1), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode, dtype", [("I;16B", ">u2"), ("I;16L", "<u2"), ("I;16", "<u2")])
+def test_16_bit_modes_of_either_byte_order(mode, dtype):
+    values = _gradient16(seed=6)
+    image = Image.frombytes(mode, (12, 12), values.astype(dtype).tobytes())
+    pixels = load_pixels(image, size=12, channels=1)
+    assert torch.allclose(pixels[0], torch.from_numpy(values / 65535.0).float(), atol=1e-6)
+
+
+def test_32_bit_integer_images_by_their_range():
+    sixteen = _gradient16(seed=7).astype(np.int32)
+    pixels = load_pixels(Image.fromarray(sixteen), size=12, channels=1)
+    assert torch.allclose(pixels[0], torch.from_numpy(sixteen / 65535.0).float(), atol=1e-6)
+    wide = sixteen * 30_000 + 1  # past 16 bits: the full 32-bit scale
+    pixels = load_pixels(Image.fromarray(wide), size=12, channels=1)
+    assert torch.allclose(pixels[0], torch.from_numpy(wide / (2**31 - 1)).float(), atol=1e-6)
+    with pytest.raises(ImageError, match="negative values"):
+        sixteen[3, 4] = -1
+        load_pixels(Image.fromarray(sixteen), size=12, channels=1)
+
+
+def test_float_images_in_unit_or_byte_range(tmp_path):
+    unit = np.random.default_rng(8).random((12, 12), dtype=np.float32)
+    path = tmp_path / "float.tif"
+    Image.fromarray(unit).save(path)
+    assert Image.open(path).mode == "F"
+    assert torch.allclose(load_pixels(path, size=12, channels=1)[0], torch.from_numpy(unit), atol=1e-6)
+    gray = Image.fromarray((unit * 255).round().astype(np.uint8))
+    as_float = gray.convert("F")  # Pillow's own L -> F keeps 0..255
+    assert torch.allclose(load_pixels(as_float, size=12, channels=1), load_pixels(gray, size=12, channels=1), atol=1e-6)
+    for bad, message in ((np.linspace(-10, 1000, 16).reshape(4, 4), r"values in \[-10, 1e\+03\]"), (np.full((4, 4), np.nan), "NaN")):
+        with pytest.raises(ImageError, match=message):
+            load_pixels(Image.fromarray(bad.astype(np.float32)), size=4, channels=1)
+
+
+def test_palette_transparency_is_composited_on_white(tmp_path):
+    indices = np.random.default_rng(9).integers(0, 4, size=(8, 8), dtype=np.uint8)
+    image = Image.fromarray(indices, "P")
+    palette = [10, 20, 30, 200, 40, 40, 0, 120, 250, 90, 90, 90]
+    image.putpalette(palette + [0] * (768 - len(palette)))
+    image.info["transparency"] = 2  # index 2 is see-through
+    path = tmp_path / "palette.png"
+    image.save(path, transparency=2)
+    pixels = load_pixels(path, size=8, channels=3)
+    colours = np.array(palette).reshape(-1, 3)[indices] / 255.0
+    colours[indices == 2] = 1.0
+    assert torch.allclose(pixels, torch.from_numpy(colours).permute(2, 0, 1).float(), atol=1e-6)
+
+
+def test_exif_orientation_is_applied_as_viewers_show_it(tmp_path):
+    array = np.random.default_rng(10).integers(0, 256, size=(6, 10), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "phone.png"
+    Image.fromarray(array).save(path, exif=exif)
+    pixels = load_pixels(path, size=6, channels=1)  # upright it is 10 high, 6 wide: center crop
+    upright = np.rot90(array, k=-1)[2:8] / 255.0
+    assert torch.allclose(pixels[0], torch.from_numpy(upright.copy()).float(), atol=1e-6)
+
+
+def test_a_decompression_bomb_is_an_image_error_naming_the_limit(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(zero_png(14000, 14000))
+    assert bomb.stat().st_size < 300_000
+    with pytest.raises(ImageError, match=r"14000x14000 = 196,000,000 pixels, over the limit of 100,000,000 \(max_pixels"):
+        load_pixels(bomb, size=8, channels=1)
+    small = tmp_path / "small.png"
+    small.write_bytes(zero_png(40, 30))
+    with pytest.raises(ImageError, match="40x30 = 1,200 pixels, over the limit of 1,000"):
+        load_pixels(small, size=8, channels=1, max_pixels=1000)
+    assert load_pixels(small, size=8, channels=1, max_pixels=1200).shape == (1, 8, 8)
+
+
+def test_a_limit_above_pillows_own_lets_the_image_through(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow itself refuses > 200 pixels
+    path = tmp_path / "thirty.png"
+    path.write_bytes(zero_png(30, 30))
+    assert load_pixels(path, size=8, channels=1, max_pixels=1000).shape == (1, 8, 8)
+    assert Image.MAX_IMAGE_PIXELS == 100  # restored
+    with pytest.raises(ImageError, match="over the limit of 500"):
+        load_pixels(path, size=8, channels=1, max_pixels=500)
+
+
+def test_degenerate_images_are_classified_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="fastgen.inputs.images"):
+        assert load_pixels(Image.new("L", (1, 1), 90), size=8, channels=1).shape == (1, 8, 8)
+        assert "is 1x1 pixels" in caplog.text
+        clear = Image.new("RGBA", (5, 5), (30, 60, 90, 0))
+        assert torch.allclose(load_pixels(clear, size=5, channels=3), torch.ones(3, 5, 5))
+        assert "fully transparent" in caplog.text
+
+
+def test_odd_modes_load_or_fail_as_image_errors():
+    base = Image.fromarray(_rgb(11, (9, 9)))
+    for mode in ("1", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA", "RGBX", "RGBa"):
+        image = base.convert(mode) if mode != "PA" else base.convert("P").convert("PA")
+        assert load_pixels(image, size=9, channels=3).shape == (3, 9, 9), mode
+        assert load_pixels(image, size=9, channels=1).shape == (1, 9, 9), mode
+    with pytest.raises(ImageError, match="mode 'La'"):
+        load_pixels(Image.new("La", (4, 4)), size=4, channels=3)
+    with pytest.raises(ImageError, match="0x4 pixels"):
+        load_pixels(Image.new("L", (0, 4)), size=4, channels=3)
+
+
+def test_a_very_long_image_is_trimmed_before_resizing():
+    strip = np.zeros((2, 100_000), dtype=np.uint8)
+    strip[:, 49_999:50_001] = 255  # a bright center
+    pixels = load_pixels(strip, size=64, channels=1)  # without trimming: a 64 x 3.2M intermediate
+    assert pixels.shape == (1, 64, 64) and pixels.max() > 0.5
+
+
+def test_a_broken_exif_block_costs_nothing_and_its_warning_names_the_file(tmp_path, caplog):
+    path = tmp_path / "broken-exif.jpg"
+    Image.fromarray(_rgb(12, (10, 10))).save(path, exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff" + bytes(range(30)))
+    with caplog.at_level(logging.WARNING, logger="fastgen.inputs.images"):
+        assert load_pixels(path, size=10, channels=3).shape == (3, 10, 10)
+    assert "broken-exif.jpg" in caplog.text and "EXIF" in caplog.text

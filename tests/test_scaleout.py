@@ -22,7 +22,8 @@ from PIL import Image
 
 from fastgen.commands.main import main as cli_main
 from fastgen.jobs.distributed import Ranks, launched_ranks, shard
-from fastgen.jobs.results_file import find_parts, merge_parts, part_path
+from fastgen.jobs.results_file import find_parts, is_header, merge_parts, part_path
+from helpers import file_lines
 
 N_IMAGES = 48
 # One image's rows (3 classes x 16 samples) fill exactly one batch, so every batch holds the same
@@ -55,8 +56,10 @@ def one_process_lines(model_dirs, image_folder, tmp_path_factory) -> list[str]:
     out = tmp_path_factory.mktemp("one") / "results.jsonl"
     assert cli_main(_args(model_dirs["pixel-text"], image_folder, out)) == 0
     lines = out.read_text().splitlines()
-    assert len(lines) == N_IMAGES and all("scores" in json.loads(line) for line in lines)
-    return sorted(lines)
+    header, records = file_lines(out)
+    assert len(records) == N_IMAGES and all("scores" in r for r in records)
+    assert header["settings"]["policy"] == {"name": "Exhaustive", "n_samples": 16}
+    return sorted(lines)  # the header line too: every run of the same job writes the same one
 
 
 def _env() -> dict[str, str]:
@@ -69,14 +72,14 @@ def _torchrun(nproc: int, args: list[str]) -> list[str]:
 
 
 def _complete_lines(path: Path) -> list[str]:
-    """The lines a resume will keep: newline-terminated, valid JSON."""
+    """The record lines a resume will keep: newline-terminated, valid JSON, not the header."""
     data = path.read_bytes() if path.exists() else b""
     good = []
     for line in data.splitlines(keepends=True):
         if not line.endswith(b"\n"):
             break
-        json.loads(line)
-        good.append(line.decode().rstrip("\n"))
+        if not is_header(json.loads(line)):
+            good.append(line.decode().rstrip("\n"))
     return good
 
 
@@ -157,7 +160,7 @@ def test_stopped_two_rank_run_resumes_without_recomputing(model_dirs, image_fold
     stopped = _start_and_stop(_torchrun(2, args), lambda: find_parts(out), signal.SIGTERM)
     assert stopped.returncode != 0
     parts = find_parts(out)
-    assert parts and not out.exists(), "the run finished before it could be stopped"
+    assert parts and file_lines(out)[1] == [], "the run finished before it could be stopped"
     finished = [line for part in parts for line in _complete_lines(part)]
     assert 0 < len(finished) < N_IMAGES
     # Re-running the same command merges the stopped run's parts and computes only the rest.
@@ -178,12 +181,12 @@ def test_ctrl_c_leaves_a_valid_resumable_file(model_dirs, image_folder, one_proc
     data = out.read_bytes()
     assert data.endswith(b"\n")
     finished = _complete_lines(out)
-    assert 0 < len(finished) < N_IMAGES and len(finished) == len(data.splitlines())
+    assert 0 < len(finished) < N_IMAGES and len(finished) + 1 == len(data.splitlines())  # + the header
     # Resume in this process: only the rest is computed, the file ends up complete.
     assert cli_main(args) == 0
     captured = capsys.readouterr()
     assert _summary_counts(captured.err) == (N_IMAGES - len(finished), len(finished))
-    assert out.read_text().splitlines()[: len(finished)] == finished
+    assert out.read_text().splitlines()[1 : len(finished) + 1] == finished
     assert sorted(out.read_text().splitlines()) == one_process_lines
 
 
@@ -195,9 +198,9 @@ def test_truncated_last_line_is_cut_and_its_image_redone(model_dirs, image_folde
     out = tmp_path / "results.jsonl"
     args = _args(model_dirs["pixel-text"], images, out)
     assert cli_main(args) == 0
-    complete = out.read_text().splitlines()
+    complete = out.read_text().splitlines()  # the header and 4 records
     # a crash in the middle of writing the last line
-    out.write_text("\n".join(complete[:3]) + "\n" + complete[3][: len(complete[3]) // 2])
+    out.write_text("\n".join(complete[:4]) + "\n" + complete[4][: len(complete[4]) // 2])
     capsys.readouterr()
     assert cli_main(args) == 0
     assert _summary_counts(capsys.readouterr().err) == (1, 3)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastgen.builtin.digits_data import CLASS_NAMES, SPLIT_SEED, TEMPLATE, digits_split, prompts
+from fastgen.builtin.digits_data import CLASS_NAMES, INPUT_DESCRIPTION, SPLIT_SEED, TEMPLATE, digits_split, prompts
 from training.engine_report import engine_accuracy
 
 PIPELINE_CLASS = "PixelTextToImage"
@@ -315,7 +315,13 @@ def save(models: dict[str, Any], out: Path, cfg: TrainConfig, defaults: dict[str
     unet = _cast_copy(models["unet"], dtype)
     text_encoder = _cast_copy(models["text_encoder"], dtype)
     if defaults is None:
-        defaults = {"classes": list(CLASS_NAMES), "templates": [TEMPLATE], "policy": {}}
+        defaults = {
+            "classes": list(CLASS_NAMES),
+            "templates": [TEMPLATE],
+            "policy": {},
+            # Trained on bright ink on black: fastgen inverts dark-on-white images to match.
+            "input": {"polarity": "bright-on-dark", "description": INPUT_DESCRIPTION},
+        }
     save_model_folder(
         out,
         {
@@ -369,7 +375,9 @@ def write_report(out: Path, cfg: TrainConfig, result: dict[str, Any]) -> None:
         f"* `scheduler`: `DDPMScheduler`, {cfg.num_train_timesteps} steps, "
         f"`{cfg.beta_schedule}`, epsilon prediction.",
         f"* prompts: `{TEMPLATE}` with the class names {', '.join(CLASS_NAMES)}.",
-        "* input: uint8 image -> `u8 / 255 * 2 - 1`, shape [1, 8, 8].",
+        "* input: uint8 image -> `u8 / 255 * 2 - 1`, shape [1, 8, 8]; bright ink on a black",
+        "  background (`fastgen.json` declares `\"input\": {\"polarity\": \"bright-on-dark\"}`, so",
+        "  fastgen inverts an image whose border is mostly bright, such as dark ink on white paper).",
         "",
         "## Reproduce",
         "",

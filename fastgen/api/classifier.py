@@ -5,11 +5,15 @@ Both validate their arguments, then hand the work to the engine.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from fastgen.builtin import BUILTIN_PREFIX
 
 from fastgen.engine.config import ScoringConfig
 from fastgen.engine.denoiser import Denoiser
@@ -19,10 +23,13 @@ from fastgen.engine.reference import reference_classify
 from fastgen.engine.result import ImageResult
 from fastgen.engine.runner import Engine
 from fastgen.engine.sampling import NoiseBank, SamplePlan
-from fastgen.inputs.classes import ClassSpec, build_classes
-from fastgen.inputs.images import ImageError, ImageInput, load_pixels
+from fastgen.inputs.classes import DEFAULT_TEMPLATES, ClassSpec, build_classes
+from fastgen.inputs.images import DEFAULT_MAX_PIXELS, ImageError, ImageInput, load_pixels
+from fastgen.inputs.polarity import declared_polarity, polarity_rule
 from fastgen.losses import check_loss
 from fastgen.models import Adapter, load_adapter
+
+log = logging.getLogger(__name__)
 
 DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -45,6 +52,38 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device` as a torch.device that exists here (None: cuda if available, else cpu), or a
+    ValueError that says what is wrong with it."""
+    if device is None:
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {str(device)!r} is not a device name torch knows ({error}); use cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r} was asked for, but torch sees no CUDA GPU here; use cpu")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {str(device)!r} was asked for, but torch sees {count} GPU(s): cuda:0..cuda:{count - 1}")
+    return resolved
+
+
+def model_templates(adapter: Adapter) -> list[str] | None:
+    """The prompt templates the model declares in its `fastgen.json`; None (the generic
+    `DEFAULT_TEMPLATES`) when it declares none."""
+    templates = adapter.defaults.get("templates")
+    if templates:
+        return list(templates)
+    if adapter.kind != "class-conditional":
+        log.info(
+            "model %s declares no prompt templates (fastgen.json); using %s. Pass templates=[...] "
+            "(--template on the command line) to choose", adapter.name, list(DEFAULT_TEMPLATES),
+        )  # fmt: skip
+    return None
+
+
 class DiffusionClassifier:
     """A diffusion model turned zero-shot classifier over a fixed set of classes.
 
@@ -60,6 +99,8 @@ class DiffusionClassifier:
         *,
         config: ScoringConfig | None = None,
         encode_batch_size: int = 16,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        invert: bool | str | None = None,
         **settings: Any,
     ):
         """`settings` (`policy`, `loss`, `timesteps`, `weighting`, `seed`, `batch_size`) are
@@ -68,9 +109,9 @@ class DiffusionClassifier:
         self.classes = classes
         base = config if config is not None else ScoringConfig(aggregate=classes.aggregate)
         self.config = base.replace(**settings) if settings else base
-        if encode_batch_size < 1:
-            raise ValueError(f"encode_batch_size must be >= 1, got {encode_batch_size}")
-        self.encode_batch_size = encode_batch_size
+        self.encode_batch_size = _check_positive("encode_batch_size", encode_batch_size)
+        self.max_pixels = _check_positive("max_pixels", max_pixels)
+        self.polarity = polarity_rule(invert, declared_polarity(adapter.defaults, adapter.name), adapter.name)
         self.denoise: Denoiser = adapter.denoiser
         # OOM splitting and the fp32 recompute of overflowed batches (from the plain torch module,
         # whatever fast path `denoise` is later set to); kept across classify calls.
@@ -128,6 +169,8 @@ class DiffusionClassifier:
         batch_size: int = 64,
         timestep_weights: Sequence[float] | None = None,
         config: ScoringConfig | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        invert: bool | str | None = None,
         local_files_only: bool | None = None,
         allow_pickle: bool = False,
         backend: str | None = None,
@@ -136,21 +179,31 @@ class DiffusionClassifier:
     ) -> DiffusionClassifier:
         """Load `model` (hub id, folder or `builtin:NAME`) and fix the candidate classes.
 
-        `classes`/`templates`/`policy` default to the model's own `fastgen.json` when it has
-        one. `policy` is `paired` (default), `stages` or `exhaustive`, with `policy_options`
-        such as `{"n_samples": 100}` or `{"n_samples": (50, 500), "to_keep": (5, 1)}`. A
+        `classes`, `templates` and `policy` default to the model's own `fastgen.json` when it
+        has one, each on its own: classes given without templates are put in the model's own
+        templates (a model that declares none gets `a photo of a {}.`). `policy` is `paired`
+        (default), `stages`, `exhaustive` or `tree`, with `policy_options` such as
+        `{"n_samples": 100}` or `{"n_samples": (50, 500), "to_keep": (5, 1)}`. A
         `config` (`ScoringConfig`) replaces the policy and every scoring keyword at once.
         `timestep_weights` defaults to the model's fitted ones (its `fastgen.json` `scoring`).
+
+        `max_pixels` refuses image files with more pixels, from their header, as an `ImageError`.
+        `invert` matches images to the ink polarity the model declares (`fastgen.inputs.polarity`):
+        None (default) is `"auto"` for a model that declares one (an image whose background has
+        the other polarity is inverted), else `"never"`; `"always"`/`"never"` (True/False) force it.
 
         `backend` runs the denoiser: None (the model as loaded), `torch` (SDPA, fused QKV,
         optional `compile` / `cuda_graphs` via `backend_options`), `onnxruntime` or `tensorrt`
         (exported once into `export_dir`, default `~/.cache/fastgen/exports`, then reused).
         """
+        # Cheap checks first: a bad argument should not cost a model load.
         if config is None:
             check_loss(loss)
+            ScoringConfig(seed=seed, batch_size=batch_size, weighting=weighting)
+        _check_positive("max_pixels", max_pixels)
         adapter = load_adapter(
             model,
-            device=device or default_device(),
+            device=resolve_device(device),
             dtype=parse_dtype(dtype),
             local_files_only=local_files_only,
             allow_pickle=allow_pickle,
@@ -158,7 +211,8 @@ class DiffusionClassifier:
         defaults = adapter.defaults
         if classes is None and "classes" in defaults:
             classes = defaults["classes"]
-            templates = templates if templates is not None else defaults.get("templates")
+        if templates is None:  # the model's own templates, whatever classes were given
+            templates = model_templates(adapter)
         if config is None:
             config = ScoringConfig.build(
                 policy=policy, policy_options=policy_options, model_defaults=defaults, loss=loss,
@@ -166,7 +220,7 @@ class DiffusionClassifier:
                 timestep_weights=timestep_weights,
             )  # fmt: skip
         spec = build_classes(classes, templates=templates, aggregate=config.aggregate)
-        classifier = cls(adapter, spec, config=config)
+        classifier = cls(adapter, spec, config=config, max_pixels=max_pixels, invert=invert)
         if backend is not None:
             from fastgen.export.loading import load_backend
 
@@ -178,7 +232,39 @@ class DiffusionClassifier:
             raise ValueError("backend_options and export_dir need a backend: pass backend='torch', 'onnxruntime' or 'tensorrt'")
         return classifier
 
+    # -- what a result depends on ---------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        """The model as a results header names it: a folder by its absolute path, a hub id or
+        `builtin:NAME` as given."""
+        name = self.adapter.name
+        return os.path.abspath(name) if name and not name.startswith(BUILTIN_PREFIX) and Path(name).is_dir() else name
+
+    def settings(self) -> dict[str, Any]:
+        """Everything besides the model that a result depends on, JSON-ready: the classes, the
+        scoring config (less its batch size, which changes no score), the dtype and the input
+        rule. A results file's header records it so that a resume can check it continues the
+        same job; device and backend are left out (results differ only in float rounding)."""
+        labels = self.classes.labels
+        scoring = {k: v for k, v in self.config.as_dict().items() if k != "batch_size"}
+        return {
+            "classes": list(self.classes.names),
+            "prompts": [list(p) for p in self.classes.prompts],
+            "labels": list(labels) if labels is not None else None,
+            **scoring,
+            "dtype": str(self.adapter.dtype).removeprefix("torch."),
+            "input": self.polarity.settings(),
+        }
+
     # -- classification -----------------------------------------------------------------------
+    def prepare_pixels(self, image: ImageInput) -> torch.Tensor:
+        """One image as the model takes it: [C, H, W] in [0, 1], in the model's ink polarity;
+        raises ImageError."""
+        pixels = load_pixels(
+            image, size=self.adapter.image_hw, channels=self.adapter.image_channels, max_pixels=self.max_pixels
+        )
+        return self.polarity.apply(pixels)
+
     def _x0_stream(self, items: Iterable[tuple[Any, ImageInput]]) -> Iterator[tuple[Any, Any]]:
         """(key, x0) per image, encoding in chunks; an image that fails yields (key, error)."""
         chunk: list[tuple[Any, torch.Tensor]] = []
@@ -189,10 +275,9 @@ class DiffusionClassifier:
                 yield from ((key, x0[i]) for i, (key, _) in enumerate(chunk))
                 chunk.clear()
 
-        size, channels = self.adapter.image_hw, self.adapter.image_channels
         for key, image in items:
             try:
-                chunk.append((key, load_pixels(image, size=size, channels=channels)))
+                chunk.append((key, self.prepare_pixels(image)))
             except ImageError as error:
                 yield key, error
             if len(chunk) >= self.encode_batch_size:
@@ -250,7 +335,7 @@ class DiffusionClassifier:
 
     def classify_reference(self, image: ImageInput) -> ImageResult:
         """The same classification through `fastgen.engine.reference` (slow; for checking)."""
-        pixels = load_pixels(image, size=self.adapter.image_hw, channels=self.adapter.image_channels)
+        pixels = self.prepare_pixels(image)
         return reference_classify(self.adapter, pixels, self.classes, self.config)
 
 
@@ -261,5 +346,12 @@ def classify(
     model: str | Path = "builtin:digits",
     **options: Any,
 ) -> list[ImageResult]:
-    """Load `model`, classify `images` among `classes`, return one result per image."""
+    """Load `model`, classify `images` among `classes`, return one result per image. Classes,
+    their prompt templates and the policy default to the model's own (see `from_pretrained`)."""
     return DiffusionClassifier.from_pretrained(model, classes=classes, **options).classify(images)
+
+
+def _check_positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value

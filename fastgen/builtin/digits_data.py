@@ -11,6 +11,13 @@ from PIL import Image
 
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 TEMPLATE = "a handwritten digit {}"
+# What the model expects, as its fastgen.json states it (with "polarity": "bright-on-dark").
+INPUT_DESCRIPTION = (
+    "an 8x8 grayscale handwritten digit, bright ink (255) on a black (0) background, as "
+    "scikit-learn stores the digits; other sizes are resized on their shorter side and "
+    "center-cropped to 8x8, and with invert='auto' (the default) an image whose border is "
+    "mostly bright (dark ink on white paper) is inverted first"
+)
 SPLIT_SEED = 0
 TEST_SIZE = 0.25
 

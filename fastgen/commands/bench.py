@@ -10,9 +10,10 @@ from functools import partial
 import numpy as np
 import torch
 
-from fastgen.api import DiffusionClassifier, default_device, parse_dtype
+from fastgen.api import DTYPES, DiffusionClassifier, default_device, parse_dtype
 from fastgen.backends.presets import fastest_settings
 from fastgen.commands.options import add_backend_options
+from fastgen.commands.types import positive_int
 from fastgen.eval import benchmark
 
 
@@ -139,10 +140,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="builtin:digits")
     parser.add_argument("--classes", default=None)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--n-images", type=int, default=32)
-    parser.add_argument("--n-samples", type=int, default=50, help="exhaustive samples per class")
-    parser.add_argument("--batch-size", type=int, default=None, help="engine rows per batch (default: the fastest settings' or 256)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None)
+    parser.add_argument("--n-images", type=positive_int, default=32)
+    parser.add_argument("--n-samples", type=positive_int, default=50, help="exhaustive samples per class")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="engine rows per batch (default: the fastest settings' or 256)")
     # (b)'s engine: `fastest` (the default: fastgen.backends.presets.fastest_settings for the
     # device), `eager`, or a backend; --backend-option takes exactly what `classify` takes.
     add_backend_options(parser, backends=("fastest", "eager"))

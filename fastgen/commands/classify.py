@@ -13,6 +13,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="image files, folders (recursive) or globs")
     parser.add_argument("--out", type=Path, help="results .jsonl (resumable); default: stdout")
     parser.add_argument("--labels-from-folders", action="store_true", help="report accuracy, label = parent folder name")
+    parser.add_argument(
+        "--retry-failed", action="store_true",
+        help="also redo images whose latest record in --out is an error (the new record is appended and wins)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--force", action="store_true",
+        help="resume an --out file whose header has other settings: keep its records, append a new header and the new results",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
     add_model_options(parser)
 
@@ -21,10 +29,14 @@ def run(args: argparse.Namespace) -> int:
     from fastgen.inputs.images import find_images
     from fastgen.jobs import distributed
     from fastgen.jobs.local import classify_files
+    from fastgen.jobs.results_file import check_not_foreign, check_writable
 
     paths = find_images(args.images)
     if not paths:
-        raise SystemExit("fastgen classify: no image files found in the given inputs")
+        raise ValueError("no image files found in the given inputs")
+    if args.out is not None:  # refuse a bad --out before spending time on loading the model
+        check_writable(args.out)
+        check_not_foreign(args.out)
     ranks = distributed.launched_ranks()
     progress = not args.no_progress
     with distributed.sigterm_as_interrupt():
@@ -32,19 +44,31 @@ def run(args: argparse.Namespace) -> int:
             summary = distributed.classify_files_distributed(
                 lambda device: classifier_from_args(args, device=str(device)), paths, out=args.out, ranks=ranks,
                 device=args.device, labels_from_folders=args.labels_from_folders, progress=progress,
+                retry_failed=args.retry_failed, force=args.force,
             )  # fmt: skip
         else:
             summary = classify_files(
                 classifier_from_args(args), paths, out=args.out,
                 labels_from_folders=args.labels_from_folders, progress=progress,
+                retry_failed=args.retry_failed, force=args.force,
             )  # fmt: skip
-    if summary is None:
-        return 0
+    if summary is not None:
+        print_summary(summary, args)
+    return 0
+
+
+def print_summary(summary, args: argparse.Namespace) -> None:
+    in_output = f", errors in output: {summary.errors_in_output}" if args.out is not None else ""
     print(
         f"images: {summary.total}, computed: {summary.computed}, skipped (already in output): "
-        f"{summary.skipped}, failed: {summary.failed}",
+        f"{summary.skipped}, failed: {summary.failed}{in_output}",
         file=sys.stderr,
     )
+    if args.out is not None and summary.errors_in_output and not args.retry_failed:
+        print(
+            f"{summary.errors_in_output} images have an error as their latest record in {args.out}; "
+            "after fixing them, run the same command with --retry-failed to redo them",
+            file=sys.stderr,
+        )
     if summary.accuracy is not None:
         print(f"accuracy: {summary.accuracy:.4f} over {summary.labelled} labelled images", file=sys.stderr)
-    return 0

@@ -6,22 +6,11 @@ import argparse
 import json
 
 from fastgen.commands.options import add_model_options, classifier_from_args
-
-
-def _n_images(text: str) -> int | None:
-    if text == "all":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of images or 'all', got {text!r}")
-    return value
+from fastgen.commands.types import positive_int_or_all
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-images", type=_n_images, default=100, help="held-out images to use, or 'all'")
+    parser.add_argument("--n-images", type=positive_int_or_all, default=100, help="held-out images to use, or 'all'")
     parser.add_argument("--shifts", action="store_true", help="accuracy under noise, blur and contrast shifts")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     add_model_options(parser)

@@ -7,11 +7,12 @@ it answers without loading torch; `fastgen classify --help` loads only `classify
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import sys
 from collections.abc import Sequence
+
+from fastgen.commands.types import OneLineErrorParser
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("classify image files into a JSON-lines file", "fastgen.commands.classify"),
@@ -22,10 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+def build_parser(chosen: str | None = None) -> OneLineErrorParser:
     """The parser; only the `chosen` subcommand's module is imported and its options added."""
-    parser = argparse.ArgumentParser(prog="fastgen", description="Generative classification with diffusion models")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineErrorParser(prog="fastgen", description="Generative classification with diffusion models")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     for name, (summary, module_name) in COMMANDS.items():
         command = sub.add_parser(name, help=summary, description=summary)
         if name == chosen:
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
         print(f"fastgen {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a disk that fills up or goes away mid-run: one line, not a traceback
+        print(f"fastgen {args.command}: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         # Every finished image is already a synced line; the file ends after the last of them.
         out = getattr(args, "out", None)

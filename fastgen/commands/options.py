@@ -11,10 +11,21 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from fastgen.api import DTYPES
 from fastgen.backends import BACKENDS
+from fastgen.commands.types import (
+    finite_float,
+    int_in,
+    open_probability,
+    positive_int,
+    positive_int_list,
+    seed_value,
+)
 from fastgen.engine.policies import POLICIES, policy_options
 from fastgen.engine.sampling import TIMESTEP_MODES
 from fastgen.inputs.classes import AGGREGATES
+from fastgen.inputs.images import DEFAULT_MAX_PIXELS
+from fastgen.inputs.polarity import INVERT_MODES
 from fastgen.losses import LOSSES
 
 
@@ -43,42 +54,47 @@ def _scalar(text: str) -> Any:
     return text.strip()
 
 
-def int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
-
-
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and scoring")
     group.add_argument("--model", default="builtin:digits", help="hub id, folder or builtin:NAME")
-    group.add_argument("--classes", help="file with one name per line, a prompt CSV, or a comma list")
-    group.add_argument("--template", action="append", dest="templates", help="prompt template with {} (repeatable)")
+    group.add_argument("--classes", help="file with one name per line, a prompt CSV, or a comma list (default: the model's)")
+    group.add_argument(
+        "--template", action="append", dest="templates",
+        help="prompt template with {} (repeatable; default: the model's own, with or without --classes)",
+    )  # fmt: skip
     group.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="combine several prompts of a class")
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    group.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default fp32)")
-    group.add_argument("--batch-size", type=int, default=64, help="denoiser rows per batch")
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--dtype", choices=DTYPES, default=None, help="default fp32")
+    group.add_argument("--batch-size", type=positive_int, default=64, help="denoiser rows per batch")
+    group.add_argument("--seed", type=seed_value, default=0, help="fixes every (timestep, noise) sample; 0..2**32-1")
     group.add_argument("--loss", choices=LOSSES, default="l2")
     group.add_argument("--timesteps", choices=TIMESTEP_MODES, default="even")
-    group.add_argument("--weighting", type=float, default=0.0, help="k in w(t)=exp(-k t); 0 is uniform")
+    group.add_argument("--weighting", type=finite_float, default=0.0, help="k in w(t)=exp(-k t); 0 is uniform")
+    group.add_argument(
+        "--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+        help=f"refuse image files with more pixels than this, from their header (default {DEFAULT_MAX_PIXELS:,})",
+    )  # fmt: skip
+    group.add_argument(
+        "--invert", choices=INVERT_MODES, default=None,
+        help="match images to the model's ink polarity: auto (the default for a model that declares one) inverts "
+        "an image whose background has the other polarity; always; never",
+    )  # fmt: skip
     group.add_argument("--local-files-only", action="store_true", help="never touch the network")
     group.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (trusted only)")
     add_backend_options(parser)
     policy = parser.add_argument_group("adaptive evaluation")
     policy.add_argument("--policy", choices=POLICIES, default=None, help="default: the model's, else paired")
-    policy.add_argument("--n-samples", type=int_list, help="exhaustive: N; stages: N1,N2,...")
-    policy.add_argument("--to-keep", type=int_list, help="stages: K1,K2,...")
-    policy.add_argument("--alpha", type=float, help="paired, tree: drop a class when p < alpha")
-    policy.add_argument("--min-samples", type=int, help="paired, tree: samples before the first test")
-    policy.add_argument("--max-samples", type=int, help="paired, tree: cap on samples per class")
-    policy.add_argument("--check-every", type=int, help="paired, tree: samples between tests")
-    policy.add_argument("--screen-samples", type=int, help="paired: samples of a first screening round for every class")
-    policy.add_argument("--screen-keep", type=int, help="paired: classes kept after the screening round")
+    policy.add_argument("--n-samples", type=positive_int_list, help="exhaustive: N; stages: N1,N2,...")
+    policy.add_argument("--to-keep", type=positive_int_list, help="stages: K1,K2,...")
+    policy.add_argument("--alpha", type=open_probability, help="paired, tree: drop a class when p < alpha")
+    policy.add_argument("--min-samples", type=int_in(2), help="paired, tree: samples before the first test (>= 2)")
+    policy.add_argument("--max-samples", type=positive_int, help="paired, tree: cap on samples per class")
+    policy.add_argument("--check-every", type=positive_int, help="paired, tree: samples between tests")
+    policy.add_argument("--screen-samples", type=positive_int, help="paired: samples of a first screening round for every class")
+    policy.add_argument("--screen-keep", type=positive_int, help="paired: classes kept after the screening round")
     policy.add_argument("--tree", help="tree: label-tree JSON file (inner nodes with prompts over the classes)")
-    policy.add_argument("--beam", type=int, help="tree: inner nodes kept per round")
-    policy.add_argument("--node-samples", type=int, help="tree: samples per inner-node round")
+    policy.add_argument("--beam", type=positive_int, help="tree: inner nodes kept per round")
+    policy.add_argument("--node-samples", type=int_in(2), help="tree: samples per inner-node round")
 
 
 def add_backend_options(parser: argparse.ArgumentParser, *, backends: tuple[str, ...] = ()) -> None:
@@ -95,20 +111,58 @@ def add_backend_options(parser: argparse.ArgumentParser, *, backends: tuple[str,
     )  # fmt: skip
 
 
-def policy_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The options of every registered policy that were given; `make_policy` keeps the chosen one's."""
-    names = {name for cls in POLICIES.values() for name in policy_options(cls)} - {"n_samples"}
-    options = {name: getattr(args, name, None) for name in sorted(names)}
-    if args.n_samples is not None:
-        options["n_samples"] = args.n_samples[0] if args.policy == "exhaustive" else args.n_samples
-    return {k: v for k, v in options.items() if v is not None}
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def given_policy_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The policy options (of any registered policy) given on the command line."""
+    names = sorted({name for cls in POLICIES.values() for name in policy_options(cls)})
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def check_policy_options(given: dict[str, Any], policy: str, *, chosen: bool) -> dict[str, Any]:
+    """The options `policy` takes, or a ValueError naming, as typed, the given options it would
+    silently ignore; `--n-samples N` is the exhaustive policy's one count."""
+    whose = f"--policy {policy}" if chosen else f"the model's default policy ({policy})"
+    takes = policy_options(POLICIES[policy])
+    unused = [name for name in given if name not in takes]
+    if unused:
+        raise ValueError(
+            f"{', '.join(_flag(d) for d in unused)} does not apply to {whose}, which takes "
+            f"{', '.join(_flag(d) for d in takes)}; choose the policy with --policy"
+        )
+    options = dict(given)
+    low, high = options.get("min_samples"), options.get("max_samples")
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"--min-samples {low} is more than --max-samples {high}")
+    stages, keep = options.get("n_samples"), options.get("to_keep")
+    if policy == "stages" and stages is not None and keep is not None and len(stages) != len(keep):
+        raise ValueError(
+            f"--n-samples and --to-keep need one value per stage each, got {len(stages)} and {len(keep)}"
+        )
+    if policy == "exhaustive" and "n_samples" in options:
+        if len(options["n_samples"]) != 1:
+            raise ValueError(f"--n-samples takes one number with {whose}, got {','.join(map(str, options['n_samples']))}")
+        options["n_samples"] = options["n_samples"][0]
+    return options
+
+
+def policy_options_from_args(args: argparse.Namespace, policy: str | None = None) -> dict[str, Any]:
+    """The given policy options, checked against `policy` (default: `--policy`) when known."""
+    given = given_policy_options(args)
+    policy = policy or args.policy
+    return check_policy_options(given, policy, chosen=args.policy is not None) if policy else given
 
 
 def classifier_from_args(args: argparse.Namespace, *, device: str | None = None):
-    """The classifier the model and scoring options describe; `device` overrides `--device`."""
+    """The classifier the model and scoring options describe; `device` overrides `--device`.
+    Policy options are checked against `--policy` before the model loads, and against the
+    model's default policy after."""
     from fastgen.api import DiffusionClassifier
+    from fastgen.engine.policies import policy_name
 
-    return DiffusionClassifier.from_pretrained(
+    clf = DiffusionClassifier.from_pretrained(
         args.model,
         classes=args.classes,
         templates=args.templates,
@@ -122,10 +176,15 @@ def classifier_from_args(args: argparse.Namespace, *, device: str | None = None)
         weighting=args.weighting,
         seed=args.seed,
         batch_size=args.batch_size,
+        max_pixels=args.max_pixels,
+        invert=args.invert,
         local_files_only=args.local_files_only or None,
         allow_pickle=args.allow_pickle,
         backend=args.backend,
         backend_options=dict(args.backend_options or []),
         export_dir=args.export_dir,
     )
+    if args.policy is None and policy_name(clf.policy) in POLICIES:
+        check_policy_options(given_policy_options(args), policy_name(clf.policy), chosen=False)
+    return clf
 

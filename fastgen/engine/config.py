@@ -21,6 +21,10 @@ from fastgen.inputs.classes import AGGREGATES
 from fastgen.losses import check_loss
 
 
+# Seeds are combined with block indices into torch generator seeds; this keeps them in range.
+MAX_SEED = 2**32 - 1
+
+
 @dataclass(frozen=True)
 class ScoringConfig:
     """How images are scored. See the README's "Scoring" list for what each setting means."""
@@ -42,7 +46,7 @@ class ScoringConfig:
         _check_choice("aggregate", self.aggregate, AGGREGATES)
         if not isinstance(self.policy, Policy):
             raise TypeError(f"policy must be a Policy (see fastgen.make_policy), got {type(self.policy).__name__}")
-        _check_int("seed", self.seed, minimum=0)
+        _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
         _check_int("batch_size", self.batch_size, minimum=1)
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "batch_size", int(self.batch_size))
@@ -103,6 +107,9 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...] | dict) -> Non
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
+    within = f"in {minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer {within}, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an integer {within}, got {value!r}")

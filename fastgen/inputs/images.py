@@ -6,21 +6,54 @@ ratio, by the smallest factor that makes it cover H x W (bicubic, antialiased), 
 H x W window is cut out. For a square model this is "resize the shorter side, center-crop"; for a
 non-square model (e.g. an 8 x 24 strip) an input of the model's aspect is only resized, and a
 squarer input loses its top and bottom (a taller one) or its sides (a wider one); nothing is padded.
-Failures raise `ImageError`, which names the image and what is wrong with it.
+Failures raise `ImageError`, which names the image and what is wrong with it: whatever a file contains
+(damaged data, a decompression bomb, an unsupported mode, a bad size) ends as an `ImageError`
+for that image, never as another exception.
+
+How Pillow images are read, by mode:
+
+* 8-bit modes (L, RGB, P, CMYK, YCbCr, ...): values / 255; transparent pixels (an alpha channel,
+  or a palette or colour marked transparent) are composited on white, as viewers show them;
+* 16-bit grayscale (I;16, I;16L, I;16B, I;16N): values / 65535;
+* 32-bit integer (I): values / 65535 when they all fit in 0..65535 (how Pillow opens many 16-bit
+  files), otherwise / (2**31 - 1); negative values are refused;
+* 32-bit float (F): values in [0, 1] as they are; values in [0, 255] (Pillow's own L -> F scale)
+  / 255; anything else, NaN or infinity is refused;
+* files are turned upright by their EXIF orientation first, as viewers show them.
+
+A file over `max_pixels` pixels (default 100 million) is refused from its header, before it is
+decoded: a 190 KB PNG can declare 14000 x 14000 pixels.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
+import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+# Image files with more pixels are refused from their header (--max-pixels).
+DEFAULT_MAX_PIXELS = 100_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+ORIENTATION_TAG = 0x0112
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# Scaling a very long, thin image to cover the model's size would blow up its long side; the part
+# beyond this many times the window the final crop keeps is trimmed first (centered, like the crop).
+MAX_ASPECT_BEFORE_RESIZE = 4
+
+log = logging.getLogger(__name__)
+_PILLOW_LIMIT_LOCK = threading.Lock()
 
 
 class ImageError(ValueError):
@@ -30,35 +63,188 @@ class ImageError(ValueError):
 def _describe(image: ImageInput) -> str:
     if isinstance(image, (str, Path)):
         return f"image file {str(image)!r}"
+    if isinstance(image, Image.Image):
+        return "PIL image"
+    if isinstance(image, np.ndarray):
+        return "numpy image"
     return f"{type(image).__name__} image"
 
 
-def open_image(path: str | Path) -> Image.Image:
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"image file {str(path)!r} does not exist")
-    try:
-        with Image.open(path) as handle:
-            handle.load()
-            return handle.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+def _check_size(size: tuple[int, int], max_pixels: int | None, name: str) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise ImageError(f"{name} is {width}x{height} pixels; an image needs at least one pixel")
+    if max_pixels is not None and width * height > max_pixels:
         raise ImageError(
-            f"image file {str(path)!r} cannot be decoded ({error}); check that it is a complete "
-            "PNG/JPEG/... file, or remove it"
+            f"{name} is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (max_pixels, --max-pixels on the command line); downscale the "
+            "image, or raise the limit if you trust the file"
+        )
+
+
+@contextlib.contextmanager
+def _pillow_allows(max_pixels: int | None) -> Iterator[None]:
+    """Pillow refuses an image over twice its global `MAX_IMAGE_PIXELS` before fastgen sees its
+    size. When `max_pixels` asks for more (None: no limit), that global is raised for the
+    duration of the call, under a lock since it is shared; otherwise it is left alone and
+    fastgen's own check, which is stricter, decides."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or (max_pixels is not None and max_pixels <= 2 * limit):
+        yield
+        return
+    with _PILLOW_LIMIT_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _over_the_limit(path: Path, max_pixels: int, name: str) -> ImageError:
+    """The error for a file Pillow refused as too large, with its size: the header is read again
+    with Pillow's own limit lifted (reading a header decodes no pixels)."""
+    try:
+        with _pillow_allows(None), Image.open(path) as handle:
+            _check_size(handle.size, max_pixels, name)
+    except ImageError as error:
+        return error
+    except Exception:  # the header could be read once; a second failure changes nothing
+        pass
+    return ImageError(f"{name} has more pixels than the limit of {max_pixels:,} (max_pixels, --max-pixels on the command line)")
+
+
+def open_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image file, upright; any failure is an `ImageError` naming the file."""
+    path = Path(path)
+    name = _describe(path)
+    if not path.is_file():
+        raise ImageError(f"{name} does not exist")
+    try:
+        with _pillow_allows(max_pixels), _pillow_warnings_named(name), Image.open(path) as handle:
+            _check_size(handle.size, max_pixels, name)  # from the header, before decoding
+            handle.load()
+            image = handle.copy()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _over_the_limit(path, max_pixels, name) from None
+    except Exception as error:  # whatever a damaged or hostile file makes a decoder raise
+        raise ImageError(
+            f"{name} cannot be decoded ({type(error).__name__}: {error}); check that it is a "
+            "complete PNG/JPEG/... file, or remove it"
         ) from None
+    return upright(image, name)
 
 
-def _pil_to_tensor(image: Image.Image, channels: int) -> torch.Tensor:
-    mode = "L" if channels == 1 else "RGB"
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        # Composite transparent pixels on white, as viewers show them.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    array = np.asarray(image.convert(mode), dtype=np.float32) / 255.0
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+@contextlib.contextmanager
+def _pillow_warnings_named(name: str) -> Iterator[None]:
+    """Pillow warns about damaged files (corrupt EXIF, short reads) without saying which file:
+    each warning is logged with the image's name instead. Its decompression-bomb warning is
+    dropped, since fastgen's own pixel limit decides."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            yield
+        finally:
+            for message in dict.fromkeys(str(w.message) for w in caught):
+                log.warning("%s: %s", name, message)
+
+
+def upright(image: Image.Image, name: str) -> Image.Image:
+    """The image turned by its EXIF orientation, as viewers show it (a new image; the input is
+    not changed). An unreadable EXIF block is ignored with a warning."""
+    try:
+        with _pillow_warnings_named(name):
+            orientation = image.getexif().get(ORIENTATION_TAG, 1)
+            if orientation in range(2, 9):
+                return ImageOps.exif_transpose(image)
+    except Exception as error:  # a broken EXIF block must not cost the image
+        log.warning("%s: ignoring its unreadable EXIF orientation (%s: %s)", name, type(error).__name__, error)
+    return image
+
+
+def _has_transparency(image: Image.Image) -> bool:
+    return image.mode in ALPHA_MODES or image.info.get("transparency") is not None
+
+
+def _on_white(image: Image.Image, name: str) -> Image.Image:
+    """Composite transparent pixels on white, as viewers show them."""
+    rgba = image.convert("RGBA")
+    if rgba.getchannel("A").getextrema() == (0, 0):
+        log.warning("%s is fully transparent: it is classified as a blank white image", name)
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba)
+
+
+def _int32_to_unit(values: np.ndarray, name: str) -> np.ndarray:
+    low, high = int(values.min()), int(values.max())
+    if low < 0:
+        raise ImageError(
+            f"{name} is a 32-bit integer image with negative values (min {low}), which have no "
+            "brightness scale; convert it to 8 or 16 bits"
+        )
+    scale = 65535.0 if high <= 65535 else float(2**31 - 1)
+    return (values.astype(np.float64) / scale).astype(np.float32)
+
+
+def _float_to_unit(values: np.ndarray, name: str) -> np.ndarray:
+    if not np.isfinite(values).all():
+        raise ImageError(f"{name} is a float image with NaN or infinite values")
+    low, high = float(values.min()), float(values.max())
+    if low >= -1e-3 and high <= 1 + 1e-3:
+        return np.clip(values, 0, 1).astype(np.float32)
+    if low >= 0 and high <= 255:
+        return (values / 255.0).astype(np.float32)
+    raise ImageError(
+        f"{name} is a float image with values in [{low:.3g}, {high:.3g}]; float images must be "
+        "in [0, 1] (or [0, 255])"
+    )
+
+
+def _eight_bit(image: Image.Image, target: str, name: str) -> np.ndarray:
+    """L or RGB values / 255, through RGB for modes Pillow cannot convert directly (LAB -> L)."""
+    if _has_transparency(image):
+        image = _on_white(image, name)
+    try:
+        try:
+            converted = image.convert(target)
+        except ValueError:
+            converted = image.convert("RGB").convert(target)
+    except (ValueError, OSError) as error:
+        raise ImageError(
+            f"{name} has mode {image.mode!r}, which cannot be converted to {target} ({error}); "
+            "save it as 8-bit RGB or grayscale"
+        ) from None
+    return np.asarray(converted, dtype=np.float32) / 255.0
+
+
+def pil_to_array(image: Image.Image, channels: int, name: str = "PIL image") -> np.ndarray:
+    """float32 [H, W, 1 or 3] in [0, 1], by the mode rules of this module's docstring."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        array = np.asarray(image).astype(np.float32) / 65535.0
+    elif image.mode == "I":
+        array = _int32_to_unit(np.asarray(image), name)
+    elif image.mode == "F":
+        array = _float_to_unit(np.asarray(image), name)
+    else:
+        array = _eight_bit(image, "L" if channels == 1 else "RGB", name)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def _pil_to_tensor(image: Image.Image, channels: int, name: str = "PIL image") -> torch.Tensor:
+    _check_size(image.size, None, name)
+    try:
+        array = pil_to_array(image, channels, name)
+    except ImageError:
+        raise
+    except Exception as error:  # a mode or a state of the image no conversion expects
+        raise ImageError(
+            f"{name} (mode {image.mode!r}, {image.size[0]}x{image.size[1]}) cannot be converted "
+            f"({type(error).__name__}: {error}); save it as 8-bit RGB or grayscale"
+        ) from None
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    return _match_channels(tensor, channels)
 
 
 def _array_to_tensor(array: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
@@ -113,12 +299,24 @@ def target_hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return height, width
 
 
+def _trim_far_outside(tensor: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    """Keep at most MAX_ASPECT_BEFORE_RESIZE times the centered window the final crop keeps."""
+    _, height, width = tensor.shape
+    scale = max(out_h / height, out_w / width)
+    keep_h = min(height, math.ceil(MAX_ASPECT_BEFORE_RESIZE * out_h / scale))
+    keep_w = min(width, math.ceil(MAX_ASPECT_BEFORE_RESIZE * out_w / scale))
+    top, left = (height - keep_h) // 2, (width - keep_w) // 2
+    return tensor[:, top : top + keep_h, left : left + keep_w]
+
+
 def resize_center_crop(tensor: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """Scale [C, h, w] to cover H x W preserving aspect ratio (bicubic, antialiased), then
     center-crop H x W; `size` is one side (square) or (H, W). See the module docstring."""
     out_h, out_w = target_hw(size)
     _, height, width = tensor.shape
     if (height, width) != (out_h, out_w):
+        tensor = _trim_far_outside(tensor, out_h, out_w)
+        _, height, width = tensor.shape
         scale = max(out_h / height, out_w / width)
         new_h, new_w = max(out_h, round(height * scale)), max(out_w, round(width * scale))
         tensor = F.interpolate(
@@ -129,23 +327,44 @@ def resize_center_crop(tensor: torch.Tensor, size: int | tuple[int, int]) -> tor
     return tensor.contiguous()
 
 
-def load_pixels(image: ImageInput, *, size: int | tuple[int, int], channels: int) -> torch.Tensor:
-    """One input image -> float32 [channels, H, W] in [0, 1]; `size` is one side or (H, W)."""
-    name = _describe(image)
+def _to_tensor(image: ImageInput, channels: int, max_pixels: int, name: str) -> torch.Tensor:
     if isinstance(image, (str, Path)):
-        tensor = _pil_to_tensor(open_image(image), channels)
-    elif isinstance(image, Image.Image):
-        tensor = _pil_to_tensor(image, channels)
-    elif isinstance(image, (np.ndarray, torch.Tensor)):
-        tensor = _match_channels(_array_to_tensor(image, name), channels)
-    else:
-        raise ImageError(
-            f"unsupported image type {type(image).__name__}; pass a PIL image, a file path, a "
-            "numpy array (HWC) or a tensor (CHW)"
-        )
-    if min(tensor.shape[1:]) < 1:
-        raise ImageError(f"{name} is empty (shape {tuple(tensor.shape)})")
-    return resize_center_crop(tensor, size)
+        return _pil_to_tensor(open_image(image, max_pixels=max_pixels), channels, name)
+    if isinstance(image, Image.Image):
+        return _pil_to_tensor(upright(image, name), channels, name)
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        return _match_channels(_array_to_tensor(image, name), channels)
+    raise ImageError(
+        f"unsupported image type {type(image).__name__}; pass a PIL image, a file path, a "
+        "numpy array (HWC) or a tensor (CHW)"
+    )
+
+
+def _warn_if_degenerate(tensor: torch.Tensor, name: str) -> None:
+    _, height, width = tensor.shape
+    if min(height, width) == 1:
+        log.warning(
+            "%s is %dx%d pixels: one row or column carries next to nothing of a class, so its "
+            "prediction is close to a guess", name, width, height,
+        )  # fmt: skip
+
+
+def load_pixels(
+    image: ImageInput, *, size: int | tuple[int, int], channels: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> torch.Tensor:
+    """One input image -> float32 [channels, H, W] in [0, 1]; `size` is one side or (H, W); any
+    failure is an ImageError."""
+    name = _describe(image)
+    try:
+        tensor = _to_tensor(image, channels, max_pixels, name)
+        if min(tensor.shape[1:]) < 1:
+            raise ImageError(f"{name} is empty (shape {tuple(tensor.shape)})")
+        _warn_if_degenerate(tensor, name)
+        return resize_center_crop(tensor, size)
+    except ImageError:
+        raise
+    except Exception as error:  # nothing an image contains may stop a run
+        raise ImageError(f"{name} cannot be used ({type(error).__name__}: {error})") from None
 
 
 def find_images(inputs: list[str]) -> list[Path]:
@@ -154,7 +373,7 @@ def find_images(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         elif path.is_file():
             found.append(path)
         else:

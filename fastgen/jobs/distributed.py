@@ -4,10 +4,13 @@ Each rank classifies a deterministic shard of the images and appends its records
 file next to the output (`F.part-RRRRR-of-WWWWW`) through the same durable writer a one-process
 run uses. When every rank is done, rank 0 merges the parts into `F` and deletes them.
 
-Resuming works at any world size, with or without torchrun: before anything is computed, the
-part files of an interrupted run (whatever its world size) are merged into `F` (a truncated last
-line is dropped there and its image redone), and only images absent from `F` are sharded. The
-process group is used for barriers and one sum of counts only: no home-made protocol.
+Resuming works at any world size, with or without torchrun: before anything is computed, rank 0
+checks `F` (a file that is not fastgen's, or whose header names other settings, is refused), cuts
+an interrupted last line there, merges the part files of an interrupted run (whatever its world
+size) and appends the job's header when `F` lacks it; only images absent from `F` (or, with
+`--retry-failed`, whose latest record is an error) are sharded. Part files hold records only: the
+header of `F` covers them. The process group is used for barriers and sums of counts only: no
+home-made protocol.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from fastgen.jobs.local import JobSummary, count_failed, labelled_accuracy, write_results
+from fastgen.jobs.local import (
+    JobSummary, count_failed, job_header, labelled_accuracy, needs_computing, prepare_output, write_results,
+)  # fmt: skip
 from fastgen.jobs.results_file import ResultsWriter, merge_parts, part_path, path_key, read_results
 
 if TYPE_CHECKING:
@@ -117,6 +122,22 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def on_main(ranks: Ranks, device: torch.device, step: Callable[[], object]) -> None:
+    """Run `step` on rank 0 only; a ValueError it raises (a refused output file) is raised on
+    rank 0 and reported on every other rank, instead of leaving them waiting at a barrier."""
+    refusal: ValueError | None = None
+    if ranks.is_main:
+        try:
+            step()
+        except ValueError as error:
+            refusal = error
+    (refused,) = sum_over_ranks([refusal is not None], device)  # also the barrier after `step`
+    if refusal is not None:
+        raise refusal
+    if refused:
+        raise ValueError("rank 0 refused the output file; its error message says why")
+
+
 # -- the distributed `classify` ----------------------------------------------------------------------
 def classify_files_distributed(
     build_classifier: Callable[[torch.device], DiffusionClassifier],
@@ -127,21 +148,25 @@ def classify_files_distributed(
     device: str | None = None,
     labels_from_folders: bool = False,
     progress: bool = True,
+    retry_failed: bool = False,
+    force: bool = False,
 ) -> JobSummary | None:
     """Run this rank's shard into its part file; rank 0 merges and returns the summary of the
     whole job, other ranks return None. `build_classifier(device)` loads the model on this
-    rank's device (`device` as asked, with `cuda` meaning this rank's own GPU)."""
+    rank's device (`device` as asked, with `cuda` meaning this rank's own GPU); `retry_failed`
+    and `force` are those of `fastgen.jobs.local.classify_files`."""
     if out is None:
         raise ValueError("--out is required under torchrun: each rank writes a part file next to it")
     rank_dev = rank_device(device, ranks)
     init_process_group(ranks, rank_dev)
     try:
-        if ranks.is_main:
-            merge_parts(out)  # an interrupted run's parts, of any world size
-        dist.barrier()
-        done = read_results(out)
-        todo = [p for p in sorted(paths, key=path_key) if path_key(p) not in done]
         clf = build_classifier(rank_dev)
+        # Rank 0 alone checks the output against this job's settings, repairs it and merges an
+        # interrupted run's parts (of any world size); every rank learns whether it refused the
+        # file before computing anything.
+        on_main(ranks, rank_dev, lambda: prepare_output(out, job_header(clf), force=force))
+        done = read_results(out)
+        todo = [p for p in sorted(paths, key=path_key) if needs_computing(done.get(path_key(p)), retry_failed=retry_failed)]
         writer = ResultsWriter(part_path(out, ranks.rank, ranks.world_size))
         new = write_results(clf, shard(todo, ranks), writer, progress=progress and ranks.is_main)
         computed, failed = sum_over_ranks([len(new) - count_failed(new), count_failed(new)], rank_dev)
@@ -149,8 +174,10 @@ def classify_files_distributed(
             return None
         merge_parts(out)
         summary = JobSummary(len(paths), len(paths) - len(todo), computed, failed)
+        latest = read_results(out)
+        summary.errors_in_output = count_failed(latest)
         if labels_from_folders:
-            labelled_accuracy(summary, paths, read_results(out))
+            labelled_accuracy(summary, paths, latest)
         return summary
     finally:
         dist.destroy_process_group()

@@ -1,7 +1,25 @@
-"""The JSON-lines results file: one object per image, written as images finish, resumable.
+"""The JSON-lines results file: a header, then one object per image, written as images finish.
 
-Each line is flushed and fsynced as it is written, so a crash loses at most the line being
-written; a truncated last line is detected on the next run, cut off, and its image redone.
+    {"fastgen": "results", "format": 1, "version": "0.1.0", "model": "builtin:digits", "settings": {...}}
+    {"path": "/abs/a.png", "prediction": "seven", "scores": {"zero": 0.41, ...}, "unet_evals": 212}
+    {"path": "/abs/b.png", "error": "image file '/abs/b.png' cannot be decoded (...); ..."}
+
+The file is only ever appended to. Each line is flushed and fsynced as it is written, so a crash
+loses at most the line being written. Reading never drops or rewrites a valid record:
+
+* a line in the middle that is not a record (hand edits, a disk error) is reported with its line
+  number, left in the file, and ignored: the image it may have described is computed again;
+* only an unterminated last line (no newline at the end of the file: a write cut short) is cut,
+  and that is the only rewrite; a last line that is a whole record and only lacks its newline
+  gets the newline appended instead;
+* a file whose first line is not fastgen's (a header or a record) is refused and never touched;
+* when a path has several records (`--retry-failed` appends a new one), the latest one counts.
+
+A header starts the file and records the settings of the job that wrote it, so a resume can
+check that it continues the same job. A header may also appear further down: when a file from
+before headers existed is resumed, or a resume is forced with other settings, the new settings are
+appended as a header before the records they produce. Files without any header (written before
+headers existed) stay readable and resumable.
 """
 
 from __future__ import annotations
@@ -10,10 +28,22 @@ import glob
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+HEADER_TAG = "results"
+# The first bytes of every line fastgen writes (json.dumps keeps key order): an unterminated
+# first line that starts like this is an interrupted write of ours; anything else is not ours.
+_OUR_LINE_STARTS = (b'{"fastgen": ', b'{"path": ')
+_LISTED_BAD_LINES = 10
+
+
+class ResultsFileError(ValueError):
+    """The results file cannot be used: not fastgen's, another job's, or not writable."""
 
 
 def path_key(path: str | Path) -> str:
@@ -21,27 +51,233 @@ def path_key(path: str | Path) -> str:
     return os.path.abspath(str(path))
 
 
-def read_results(path: Path) -> dict[str, dict[str, Any]]:
-    """Finished records by path key; repairs a truncated final line in place."""
+def is_header(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("fastgen") == HEADER_TAG
+
+
+def is_record(obj: Any) -> bool:
+    """One image's outcome: a path and either a prediction or an error."""
+    return isinstance(obj, dict) and isinstance(obj.get("path"), str) and ("prediction" in obj or "error" in obj)
+
+
+def is_error(record: dict[str, Any]) -> bool:
+    return "error" in record
+
+
+def results_header(model: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The first line of a results file: what produced the records below it."""
+    from fastgen import __version__
+
+    return {"fastgen": HEADER_TAG, "format": FORMAT_VERSION, "version": __version__, "model": model, "settings": settings}
+
+
+@dataclass
+class ResultsContents:
+    """What a results file holds, as read without changing it."""
+
+    header: dict[str, Any] | None = None  # the last header: the settings of the records after it
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # latest record per path key
+    record_lines: int = 0
+    bad_lines: list[int] = field(default_factory=list)  # 1-based; kept in the file, ignored
+    cut_from: int | None = None  # byte offset of an unterminated last line that is no record
+    missing_newline: bool = False  # the last line is a whole record or header without its "\n"
+
+    @property
+    def error_keys(self) -> list[str]:
+        """Paths whose latest record is an error."""
+        return [key for key, record in self.records.items() if is_error(record)]
+
+
+def _parse_line(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def _refuse_foreign(path: Path, first_line: bytes) -> None:
+    preview = first_line[:60].decode("utf-8", errors="replace")
+    raise ResultsFileError(
+        f"{path} exists and is not a fastgen results file (its first line, {preview!r}, is not a "
+        "fastgen header or record); fastgen leaves it untouched. Choose another --out path, or "
+        "move that file away"
+    )
+
+
+def _starts_like_ours(complete: list[bytes], tail: bytes) -> bool:
+    """A complete first line must be a header or a record; a file that is one unterminated line
+    must at least begin the way fastgen's lines begin (a write cut short)."""
+    if complete:
+        first = _parse_line(complete[0])
+        return is_header(first) or is_record(first)
+    return tail.startswith(_OUR_LINE_STARTS)
+
+
+def check_not_foreign(path: Path) -> None:
+    """Refuse a file that is not fastgen's from its first line alone: cheap enough to run before
+    a model is loaded."""
+    if not path.is_file():
+        return
+    with path.open("rb") as handle:
+        head = handle.readline()
+    if head.endswith(b"\n"):
+        complete, tail = [head[:-1]], b""
+    else:
+        complete, tail = [], head
+    if head and not _starts_like_ours(complete, tail):
+        _refuse_foreign(path, head.rstrip(b"\n"))
+
+
+def _warn_bad_lines(path: Path, bad_lines: list[int]) -> None:
+    listed = ", ".join(str(n) for n in bad_lines[:_LISTED_BAD_LINES])
+    more = f" (and {len(bad_lines) - _LISTED_BAD_LINES} more)" if len(bad_lines) > _LISTED_BAD_LINES else ""
+    noun = "line" if len(bad_lines) == 1 else "lines"
+    log.warning(
+        "results file %s: %s %s%s not a fastgen record; kept in the file and ignored, so an image "
+        "they described is computed again",
+        path, noun, listed, more,
+    )  # fmt: skip
+
+
+def scan_results(path: Path, *, strict: bool = True) -> ResultsContents:
+    """Read `path` without changing it. With `strict`, a file whose first line is not fastgen's
+    raises `ResultsFileError` (part files of a torchrun run are read with `strict=False`)."""
+    contents = ResultsContents()
     if not path.exists():
-        return {}
+        return contents
+    if path.is_dir():
+        raise ResultsFileError(f"{path} is a folder; pass a file path such as {path / 'results.jsonl'}")
     data = path.read_bytes()
-    records: dict[str, dict[str, Any]] = {}
-    good_end = 0
-    for line in data.splitlines(keepends=True):
-        try:
-            if not line.endswith(b"\n"):
-                raise ValueError("unterminated line")
-            record = json.loads(line)
-            records[path_key(record["path"])] = record
-        except (ValueError, KeyError, TypeError):
-            log.warning("results file %s: dropping an incomplete last line; its image is redone", path)
-            break
-        good_end += len(line)
-    if good_end < len(data):
+    if not data:
+        return contents
+    *complete, tail = data.split(b"\n")
+    if strict and not _starts_like_ours(complete, tail):
+        _refuse_foreign(path, complete[0] if complete else tail)
+    for number, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue  # a blank line describes nothing
+        _take_line(contents, _parse_line(line), number)
+    if tail:
+        parsed = _parse_line(tail)
+        if is_record(parsed) or is_header(parsed):
+            _take_line(contents, parsed, len(complete) + 1)
+            contents.missing_newline = True
+        else:
+            contents.cut_from = len(data) - len(tail)
+    if contents.bad_lines:
+        _warn_bad_lines(path, contents.bad_lines)
+    return contents
+
+
+def _take_line(contents: ResultsContents, obj: Any, number: int) -> None:
+    if is_header(obj):
+        contents.header = obj
+    elif is_record(obj):
+        contents.records[path_key(obj["path"])] = obj
+        contents.record_lines += 1
+    else:
+        contents.bad_lines.append(number)
+
+
+def repair_tail(path: Path, contents: ResultsContents) -> None:
+    """Make `path` end after a complete line before anything is appended: cut an interrupted last
+    line (the only rewrite), or give a whole last record its missing newline."""
+    if contents.cut_from is not None:
+        log.warning(
+            "results file %s: cutting an incomplete last line (%d bytes, left by an interrupted "
+            "write); its image is computed again",
+            path, path.stat().st_size - contents.cut_from,
+        )  # fmt: skip
         with path.open("r+b") as handle:
-            handle.truncate(good_end)
-    return records
+            handle.truncate(contents.cut_from)
+            handle.flush()
+            os.fsync(handle.fileno())
+        contents.cut_from = None
+    elif contents.missing_newline:
+        with path.open("ab") as handle:
+            handle.write(b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        contents.missing_newline = False
+
+
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    """The latest record of each image by path key, headers and unusable lines left out. Read
+    only: the file is not changed (see `repair_tail`)."""
+    return scan_results(path).records
+
+
+def check_same_job(path: Path, contents: ResultsContents, header: dict[str, Any], *, force: bool = False) -> bool:
+    """Whether the file's last header describes the job `header` describes. A different job
+    raises `ResultsFileError` unless `force`; a file without a header (from before headers
+    existed) cannot be checked and is accepted with a warning."""
+    old = contents.header
+    if old is None:
+        if contents.records:
+            log.warning(
+                "results file %s has no header (written by an older fastgen): its settings cannot be "
+                "checked; the current settings are appended as a header", path
+            )  # fmt: skip
+        return False
+    if int(old.get("format", 0)) > FORMAT_VERSION:
+        raise ResultsFileError(
+            f"results file {path} has format {old.get('format')}, newer than this fastgen reads "
+            f"({FORMAT_VERSION}); upgrade fastgen, or choose another --out path"
+        )
+    differences = header_differences(old, header)
+    if not differences:
+        return True
+    if not force:
+        raise ResultsFileError(
+            f"results file {path} holds another job's results: {'; '.join(differences)}. Resuming "
+            "would mix results of different settings in one file. Run with the file's settings, "
+            "choose another --out path, or pass --force to keep its records and append the new "
+            "settings' results after a new header"
+        )
+    log.warning("results file %s: settings differ (%s); continuing because of --force", path, "; ".join(differences))
+    return False
+
+
+def header_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """'name: X in the file, Y now' for the model and each setting that differs."""
+    before = {"model": old.get("model"), **_normalised(old.get("settings") or {})}
+    after = {"model": new.get("model"), **_normalised(new.get("settings") or {})}
+    return [
+        f"{name}: {_show(before.get(name))} in the file, {_show(after.get(name))} now"
+        for name in sorted(set(before) | set(after))
+        if before.get(name) != after.get(name)
+    ]
+
+
+def _normalised(settings: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(settings))  # tuples and lists compare equal, as they are written
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def unwritable_message(path: Path, error: OSError | str) -> str:
+    reason = error if isinstance(error, str) else error.strerror or str(error)
+    return f"cannot write the results file {path} ({reason}); choose a writable location for --out"
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, before any work is done, a results path that cannot be written."""
+    if path.is_dir():
+        raise ResultsFileError(f"{path} is a folder; pass a file path such as {path / 'results.jsonl'}")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise ResultsFileError(unwritable_message(path, "permission denied"))
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ResultsFileError(unwritable_message(path, f"{parent} is a file, not a folder"))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ResultsFileError(unwritable_message(path, f"permission denied in {parent}"))
 
 
 class ResultsWriter:
@@ -50,8 +286,11 @@ class ResultsWriter:
     def __init__(self, path: Path | None, stream: IO[str] | None = None):
         self.path = path
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle: IO[str] = path.open("a", encoding="utf-8")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._handle: IO[str] = path.open("a", encoding="utf-8")
+            except OSError as error:
+                raise ResultsFileError(unwritable_message(path, error)) from None
         else:
             self._handle = stream  # type: ignore[assignment]
 
@@ -99,13 +338,16 @@ def merge_parts(out: Path) -> int:
     parts = find_parts(out)
     if not parts:
         return 0
-    done = read_results(out)  # also cuts a truncated last line
+    contents = scan_results(out)  # refuses an `out` that is not fastgen's, before any change
+    repair_tail(out, contents)
+    done = contents.records
     added = 0
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as handle:
         for part in parts:
-            for key, record in read_results(part).items():
-                if key not in done:
+            for key, record in scan_results(part, strict=False).records.items():
+                # A record `out` already holds is skipped; a newer one (a retried image) is not.
+                if done.get(key) != record:
                     handle.write(json.dumps(record, allow_nan=False) + "\n")
                     done[key] = record
                     added += 1

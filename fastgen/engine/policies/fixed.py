@@ -16,6 +16,10 @@ class Exhaustive(Policy):
     n_samples: int = 100
 
     def __post_init__(self):
+        if isinstance(self.n_samples, (tuple, list)):  # `--n-samples 50` parses as (50,)
+            if len(self.n_samples) != 1:
+                raise ValueError(f"the exhaustive policy takes one n_samples, got {tuple(self.n_samples)}")
+            object.__setattr__(self, "n_samples", int(self.n_samples[0]))
         if self.n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {self.n_samples}")
 
