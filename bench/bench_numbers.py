@@ -31,7 +31,7 @@ from fastgen.eval.benchmark import environment
 MODEL = "builtin:numbers"
 TREE = str(resolve_builtin(MODEL) / "label_tree.json")
 CONFIGS = {
-    "exhaustive": ("exhaustive", {"n_samples": 8}),
+    "exhaustive": ("exhaustive", {}),  # n_samples from --exhaustive-samples
     "li": ("stages", LI_IMAGENET),
     "tree": ("tree", {"tree": TREE, "beam": 3, "node_samples": 16, "min_samples": 16, "max_samples": 64}),
     "screened": ("paired", {"screen_samples": 2, "screen_keep": 30, "min_samples": 16, "max_samples": 64}),
@@ -42,8 +42,10 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_config(name: str, n_images: int, batch_size: int) -> dict:
+def run_config(name: str, n_images: int, batch_size: int, exhaustive_samples: int) -> dict:
     policy, options = CONFIGS[name]
+    if name == "exhaustive":
+        options = {"n_samples": exhaustive_samples}
     images, labels = heldout_numbers(n_images)
     clf = fastgen.DiffusionClassifier.from_pretrained(
         MODEL, device="cpu", policy=policy, policy_options=options, batch_size=batch_size
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--configs", default="exhaustive,tree,screened")
     parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--exhaustive-samples", type=int, default=6, help="samples per class of the reference")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "numbers_cpu.jsonl")
     args = parser.parse_args()
@@ -89,7 +92,7 @@ def main() -> None:
     reference = next((r for r in reversed(earlier) if r["config"] == "exhaustive"), None)
     env = {**environment(torch.device("cpu")), "cpu_flags_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text()}
     for name in args.configs.split(","):
-        row = run_config(name, args.images, args.batch_size)
+        row = run_config(name, args.images, args.batch_size, args.exhaustive_samples)
         if name == "exhaustive":
             reference = row
         row["agreement_with_exhaustive"] = agreement(row, reference)
