@@ -36,10 +36,10 @@ from pathlib import Path
 import torch
 
 from fastgen.backends.onnxruntime_backend import OnnxRuntimeBackend
+from fastgen.backends.spec import denoiser_spec
 from fastgen.backends.torch_backend import TorchBackend
 from fastgen.export.cache import ExportCache
 from fastgen.export.pipeline import ensure_onnx
-from fastgen.backends.spec import denoiser_spec
 from fastgen.models.base import TextDenoiser
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -140,7 +140,17 @@ def bench_denoiser(args, device, env, emit) -> None:
                     want = denoiser(*inputs)
                 for mode in args.modes:
                     row = run_mode(mode, denoiser, spec, inputs, want, device, cache, args.iters)
-                    emit({**env, "bench": "denoiser", "preset": preset, "dtype": dtype_name, "batch": batch, "mode": mode, **row})
+                    emit(
+                        {
+                            **env,
+                            "bench": "denoiser",
+                            "preset": preset,
+                            "dtype": dtype_name,
+                            "batch": batch,
+                            "mode": mode,
+                            **row,
+                        }
+                    )
             del denoiser
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -231,22 +241,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--presets", default="tiny,small", type=lambda s: s.split(","))
-    parser.add_argument("--dtypes", default=None, type=lambda s: s.split(","), help="default fp32 on CPU, fp16,bf16 on CUDA")
+    parser.add_argument(
+        "--dtypes", default=None, type=lambda s: s.split(","), help="default fp32 on CPU, fp16,bf16 on CUDA"
+    )
     parser.add_argument("--batch-sizes", default=None, type=lambda s: [int(v) for v in s.split(",")])
     parser.add_argument("--modes", default=None, type=lambda s: s.split(","))
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--images", type=int, default=8, help="classify bench (CPU): images")
     parser.add_argument("--samples", type=int, default=10, help="classify bench (CPU): samples per class")
     parser.add_argument("--classify-batch", type=int, default=32)
-    parser.add_argument("--skip", default="", type=lambda s: set(filter(None, s.split(","))), help="denoiser,agreement,classify")
+    parser.add_argument(
+        "--skip", default="", type=lambda s: set(filter(None, s.split(","))), help="denoiser,agreement,classify"
+    )
     parser.add_argument("--out", type=Path, default=None, help="append JSON rows here too")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     args.dtypes = args.dtypes or (["fp16", "bf16"] if gpu else ["fp32"])
     args.batch_sizes = args.batch_sizes or ([32, 64, 128, 256] if gpu else [32])
-    args.modes = args.modes or (["eager", "torch", "compile", "cuda_graphs", "compile_graphs"] if gpu else ["eager", "torch", "compile", "onnxruntime"])
-    env = {**environment(device), "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])}
+    args.modes = args.modes or (
+        ["eager", "torch", "compile", "cuda_graphs", "compile_graphs"]
+        if gpu
+        else ["eager", "torch", "compile", "onnxruntime"]
+    )
+    env = {
+        **environment(device),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+    }
     handle = args.out.open("a", encoding="utf-8") if args.out else None
     rows: list[dict] = []
 
@@ -278,7 +299,10 @@ def print_table(rows: list[dict]) -> None:
         name = row.get("preset") or row.get("backend", "")
         mode = row.get("mode") or ("" if row["bench"] != "classify" else "end-to-end")
         if "error" in row:
-            print(f"{row['bench']:<10} {name:<14} {mode:<15} {row.get('dtype', ''):<5} {row.get('batch', ''):>5} {row['error'][:60]}", file=out)
+            print(
+                f"{row['bench']:<10} {name:<14} {mode:<15} {row.get('dtype', ''):<5} {row.get('batch', ''):>5} {row['error'][:60]}",
+                file=out,
+            )
             continue
         ms = row.get("ms_per_batch", 1e3 * row.get("seconds", 0))
         speed = row.get("rows_per_s", row.get("unet_rows", 0) / row["seconds"] if row.get("seconds") else 0)

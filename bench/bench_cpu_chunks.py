@@ -18,8 +18,8 @@ import time
 import torch
 
 from fastgen import DiffusionClassifier
-from fastgen.eval.benchmark import environment
 from fastgen.backends.presets import fastest_settings
+from fastgen.eval.benchmark import environment
 
 
 def rows_per_second(call, repeats: int) -> float:
@@ -44,8 +44,8 @@ def measure(name: str, split: dict, batch: int, repeats: int) -> dict:
     t = torch.randint(0, clf.adapter.num_train_timesteps, (distinct,), generator=g)
     rows = torch.arange(distinct).repeat_interleave(n_classes)
     cond = clf.conditions[torch.arange(rows.shape[0]) % n_classes]
-    whole = lambda: clf.denoise(x_t[rows], t[rows], cond).shape[0]  # noqa: E731
-    shared = lambda: clf.denoise(x_t, t, cond, rows).shape[0]  # noqa: E731
+    whole = lambda: clf.denoise(x_t[rows], t[rows], cond).shape[0]
+    shared = lambda: clf.denoise(x_t, t, cond, rows).shape[0]
     report = {
         "config": name,
         "backend_options": {**options, **split},

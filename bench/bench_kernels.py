@@ -28,10 +28,10 @@ import time
 
 import torch
 
-from fastgen.losses import target_coefficients
 from fastgen.kernels._triton import has_triton, triton
 from fastgen.kernels.noised_batch import launch_noised_batch, noised_batch, noised_batch_ref
 from fastgen.kernels.prediction_errors import prediction_errors, prediction_errors_ref
+from fastgen.losses import target_coefficients
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 

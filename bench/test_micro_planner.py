@@ -49,6 +49,8 @@ def test_noised_batch_and_errors_torch(benchmark, rows):
 
     def step():
         x_t = ops.noised_batch(x0, eps, image, sample, scale.sqrt(), (1 - scale).sqrt(), torch.float32)
-        return ops.prediction_errors(x_t, x0, eps, image, sample, torch.ones(rows), torch.zeros(rows), torch.ones(rows), "l2")
+        return ops.prediction_errors(
+            x_t, x0, eps, image, sample, torch.ones(rows), torch.zeros(rows), torch.ones(rows), "l2"
+        )
 
     assert benchmark(step).shape == (rows,)

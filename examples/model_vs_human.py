@@ -29,9 +29,9 @@ import torch
 from PIL import Image
 
 from fastgen.api.module import IMAGENET_MEAN, IMAGENET_STD
-from fastgen.inputs.images import find_images, load_pixels
 from fastgen.eval.metrics import accuracy, cue_conflict_scores, parse_cue_conflict
 from fastgen.eval.model_vs_human import CATEGORIES_16, ModelVsHumanWrapper, model_vs_human_classifier
+from fastgen.inputs.images import find_images, load_pixels
 
 
 def synthetic_cue_conflict_images(folder: Path, n: int = 4) -> list[Path]:

@@ -30,7 +30,23 @@ _EXPORTS = {
     "softmax_neg_errors": "fastgen.engine.result",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ClassSpec",
+    "DiffusionClassifier",
+    "Exhaustive",
+    "FixedStages",
+    "ImageError",
+    "ImageResult",
+    "ModelLoadError",
+    "PairedTest",
+    "Policy",
+    "ScoringConfig",
+    "build_classes",
+    "classify",
+    "fit_temperature",
+    "make_policy",
+    "softmax_neg_errors",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -50,9 +50,7 @@ def check_loss(loss: str) -> str:
     return loss
 
 
-def target_coefficients(
-    prediction_type: str, alphas_cumprod_t: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def target_coefficients(prediction_type: str, alphas_cumprod_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, b) with target = a * eps + b * x0, per row, in fp32.
 
     epsilon: eps; v_prediction: sqrt(abar) eps - sqrt(1 - abar) x0; sample: x0.
@@ -66,9 +64,7 @@ def target_coefficients(
     elif prediction_type == "sample":
         a, b = zeros, ones
     else:
-        raise ValueError(
-            f"prediction type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
-        )
+        raise ValueError(f"prediction type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     return a.float(), b.float()
 
 

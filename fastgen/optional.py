@@ -18,8 +18,7 @@ def require(module: str, *, extra: str, purpose: str) -> Any:
     except ImportError as error:
         install = f"pip install 'fastgen[{extra}]'" if extra else f"pip install {module}"
         raise MissingDependency(
-            f"{purpose} needs the '{module}' package, which is not installed ({error}); "
-            f"install it with: {install}"
+            f"{purpose} needs the '{module}' package, which is not installed ({error}); install it with: {install}"
         ) from None
 
 

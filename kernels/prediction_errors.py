@@ -20,9 +20,9 @@ depend on the order rows finish.
 
 import torch
 
-from fastgen.losses import LOSSES, check_loss, row_errors
 from fastgen.kernels._checks import as_rows, check_index, check_per_row, check_same_device
 from fastgen.kernels._triton import cdiv, constexpr, jit, next_power_of_2, register_op, require_triton, tl
+from fastgen.losses import LOSSES, check_loss, row_errors
 
 BLOCK = 1024
 NUM_WARPS = 4

@@ -15,7 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from fastgen.testing import make_dit, make_label_unet, make_latent_text, make_pixel_text  # noqa: E402
+from fastgen.testing import make_dit, make_label_unet, make_latent_text, make_pixel_text
 
 _real_connect = socket.socket.connect
 

@@ -44,4 +44,9 @@ def zero_png(width: int, height: int) -> bytes:
     rows = b"\0" * (width + 1) * min(height, 256)  # each row: filter byte 0, then the pixels
     data = b"".join(compressor.compress(rows[: (width + 1) * min(256, height - y)]) for y in range(0, height, 256))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", data + compressor.flush()) + png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", data + compressor.flush())
+        + png_chunk(b"IEND", b"")
+    )

@@ -9,12 +9,12 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from helpers import errors_of, file_lines, small_classifier
+
 from fastgen.backends.onnxruntime_backend import OnnxRuntimeBackend, choose_providers
+from fastgen.backends.spec import adapter_spec
 from fastgen.commands.main import main
 from fastgen.export.onnx_export import ExportParityError, export_onnx, module_bytes, verify_onnx
-from fastgen.backends.spec import adapter_spec
 from fastgen.models import load_adapter
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
@@ -22,8 +22,6 @@ pytest.importorskip("onnx", reason="the onnx extra is not installed")
 
 KINDS = ["latent-text", "pixel-text", "dit", "label-unet"]
 SLOW = os.environ.get("FASTGEN_SLOW_TESTS", "") not in ("", "0")
-
-
 
 
 def _assert_matches_eager(results, eager):
@@ -95,9 +93,16 @@ def test_cli_classify_with_onnxruntime_backend(model_dirs, images, tmp_path):
     common = [str(folder), "--model", str(model_dirs["label-unet"]), "--device", "cpu", "--classes", "class0,class1,class2",
               "--policy", "exhaustive", "--n-samples", "4", "--batch-size", "5", "--no-progress"]  # fmt: skip
     assert main(["classify", *common, "--out", str(tmp_path / "eager.jsonl")]) == 0
-    onnx = ["--backend", "onnxruntime", "--export-dir", str(tmp_path / "cache"), "--backend-option", "exporter=torchscript"]
+    onnx = [
+        "--backend",
+        "onnxruntime",
+        "--export-dir",
+        str(tmp_path / "cache"),
+        "--backend-option",
+        "exporter=torchscript",
+    ]
     assert main(["classify", *common, *onnx, "--out", str(tmp_path / "onnx.jsonl")]) == 0
-    read = lambda name: {r["path"]: r for r in file_lines(tmp_path / name)[1]}  # noqa: E731
+    read = lambda name: {r["path"]: r for r in file_lines(tmp_path / name)[1]}
     eager, onnx_records = read("eager.jsonl"), read("onnx.jsonl")
     assert eager.keys() == onnx_records.keys() and len(eager) == 3
     for path, record in eager.items():
@@ -130,9 +135,21 @@ def test_verification_catches_an_export_that_does_not_match(model_dirs, tmp_path
 
 
 def test_providers_are_taken_in_order_from_what_is_installed():
-    everything = ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider", "AzureExecutionProvider"]
-    assert choose_providers("cuda", everything) == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert choose_providers("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    everything = [
+        "CPUExecutionProvider",
+        "CUDAExecutionProvider",
+        "TensorrtExecutionProvider",
+        "AzureExecutionProvider",
+    ]
+    assert choose_providers("cuda", everything) == [
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert choose_providers("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
     assert choose_providers("cpu", everything) == ["CPUExecutionProvider"]
     assert choose_providers("cpu") == ["CPUExecutionProvider"]  # the installed build
 
@@ -146,7 +163,9 @@ def _has_gpu_provider() -> bool:
 @pytest.mark.skipif(not _has_gpu_provider(), reason="needs onnxruntime-gpu and a CUDA device; neither is here")
 def test_onnxruntime_gpu_with_io_binding_matches_eager(model_dirs, images, tmp_path):
     eager = small_classifier(model_dirs["latent-text"], "latent-text", device="cuda").classify(images)
-    clf = small_classifier(model_dirs["latent-text"], "latent-text", device="cuda", backend="onnxruntime", export_dir=tmp_path)
+    clf = small_classifier(
+        model_dirs["latent-text"], "latent-text", device="cuda", backend="onnxruntime", export_dir=tmp_path
+    )
     assert clf.denoise.on_gpu
     results = clf.classify(images)
     np.testing.assert_allclose(errors_of(results), errors_of(eager), rtol=0, atol=1e-3)

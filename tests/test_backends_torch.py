@@ -9,16 +9,14 @@ import threading
 import numpy as np
 import pytest
 import torch
-
 from helpers import errors_of, small_classifier
-from fastgen.backends.torch_backend import TorchBackend
+
 from fastgen.backends.spec import adapter_spec
+from fastgen.backends.torch_backend import TorchBackend
 from fastgen.optional import MissingDependency
 
 KINDS = ["latent-text", "pixel-text", "dit", "label-unet"]
 SLOW = os.environ.get("FASTGEN_SLOW_TESTS", "") not in ("", "0")
-
-
 
 
 def _assert_matches_eager(results, eager, atol=1e-4):

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import errors_of, file_lines
 from PIL import Image
 
 import fastgen
@@ -15,7 +16,7 @@ from fastgen.builtin import BUILTIN_MODELS
 from fastgen.builtin.digits_data import CLASS_NAMES, digits_split, to_pil
 from fastgen.commands.main import main
 from fastgen.inputs.polarity import PolarityRule, background_is_bright
-from helpers import errors_of, file_lines
+
 
 def test_builtin_digits_is_small_and_loads_offline():
     folder = BUILTIN_MODELS["digits"]

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import file_lines, small_classifier, zero_png
 from PIL import Image
 
-from fastgen.commands.main import main
 from fastgen import ImageError
-from helpers import file_lines, small_classifier, zero_png
+from fastgen.commands.main import main
 
 
 @pytest.fixture
@@ -26,7 +26,9 @@ def image_folder(tmp_path):
     files = []
     for label in ("cat", "dog"):
         (root / label).mkdir(parents=True)
-        for i, (mode, suffix) in enumerate([("RGB", "png"), ("L", "png"), ("RGBA", "png"), ("P", "png"), ("RGB", "jpg")]):
+        for i, (mode, suffix) in enumerate(
+            [("RGB", "png"), ("L", "png"), ("RGBA", "png"), ("P", "png"), ("RGB", "jpg")]
+        ):
             array = rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8)
             path = root / label / f"{i}_{mode}.{suffix}"
             Image.fromarray(array).convert(mode).save(path)
@@ -90,7 +92,9 @@ def test_a_truncated_last_line_is_redone(model_dirs, image_folder, tmp_path, cap
 
 
 def test_cli_reports_bad_arguments_clearly(model_dirs, image_folder, capsys):
-    code, err = _run(["classify", str(image_folder), "--model", str(model_dirs["pixel-text"]), "--classes", "cat,cat"], capsys)
+    code, err = _run(
+        ["classify", str(image_folder), "--model", str(model_dirs["pixel-text"]), "--classes", "cat,cat"], capsys
+    )
     assert code == 2 and "duplicate class names" in err
     with pytest.raises(SystemExit):
         main(["classify", str(image_folder), "--loss", "l7"])
@@ -98,13 +102,22 @@ def test_cli_reports_bad_arguments_clearly(model_dirs, image_folder, capsys):
 
 
 def test_module_entry_point_runs_env():
-    result = subprocess.run([sys.executable, "-m", "fastgen", "env", "--json", "--torch"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "fastgen", "env", "--json", "--torch"], capture_output=True, text=True, check=True
+    )
     info = json.loads(result.stdout.strip().splitlines()[-1])
     assert info["torch"] and info["devices"] and info["torch_devices"] and info["cpu_threads"] >= 1
     assert isinstance(info["cuda_available"], bool)
 
 
-BACKEND_OPTIONS = ["batch_sizes=1,32,64", "fp16=true", "exporter=torchscript", "processes=null", "threads=2", "alpha=0.5"]
+BACKEND_OPTIONS = [
+    "batch_sizes=1,32,64",
+    "fp16=true",
+    "exporter=torchscript",
+    "processes=null",
+    "threads=2",
+    "alpha=0.5",
+]
 
 
 def test_bench_and_classify_parse_backend_options_identically(tmp_path):
@@ -262,13 +275,18 @@ def test_bad_option_values_are_one_line_errors_naming_the_option(image_folder, c
     [
         (["--policy", "exhaustive", "--alpha", "0.01"], "--alpha does not apply to --policy exhaustive"),
         (["--policy", "exhaustive", "--n-samples", "5,10"], "--n-samples takes one number with --policy exhaustive"),
-        (["--policy", "paired", "--min-samples", "30", "--max-samples", "10"], "--min-samples 30 is more than --max-samples 10"),
+        (
+            ["--policy", "paired", "--min-samples", "30", "--max-samples", "10"],
+            "--min-samples 30 is more than --max-samples 10",
+        ),
         (["--policy", "stages", "--n-samples", "5,10,20", "--to-keep", "2,1"], "one value per stage"),
         (["--n-samples", "4"], "--n-samples does not apply to the model's default policy (paired)"),
         (["--device", "gpu"], "device 'gpu' is not a device name torch knows"),
     ],
 )
-def test_options_that_would_be_ignored_or_cannot_combine_are_refused(model_dirs, image_folder, tmp_path, capsys, extra, message):
+def test_options_that_would_be_ignored_or_cannot_combine_are_refused(
+    model_dirs, image_folder, tmp_path, capsys, extra, message
+):
     out = tmp_path / "results.jsonl"
     argv = ["classify", str(image_folder), "--model", str(model_dirs["pixel-text"]), "--classes", "cat,dog",
             "--out", str(out), "--no-progress", "--device", "cpu", *extra]  # fmt: skip

@@ -45,5 +45,7 @@ def test_classifier_reads_and_replaces_its_config(model_dirs):
     assert clf.config.seed == clf.seed == 5 and clf.policy.n_samples == 3
     clf.batch_size = 4
     assert clf.config.batch_size == 4 and clf.config.seed == 5
-    same = DiffusionClassifier.from_pretrained(model_dirs["pixel-text"], classes=["cat", "dog"], device="cpu", config=clf.config)
+    same = DiffusionClassifier.from_pretrained(
+        model_dirs["pixel-text"], classes=["cat", "dog"], device="cpu", config=clf.config
+    )
     assert same.config == clf.config

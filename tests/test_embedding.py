@@ -87,7 +87,7 @@ def test_as_module_rejects_unbatched_or_unnormalised_inputs(exhaustive, images):
 
 
 def test_sixteen_category_mapping_data():
-    assert CATEGORIES_16 == tuple(sorted(CATEGORIES_16)) and len(CATEGORIES_16) == 16
+    assert tuple(sorted(CATEGORIES_16)) == CATEGORIES_16 and len(CATEGORIES_16) == 16
     everything = np.concatenate([imagenet_indices(c) for c in CATEGORIES_16])
     assert len(everything) == 207 and len(set(everything.tolist())) == 207
     assert everything.min() >= 0 and everything.max() < 1000
@@ -136,7 +136,16 @@ def test_model_vs_human_example_runs(model_dirs, tmp_path, capsys):
     spec.loader.exec_module(example)
     paths = example.synthetic_cue_conflict_images(tmp_path / "images", n=3)
     code = example.main(
-        ["--model", str(model_dirs["pixel-text"]), "--images", str(tmp_path / "images"), "--n-samples", "2", "--device", "cpu"]
+        [
+            "--model",
+            str(model_dirs["pixel-text"]),
+            "--images",
+            str(tmp_path / "images"),
+            "--n-samples",
+            "2",
+            "--device",
+            "cpu",
+        ]
     )
     assert code == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

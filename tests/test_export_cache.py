@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from fastgen import DiffusionClassifier
+from fastgen.backends.spec import adapter_spec
 from fastgen.commands.main import main
 from fastgen.export.cache import ExportCache, atomic_write_bytes, weights_fingerprint
 from fastgen.export.pipeline import engine_key, onnx_key
-from fastgen.backends.spec import adapter_spec
 from fastgen.models import load_adapter
 from fastgen.optional import MissingDependency
 
@@ -48,7 +48,11 @@ def test_keys_change_with_everything_an_export_depends_on(model_dirs):
     ]
     assert len({e.digest() for e in engines}) == len(engines)
     assert "tensorrt" in engine.versions and engine.batch_sizes == (1, 32, 64)
-    assert ExportCache("/c").folder(replace(engine, compute_capability="sm_90")).name.startswith("tensorrt-fp32-b1_32_64-sm_90-")
+    assert (
+        ExportCache("/c")
+        .folder(replace(engine, compute_capability="sm_90"))
+        .name.startswith("tensorrt-fp32-b1_32_64-sm_90-")
+    )
 
 
 def test_weights_fingerprint_sees_a_single_changed_weight(model_dirs):
@@ -167,7 +171,17 @@ def test_missing_tensorrt_names_the_extra(model_dirs, tmp_path, capsys):
         DiffusionClassifier.from_pretrained(
             model_dirs["dit"], classes=["class0", "class1"], device="cpu", backend="tensorrt", export_dir=tmp_path
         )
-    args = ["export", "--model", str(model_dirs["dit"]), "--format", "tensorrt", "--out", str(tmp_path), "--device", "cpu"]
+    args = [
+        "export",
+        "--model",
+        str(model_dirs["dit"]),
+        "--format",
+        "tensorrt",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 2
     assert "fastgen[tensorrt]" in capsys.readouterr().err
     assert not any(tmp_path.iterdir()), "nothing is exported before the missing dependency is found"
@@ -180,11 +194,20 @@ def test_missing_tensorrt_names_the_extra(model_dirs, tmp_path, capsys):
 def test_tensorrt_engine_matches_eager_and_is_cached(model_dirs, tmp_path):
     g = torch.Generator().manual_seed(3)
     images = [torch.rand(3, 16, 16, generator=g) for _ in range(3)]
-    options = {"classes": ["class0", "class1", "class2"], "device": "cuda", "policy": "exhaustive", "policy_options": {"n_samples": 5}}
+    options = {
+        "classes": ["class0", "class1", "class2"],
+        "device": "cuda",
+        "policy": "exhaustive",
+        "policy_options": {"n_samples": 5},
+    }
     eager = DiffusionClassifier.from_pretrained(model_dirs["dit"], **options).classify(images)
-    trt = DiffusionClassifier.from_pretrained(model_dirs["dit"], backend="tensorrt", export_dir=tmp_path, batch_size=8, **options)
+    trt = DiffusionClassifier.from_pretrained(
+        model_dirs["dit"], backend="tensorrt", export_dir=tmp_path, batch_size=8, **options
+    )
     for got, want in zip(trt.classify(images), eager):
         assert got.prediction == want.prediction and abs(got.errors - want.errors).max() < 1e-3
     engines = list(tmp_path.rglob("model.plan"))
-    DiffusionClassifier.from_pretrained(model_dirs["dit"], backend="tensorrt", export_dir=tmp_path, batch_size=8, **options)
+    DiffusionClassifier.from_pretrained(
+        model_dirs["dit"], backend="tensorrt", export_dir=tmp_path, batch_size=8, **options
+    )
     assert list(tmp_path.rglob("model.plan")) == engines

@@ -7,10 +7,10 @@ import logging
 import numpy as np
 import pytest
 import torch
+from helpers import zero_png
 from PIL import Image
 
 from fastgen.inputs.images import ImageError, find_images, load_pixels
-from helpers import zero_png
 
 
 def _rgb(seed=0, size=(12, 10)):
@@ -26,7 +26,7 @@ def test_modes_rgb_gray_rgba_palette_load_to_the_model_shape(tmp_path):
         rgb = load_pixels(converted, size=8, channels=3)
         gray = load_pixels(converted, size=8, channels=1)
         assert rgb.shape == (3, 8, 8) and gray.shape == (1, 8, 8)
-        assert 0 <= rgb.min() and rgb.max() <= 1 and rgb.std() > 0.05
+        assert rgb.min() >= 0 and rgb.max() <= 1 and rgb.std() > 0.05
 
 
 def test_transparent_pixels_are_composited_on_white():
@@ -131,7 +131,10 @@ def test_float_images_in_unit_or_byte_range(tmp_path):
     gray = Image.fromarray((unit * 255).round().astype(np.uint8))
     as_float = gray.convert("F")  # Pillow's own L -> F keeps 0..255
     assert torch.allclose(load_pixels(as_float, size=12, channels=1), load_pixels(gray, size=12, channels=1), atol=1e-6)
-    for bad, message in ((np.linspace(-10, 1000, 16).reshape(4, 4), r"values in \[-10, 1e\+03\]"), (np.full((4, 4), np.nan), "NaN")):
+    for bad, message in (
+        (np.linspace(-10, 1000, 16).reshape(4, 4), r"values in \[-10, 1e\+03\]"),
+        (np.full((4, 4), np.nan), "NaN"),
+    ):
         with pytest.raises(ImageError, match=message):
             load_pixels(Image.fromarray(bad.astype(np.float32)), size=4, channels=1)
 
@@ -165,7 +168,9 @@ def test_a_decompression_bomb_is_an_image_error_naming_the_limit(tmp_path):
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(zero_png(14000, 14000))
     assert bomb.stat().st_size < 300_000
-    with pytest.raises(ImageError, match=r"14000x14000 = 196,000,000 pixels, over the limit of 100,000,000 \(max_pixels"):
+    with pytest.raises(
+        ImageError, match=r"14000x14000 = 196,000,000 pixels, over the limit of 100,000,000 \(max_pixels"
+    ):
         load_pixels(bomb, size=8, channels=1)
     small = tmp_path / "small.png"
     small.write_bytes(zero_png(40, 30))
@@ -214,7 +219,9 @@ def test_a_very_long_image_is_trimmed_before_resizing():
 
 def test_a_broken_exif_block_costs_nothing_and_its_warning_names_the_file(tmp_path, caplog):
     path = tmp_path / "broken-exif.jpg"
-    Image.fromarray(_rgb(12, (10, 10))).save(path, exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff" + bytes(range(30)))
+    Image.fromarray(_rgb(12, (10, 10))).save(
+        path, exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff" + bytes(range(30))
+    )
     with caplog.at_level(logging.WARNING, logger="fastgen.inputs.images"):
         assert load_pixels(path, size=10, channels=3).shape == (3, 10, 10)
     assert "broken-exif.jpg" in caplog.text and "EXIF" in caplog.text

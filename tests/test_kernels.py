@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from fastgen.losses import LOSSES, PREDICTION_TYPES, target_coefficients
 from fastgen.kernels._triton import has_triton, is_interpreted
+from fastgen.losses import LOSSES, PREDICTION_TYPES, target_coefficients
 
 pytestmark = pytest.mark.skipif(not has_triton(), reason="triton is not installed")
 

@@ -10,12 +10,12 @@ import resource
 import numpy as np
 import pytest
 import torch
+from helpers import errors_of
 from scipy import stats
 
 from fastgen import DiffusionClassifier
 from fastgen.engine.policies import LabelTreePolicy, PairedTest, make_policy, paired_p_values
 from fastgen.inputs.label_tree import LabelTreeError, load_label_tree
-from helpers import errors_of
 
 ANIMALS = ["cat", "dog", "cow", "pig", "bird", "owl", "fish", "ant"]
 TREE = {

@@ -49,7 +49,9 @@ def test_prompt_embeddings_are_computed_once_per_classifier(model_dirs):
     assert calls == []
 
 
-@pytest.mark.parametrize("kind, component", [("latent-text", "vae"), ("pixel-text", "tokenizer"), ("dit", "transformer")])
+@pytest.mark.parametrize(
+    "kind, component", [("latent-text", "vae"), ("pixel-text", "tokenizer"), ("dit", "transformer")]
+)
 def test_a_missing_component_is_named(model_dirs, tmp_path, kind, component):
     broken = tmp_path / "broken"
     shutil.copytree(model_dirs[kind], broken)
@@ -61,7 +63,9 @@ def test_a_missing_component_is_named(model_dirs, tmp_path, kind, component):
 def test_not_a_model_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no model_index.json"):
         load_adapter(tmp_path, local_files_only=True)
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "X", "scheduler": ["diffusers", "DDPMScheduler"]}))
+    (tmp_path / "model_index.json").write_text(
+        json.dumps({"_class_name": "X", "scheduler": ["diffusers", "DDPMScheduler"]})
+    )
     with pytest.raises(ModelLoadError, match="neither a 'unet' nor a 'transformer'"):
         load_adapter(tmp_path, local_files_only=True)
 

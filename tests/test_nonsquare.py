@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import errors_of, small_classifier
 
 from fastgen.inputs.classes import build_classes
 from fastgen.inputs.images import load_pixels, resize_center_crop
 from fastgen.models import load_adapter
 from fastgen.testing import make_pixel_text
-from helpers import errors_of, small_classifier
 
 
 @pytest.fixture(scope="module")

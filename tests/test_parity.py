@@ -5,12 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from helpers import errors_of, small_classifier
 
 KINDS = ["latent-text", "latent-text-v", "pixel-text", "dit", "label-unet"]
-
-
 
 
 def _assert_same(results, reference):
@@ -61,7 +58,9 @@ def test_scoring_options_match_reference(model_dirs, images, options):
     ],
 )
 def test_adaptive_policies_match_reference(model_dirs, images, policy, policy_options):
-    clf = small_classifier(model_dirs["pixel-text"], "pixel-text", policy=policy, policy_options=policy_options, batch_size=5)
+    clf = small_classifier(
+        model_dirs["pixel-text"], "pixel-text", policy=policy, policy_options=policy_options, batch_size=5
+    )
     reference = [clf.classify_reference(image) for image in images[:3]]
     results = clf.classify(images[:3])
     for got, want in zip(results, reference):

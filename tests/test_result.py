@@ -22,7 +22,9 @@ def test_softmax_over_negative_errors_with_pruned_classes():
 
 
 def test_result_prediction_ignores_pruned_classes():
-    result = ImageResult(("a", "b", "c"), np.array([math.nan, 0.4, 0.3]), np.array([0.1, 0.4, 0.3]), np.array([5, 20, 20]), 45)
+    result = ImageResult(
+        ("a", "b", "c"), np.array([math.nan, 0.4, 0.3]), np.array([0.1, 0.4, 0.3]), np.array([5, 20, 20]), 45
+    )
     assert result.prediction == "c"
     assert result.scores == {"a": None, "b": 0.4, "c": 0.3}
     assert result.probabilities(1.0)[0] == 0.0

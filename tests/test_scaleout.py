@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import file_lines
 from PIL import Image
 
 from fastgen.commands.main import main as cli_main
 from fastgen.jobs.distributed import Ranks, launched_ranks, shard
 from fastgen.jobs.results_file import find_parts, is_header, merge_parts, part_path
-from helpers import file_lines
 
 N_IMAGES = 48
 # One image's rows (3 classes x 16 samples) fill exactly one batch, so every batch holds the same
@@ -83,7 +83,9 @@ def _complete_lines(path: Path) -> list[str]:
     return good
 
 
-def _start_and_stop(command: list[str], watch: Callable[[], list[Path]] | Path, sig: int) -> subprocess.CompletedProcess:
+def _start_and_stop(
+    command: list[str], watch: Callable[[], list[Path]] | Path, sig: int
+) -> subprocess.CompletedProcess:
     """Start `command`, send `sig` once a first complete line appears in a watched file."""
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240

@@ -8,11 +8,11 @@ import shutil
 
 import numpy as np
 import torch
+from helpers import errors_of
 
 from fastgen import DiffusionClassifier
 from fastgen.engine.sampling import timestep_sequence, warp_by_band_weights
 from fastgen.eval.timestep_fit import fit_timestep_weights, weights_from_band_errors
-from helpers import errors_of
 
 CLASSES = ["cat", "dog", "bird"]
 
@@ -59,5 +59,7 @@ def test_fitted_weights_round_trip_with_a_model_and_apply_identically(model_dirs
     assert {int(t) * 5 // 1000 for t in steps} <= allowed
     reference = [clf.classify_reference(image) for image in images[4:6]]
     np.testing.assert_allclose(errors_of(clf.classify(images[4:6])), errors_of(reference), rtol=0, atol=1e-5)
-    explicit = DiffusionClassifier.from_pretrained(folder, classes=CLASSES, device="cpu", timestep_weights=(1, 1, 1, 1, 1))
+    explicit = DiffusionClassifier.from_pretrained(
+        folder, classes=CLASSES, device="cpu", timestep_weights=(1, 1, 1, 1, 1)
+    )
     assert explicit.config.timestep_weights == (1.0,) * 5  # the user's choice wins over the model's

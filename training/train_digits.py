@@ -147,12 +147,8 @@ def load_folder(folder: str | Path) -> dict[str, Any]:
 
     folder = str(folder)
     return {
-        "unet": UNet2DConditionModel.from_pretrained(
-            folder, subfolder="unet", torch_dtype=torch.float32
-        ).eval(),
-        "text_encoder": CLIPTextModel.from_pretrained(
-            folder, subfolder="text_encoder", dtype=torch.float32
-        ).eval(),
+        "unet": UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32).eval(),
+        "text_encoder": CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch.float32).eval(),
         "tokenizer": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
         "scheduler": DDPMScheduler.from_pretrained(folder, subfolder="scheduler"),
     }
@@ -273,9 +269,7 @@ def train(cfg: TrainConfig, workdir: Path, log_every: int = 250) -> dict[str, An
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(
-                list(unet.parameters()) + list(text_encoder.parameters()), cfg.grad_clip
-            )
+            torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), cfg.grad_clip)
         opt.step()
         ema_unet.update(unet)
         ema_text.update(text_encoder)
@@ -285,8 +279,7 @@ def train(cfg: TrainConfig, workdir: Path, log_every: int = 250) -> dict[str, An
             elapsed = time.time() - start
             log.append({"step": step + 1, "loss": round(mean_loss, 5), "seconds": round(elapsed, 1)})
             print(
-                f"step {step + 1:6d}/{cfg.steps}  loss {mean_loss:.4f}  "
-                f"lr {lr_at(step, cfg):.2e}  {elapsed:7.1f}s",
+                f"step {step + 1:6d}/{cfg.steps}  loss {mean_loss:.4f}  lr {lr_at(step, cfg):.2e}  {elapsed:7.1f}s",
                 flush=True,
             )
     return {
@@ -357,8 +350,7 @@ def folder_size(folder: Path) -> int:
 def write_report(out: Path, cfg: TrainConfig, result: dict[str, Any]) -> None:
     (out / "training.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     rows = "\n".join(
-        f"| {r['n_samples']} | {r['accuracy']:.4f} | {r['n_errors']} / {r['n_images']} "
-        f"| {r['seconds']:.0f} |"
+        f"| {r['n_samples']} | {r['accuracy']:.4f} | {r['n_errors']} / {r['n_images']} | {r['seconds']:.0f} |"
         for r in result["evaluation"]
     )
     lines = [
@@ -372,11 +364,10 @@ def write_report(out: Path, cfg: TrainConfig, result: dict[str, Any]) -> None:
         "* `text_encoder`: `CLIPTextModel`, conditioning = `last_hidden_state` "
         f"([B, {cfg.max_length}, {cfg.text_hidden}]).",
         f"* `tokenizer`: the real CLIP BPE vocabulary (49,408 tokens), padded to {cfg.max_length}.",
-        f"* `scheduler`: `DDPMScheduler`, {cfg.num_train_timesteps} steps, "
-        f"`{cfg.beta_schedule}`, epsilon prediction.",
+        f"* `scheduler`: `DDPMScheduler`, {cfg.num_train_timesteps} steps, `{cfg.beta_schedule}`, epsilon prediction.",
         f"* prompts: `{TEMPLATE}` with the class names {', '.join(CLASS_NAMES)}.",
         "* input: uint8 image -> `u8 / 255 * 2 - 1`, shape [1, 8, 8]; bright ink on a black",
-        "  background (`fastgen.json` declares `\"input\": {\"polarity\": \"bright-on-dark\"}`, so",
+        '  background (`fastgen.json` declares `"input": {"polarity": "bright-on-dark"}`, so',
         "  fastgen inverts an image whose border is mostly bright, such as dark ink on white paper).",
         "",
         "## Reproduce",
@@ -385,8 +376,7 @@ def write_report(out: Path, cfg: TrainConfig, result: dict[str, Any]) -> None:
         result["command"],
         "```",
         "",
-        f"Trained from seed {cfg.seed} on the stratified 75/25 split "
-        f"(`digits_split({cfg.split_seed})`:",
+        f"Trained from seed {cfg.seed} on the stratified 75/25 split (`digits_split({cfg.split_seed})`:",
         f"{result['n_train']} train / {result['n_test']} held-out images). "
         f"Training took {result['train_seconds']:.0f} s with {result['threads']} CPU "
         f"thread{'s' if result['threads'] != 1 else ''}",
@@ -436,9 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="model folder to write")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (0: all cores)"
-    )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--shift-prob", type=float, default=TrainConfig.shift_prob)

@@ -213,9 +213,17 @@ def train(
             mean_loss = float(np.mean(losses[-log_every:]))
             elapsed = time.time() - start
             log.append({"step": step + 1, "loss": round(mean_loss, 5), "seconds": round(elapsed, 1)})
-            print(f"step {step + 1:6d}/{cfg.steps}  loss {mean_loss:.4f}  lr {lr_at(step, cfg):.2e}  {elapsed:7.1f}s", flush=True)
+            print(
+                f"step {step + 1:6d}/{cfg.steps}  loss {mean_loss:.4f}  lr {lr_at(step, cfg):.2e}  {elapsed:7.1f}s",
+                flush=True,
+            )
         if snapshot_every and snapshot_dir is not None and (step + 1) % snapshot_every == 0:
-            snap = {"unet": ema_unet.shadow, "text_encoder": ema_text.shadow, "tokenizer": tokenizer, "scheduler": scheduler}
+            snap = {
+                "unet": ema_unet.shadow,
+                "text_encoder": ema_text.shadow,
+                "tokenizer": tokenizer,
+                "scheduler": scheduler,
+            }
             save(snap, snapshot_dir, cfg, defaults=_defaults())
             print(f"snapshot at step {step + 1} -> {snapshot_dir}", flush=True)
     return {
@@ -300,7 +308,9 @@ def quick_check(folder: Path, n_images: int = 100, n_samples: int = 8) -> dict[s
         cond = text_encoder(tokenize(tokenizer, prompts)).last_hidden_state
         xt = abar.sqrt().view(-1, 1, 1, 1) * x0[i] + (1 - abar).sqrt().view(-1, 1, 1, 1) * eps  # [S, 1, H, W]
         c = len(prompts)
-        pred = unet(xt.repeat_interleave(c, 0), ts.repeat_interleave(c), encoder_hidden_states=cond.repeat(n_samples, 1, 1)).sample
+        pred = unet(
+            xt.repeat_interleave(c, 0), ts.repeat_interleave(c), encoder_hidden_states=cond.repeat(n_samples, 1, 1)
+        ).sample
         err = (pred - eps.repeat_interleave(c, 0)).pow(2).flatten(1).mean(1).view(n_samples, c).mean(0)
         ok = True
         for j, key in enumerate(variants):
@@ -335,7 +345,10 @@ def report(folder: Path, n_images: int, n_samples: int, batch_size: int, seed: i
         results += clf.classify(list(images[i : i + 10]))
         done = len(results)
         rate = done / (time.perf_counter() - start)
-        print(f"  {done}/{n_images} images  {rate:.3f} images/s  acc {np.mean([names.index(r.prediction) == l for r, l in zip(results, labels)]):.4f}", flush=True)
+        print(
+            f"  {done}/{n_images} images  {rate:.3f} images/s  acc {np.mean([names.index(r.prediction) == l for r, l in zip(results, labels)]):.4f}",
+            flush=True,
+        )
     seconds = time.perf_counter() - start
     predicted = np.array([names.index(r.prediction) for r in results])
     true_d, pred_d = nd.digits_of(labels), nd.digits_of(predicted)
@@ -347,8 +360,7 @@ def report(folder: Path, n_images: int, n_samples: int, batch_size: int, seed: i
     always = sum(all(v) for v in per_number.values())
     never = sum(not any(v) for v in per_number.values())
     wrong = [
-        {"number": f"{int(l):03d}", "predicted": f"{int(p):03d}"}
-        for l, p in zip(labels[~right], predicted[~right])
+        {"number": f"{int(l):03d}", "predicted": f"{int(p):03d}"} for l, p in zip(labels[~right], predicted[~right])
     ]
     evals = float(np.mean([r.unet_evals for r in results]))
     return {
@@ -362,7 +374,9 @@ def report(folder: Path, n_images: int, n_samples: int, batch_size: int, seed: i
         "threads": torch.get_num_threads(),
         "accuracy": round(float(right.mean()), 4),
         "n_errors": int((~right).sum()),
-        "position_accuracy": {p: round(float((true_d[:, i] == pred_d[:, i]).mean()), 4) for i, p in enumerate(nd.POSITIONS)},
+        "position_accuracy": {
+            p: round(float((true_d[:, i] == pred_d[:, i]).mean()), 4) for i, p in enumerate(nd.POSITIONS)
+        },
         "numbers_seen": seen,
         "numbers_always_right": always,
         "numbers_never_right": never,
@@ -390,10 +404,10 @@ def write_training_md(out: Path, cfg: NumbersConfig, result: dict[str, Any]) -> 
             "```",
             "",
             "i.e. `fastgen.DiffusionClassifier.from_pretrained("
-            f"\"{rep['model']}\", policy=\"exhaustive\", policy_options={{\"n_samples\": {rep['n_samples']}}}, "
+            f'"{rep["model"]}", policy="exhaustive", policy_options={{"n_samples": {rep["n_samples"]}}}, '
             f"batch_size={rep['batch_size']})` then `.classify(...)` on the first {rep['n_images']} images "
             f"of `heldout_numbers(seed={rep['heldout_seed']})` (uint8 8x24 arrays): all 1,000 classes, "
-            f"{rep['n_samples']} shared (timestep, noise) samples per class (`timesteps=\"even\"`, seed 0), "
+            f'{rep["n_samples"]} shared (timestep, noise) samples per class (`timesteps="even"`, seed 0), '
             f"{rep['unet_evals_per_image']:.0f} UNet evaluations per image.",
             "",
             "| measure | value |",
@@ -426,7 +440,7 @@ def write_training_md(out: Path, cfg: NumbersConfig, result: dict[str, Any]) -> 
         "`<start> a handwritten number four two seven <end>` is exactly 8 tokens; every digit word",
         "  and `any` is one token.",
         f"* `scheduler`: `DDPMScheduler`, {cfg.num_train_timesteps} steps, `{cfg.beta_schedule}`, epsilon prediction.",
-        f"* classes: `zero zero zero` ... `nine nine nine` (class i is the number i, hundreds first);",
+        "* classes: `zero zero zero` ... `nine nine nine` (class i is the number i, hundreds first);",
         f"  template `{nd.TEMPLATE}` (`fastgen.json`).",
         "* input: uint8 8x24 image -> `u8 / 255 * 2 - 1`, shape [1, 8, 24]. Other sizes are scaled",
         "  to cover 8x24 and center-cropped (`fastgen.inputs.images`).",
@@ -436,13 +450,13 @@ def write_training_md(out: Path, cfg: NumbersConfig, result: dict[str, Any]) -> 
         "Digits come from the fixed stratified split of `builtin:digits` (`digits_split("
         f"{cfg.split_seed})`: {result['n_train']} train / {result['n_test']} held-out digit images).",
         "Training composes numbers on the fly from the training digits only",
-        "(`fastgen.builtin.numbers_data.training_numbers` / `DigitPool(\"train\")`): a uniformly",
+        '(`fastgen.builtin.numbers_data.training_numbers` / `DigitPool("train")`): a uniformly',
         "random number, a random training image of each of its digits. The held-out test set is",
         "the seeded generator `heldout_numbers(n, seed=0)`: image i shows number `i % 1000`, each",
         "digit a random held-out image of that digit. No held-out digit image is ever seen in",
         "training (tested in `tests/test_builtin_numbers.py`).",
         "",
-        f"Augmentation: each digit of a training number is shifted one pixel left or right inside",
+        "Augmentation: each digit of a training number is shifted one pixel left or right inside",
         f"its cell with probability {cfg.shift_prob} (background fills the gap).",
         "",
         "## Parent prompts and the label tree",
@@ -458,12 +472,12 @@ def write_training_md(out: Path, cfg: NumbersConfig, result: dict[str, Any]) -> 
         "`label_tree.json` (format `fastgen-label-tree-1`):",
         "",
         "```",
-        "{\"format\": \"fastgen-label-tree-1\",",
-        " \"roots\": [\"zero any any\", ..., \"nine any any\"],",
-        " \"nodes\": {\"four any any\": {\"prompt\": \"a handwritten number four any any\",",
-        "                             \"children\": [\"four zero any\", ..., \"four nine any\"]},",
-        "           \"four two any\": {\"prompt\": \"a handwritten number four two any\",",
-        "                             \"children\": [\"four two zero\", ..., \"four two nine\"]}, ...}}",
+        '{"format": "fastgen-label-tree-1",',
+        ' "roots": ["zero any any", ..., "nine any any"],',
+        ' "nodes": {"four any any": {"prompt": "a handwritten number four any any",',
+        '                             "children": ["four zero any", ..., "four nine any"]},',
+        '           "four two any": {"prompt": "a handwritten number four two any",',
+        '                             "children": ["four two zero", ..., "four two nine"]}, ...}}',
         "```",
         "",
         "`roots` are the top-level nodes; `nodes` maps each inner node's name to its prompt and",
@@ -529,10 +543,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=NumbersConfig.batch_size)
     parser.add_argument("--lr", type=float, default=NumbersConfig.lr)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: all cores)")
-    parser.add_argument("--report-only", action="store_true", help="do not train: re-measure --out and rewrite its reports")
+    parser.add_argument(
+        "--report-only", action="store_true", help="do not train: re-measure --out and rewrite its reports"
+    )
     parser.add_argument("--no-report", action="store_true", help="train and save, skip the engine report")
-    parser.add_argument("--check", type=int, default=0, metavar="N", help="after training, a quick check on N held-out images (pilots)")
-    parser.add_argument("--snapshot-every", type=int, default=0, help="save the EMA model every N steps to --snapshot-dir")
+    parser.add_argument(
+        "--check", type=int, default=0, metavar="N", help="after training, a quick check on N held-out images (pilots)"
+    )
+    parser.add_argument(
+        "--snapshot-every", type=int, default=0, help="save the EMA model every N steps to --snapshot-dir"
+    )
     parser.add_argument("--snapshot-dir", type=Path, default=None)
     parser.add_argument("--check-only", action="store_true", help="only the quick check of --out (pilots)")
     parser.add_argument("--report-images", type=int, default=200)
@@ -553,7 +573,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         cfg = NumbersConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
         command = f"python training/train_numbers.py --out {out} --seed {cfg.seed} --steps {cfg.steps} --threads {args.threads}"
-        for flag, value, default in (("--batch-size", cfg.batch_size, NumbersConfig.batch_size), ("--lr", cfg.lr, NumbersConfig.lr)):
+        for flag, value, default in (
+            ("--batch-size", cfg.batch_size, NumbersConfig.batch_size),
+            ("--lr", cfg.lr, NumbersConfig.lr),
+        ):
             if value != default:
                 command += f" {flag} {value}"
         with tempfile.TemporaryDirectory() as tmp:

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from fastgen.builtin import BUILTIN_PREFIX
-
 from fastgen.engine.config import ScoringConfig
 from fastgen.engine.denoiser import Denoiser
 from fastgen.engine.faults import DenoiseGuard, fp32_copy
@@ -60,13 +59,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device {str(device)!r} is not a device name torch knows ({error}); use cpu, cuda, cuda:N or mps") from None
+        raise ValueError(
+            f"device {str(device)!r} is not a device name torch knows ({error}); use cpu, cuda, cuda:N or mps"
+        ) from None
     if resolved.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             raise ValueError(f"device {str(device)!r} was asked for, but torch sees no CUDA GPU here; use cpu")
         if resolved.index is not None and resolved.index >= count:
-            raise ValueError(f"device {str(device)!r} was asked for, but torch sees {count} GPU(s): cuda:0..cuda:{count - 1}")
+            raise ValueError(
+                f"device {str(device)!r} was asked for, but torch sees {count} GPU(s): cuda:0..cuda:{count - 1}"
+            )
     return resolved
 
 
@@ -229,7 +232,9 @@ class DiffusionClassifier:
                 backend, adapter, batch_size=config.batch_size, export_dir=export_dir, **options
             )
         elif backend_options or export_dir is not None:
-            raise ValueError("backend_options and export_dir need a backend: pass backend='torch', 'onnxruntime' or 'tensorrt'")
+            raise ValueError(
+                "backend_options and export_dir need a backend: pass backend='torch', 'onnxruntime' or 'tensorrt'"
+            )
         return classifier
 
     # -- what a result depends on ---------------------------------------------------------------
@@ -304,9 +309,12 @@ class DiffusionClassifier:
         place of an image that cannot be read instead of raising it."""
         if on_error not in ("raise", "return"):
             raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
-        if isinstance(images, (str, Path)) or not isinstance(images, (Sequence, torch.Tensor)):
-            images = [images]
-        elif isinstance(images, torch.Tensor) and images.dim() == 3:
+        if (
+            isinstance(images, (str, Path))
+            or not isinstance(images, (Sequence, torch.Tensor))
+            or isinstance(images, torch.Tensor)
+            and images.dim() == 3
+        ):
             images = [images]
         results: list[Any] = [None] * len(images)
         for index, outcome in self.classify_stream(enumerate(images)):

@@ -84,9 +84,7 @@ class ClassifierModule(nn.Module):
         pixels = images.detach().float().cpu()
         if self.mean is not None:
             if pixels.shape[1] != self.mean.shape[1]:
-                raise ValueError(
-                    f"images have {pixels.shape[1]} channels but mean/std have {self.mean.shape[1]}"
-                )
+                raise ValueError(f"images have {pixels.shape[1]} channels but mean/std have {self.mean.shape[1]}")
             # Round-off of normalise/denormalise can leave values a hair outside [0, 1].
             pixels = (pixels * self.std + self.mean).clamp(0, 1)
         return pixels

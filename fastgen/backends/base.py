@@ -39,7 +39,9 @@ class Backend(ABC):
     # input (see fastgen.models.unet_prefix); other backends get the rows gathered for them.
     shares_prefix: bool = False
 
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         batch = self.spec.check(x_t, t, cond, rows)
         if rows is not None:
             if self.shares_prefix:

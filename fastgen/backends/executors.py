@@ -90,7 +90,9 @@ class Threads(Executor):
 
         self.n = n
         # torch.set_num_threads in a worker sets that thread's own OpenMP team size only.
-        self._pool = ThreadPoolExecutor(n, thread_name_prefix="fastgen-chunk", initializer=torch.set_num_threads, initargs=(1,))
+        self._pool = ThreadPoolExecutor(
+            n, thread_name_prefix="fastgen-chunk", initializer=torch.set_num_threads, initargs=(1,)
+        )
         self._seen_shapes: set[tuple[int, ...]] = set()
 
     def __call__(self, forward: Forward, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -47,7 +47,8 @@ def choose_providers(device: torch.device | str, available: list[str] | None = N
     if device.type == "cuda" and chosen == ["CPUExecutionProvider"]:
         log.warning(
             "the model is on %s but the installed onnxruntime has no GPU provider: the denoiser "
-            "will run on the CPU; for GPU inference: pip install 'fastgen[onnx-gpu]'", device
+            "will run on the CPU; for GPU inference: pip install 'fastgen[onnx-gpu]'",
+            device,
         )
     return chosen
 
@@ -80,7 +81,9 @@ class OnnxRuntimeBackend(Backend):
         options.intra_op_num_threads = threads or torch.get_num_threads()
         trt = {"batch_sizes": batch_sizes, "cache_dir": trt_cache_dir, "fp16": trt_fp16}
         provider_options = [self._provider_options(p, device, spec, **trt) for p in self.providers]
-        self.session = ort.InferenceSession(str(self.path), options, providers=self.providers, provider_options=provider_options)
+        self.session = ort.InferenceSession(
+            str(self.path), options, providers=self.providers, provider_options=provider_options
+        )
         self.io_types = {i.name: _onnx_type(i.type, i.name) for i in self.session.get_inputs()}
         self.out_type = _onnx_type(self.session.get_outputs()[0].type, OUTPUT_NAME)
         super().__init__(spec, device=device, dtype=self.io_types["x_t"][0])
@@ -101,7 +104,9 @@ class OnnxRuntimeBackend(Backend):
         if fp16:
             options["trt_fp16_enable"] = True  # fp16 graphs: let TensorRT pick fp16 kernels
         if cache_dir is not None:
-            options.update(trt_engine_cache_enable=True, trt_timing_cache_enable=True, trt_engine_cache_path=str(cache_dir))
+            options.update(
+                trt_engine_cache_enable=True, trt_timing_cache_enable=True, trt_engine_cache_path=str(cache_dir)
+            )
         if batch_sizes is not None:
             profile = spec.shape_profile(*batch_sizes)
             for i, key in enumerate(("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")):
@@ -109,7 +114,10 @@ class OnnxRuntimeBackend(Backend):
         return options
 
     def _run(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        feed = {name: value.to(self.io_types[name][0]).contiguous() for name, value in zip(self.spec.input_names, (x_t, t, cond))}
+        feed = {
+            name: value.to(self.io_types[name][0]).contiguous()
+            for name, value in zip(self.spec.input_names, (x_t, t, cond))
+        }
         if self.on_gpu:
             return self._run_bound(feed)
         arrays = {name: value.detach().cpu().numpy() for name, value in feed.items()}

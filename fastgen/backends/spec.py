@@ -76,7 +76,7 @@ class IOSpec:
             cond = torch.arange(batch, dtype=torch.int64) % max(1, self.num_labels)
         else:
             cond = torch.randn(c_spec.full_shape(batch), generator=g)
-        to = lambda v, s: v.to(device=device, dtype=s.torch_dtype(dtype))  # noqa: E731
+        to = lambda v, s: v.to(device=device, dtype=s.torch_dtype(dtype))
         return to(x_t, x_spec), t.to(device), to(cond, c_spec)
 
     def check(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None) -> int:
@@ -86,8 +86,14 @@ class IOSpec:
         out_rows = batch
         if rows is not None:
             out_rows = rows.shape[0] if rows.dim() == 1 else -1
-            if rows.dim() != 1 or rows.is_floating_point() or (rows.numel() and not 0 <= int(rows.min()) <= int(rows.max()) < batch):
-                raise ValueError(f"denoiser input 'rows' must be a 1-d integer tensor of indices below {batch} (the rows of x_t)")
+            if (
+                rows.dim() != 1
+                or rows.is_floating_point()
+                or (rows.numel() and not 0 <= int(rows.min()) <= int(rows.max()) < batch)
+            ):
+                raise ValueError(
+                    f"denoiser input 'rows' must be a 1-d integer tensor of indices below {batch} (the rows of x_t)"
+                )
         for spec, value, n in zip(self.inputs, (x_t, t, cond), (batch, batch, out_rows)):
             if tuple(value.shape) != spec.full_shape(n):
                 raise ValueError(
@@ -111,7 +117,7 @@ def check_batch_sizes(sizes: tuple[int, int, int]) -> tuple[int, int, int]:
 
 def denoiser_spec(denoiser: nn.Module, *, text_length: int | None = None) -> IOSpec:
     """The I/O spec of one of fastgen's denoiser wrappers, read from its model config."""
-    x = lambda c, hw: TensorSpec("x_t", (c, *hw), "model")  # noqa: E731
+    x = lambda c, hw: TensorSpec("x_t", (c, *hw), "model")
     t = TensorSpec("t", (), "int64")
     if isinstance(denoiser, TextDenoiser):
         config = denoiser.unet.config

@@ -37,9 +37,9 @@ def _torch_dtype(trt: Any, trt_dtype: Any) -> torch.dtype:
     return table[trt_dtype]
 
 
-
 def import_tensorrt(purpose: str = "the tensorrt backend") -> Any:
     return require("tensorrt", extra="tensorrt", purpose=purpose)
+
 
 class TensorRTBackend(Backend):
     """Runs a TensorRT engine (`model.plan`) built by `fastgen export --format tensorrt`."""
@@ -57,7 +57,9 @@ class TensorRTBackend(Backend):
         trt = import_tensorrt()
         device = torch.device(device)
         if device.type != "cuda":
-            raise ValueError(f"the tensorrt backend runs on a CUDA device, not {device}; use backend='onnxruntime' or 'torch'")
+            raise ValueError(
+                f"the tensorrt backend runs on a CUDA device, not {device}; use backend='onnxruntime' or 'torch'"
+            )
         self.path = Path(plan_path)
         self._logger = trt.Logger(trt.Logger.WARNING)
         with torch.cuda.device(device):
@@ -70,7 +72,9 @@ class TensorRTBackend(Backend):
                     "version, or is damaged; delete its folder and run fastgen export again"
                 )
             self.context = self.engine.create_execution_context()
-        self.io_dtypes = {name: _torch_dtype(trt, self.engine.get_tensor_dtype(name)) for name in (*spec.input_names, OUTPUT_NAME)}
+        self.io_dtypes = {
+            name: _torch_dtype(trt, self.engine.get_tensor_dtype(name)) for name in (*spec.input_names, OUTPUT_NAME)
+        }
         super().__init__(spec, device=device, dtype=self.io_dtypes["x_t"])
         self.batch_sizes = batch_sizes
         self.max_batch = batch_sizes[2]

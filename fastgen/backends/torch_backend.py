@@ -109,7 +109,9 @@ class TorchBackend(Backend):
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, it is on {self.device}")
         for name, count in (("threads", threads), ("processes", processes)):
             if count is not None and (self.device.type != "cpu" or int(count) < 1):
-                raise ValueError(f"{name}={count!r} splits batches across CPU cores: it needs a CPU model and {name} >= 1")
+                raise ValueError(
+                    f"{name}={count!r} splits batches across CPU cores: it needs a CPU model and {name} >= 1"
+                )
         if threads and processes:
             raise ValueError("threads= and processes= are two ways to split a batch across cores: pass one")
         self.module = denoiser.eval()
@@ -185,7 +187,9 @@ class TorchBackend(Backend):
                 self._suffix = torch.compile(self.module.split.suffix, **self._compile_kwargs)
 
     @torch.inference_mode()
-    def _run(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def _run(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x_t = x_t.to(self.dtype)
         if cond.is_floating_point():
             cond = cond.to(self.dtype)

@@ -72,9 +72,7 @@ def split_indices(seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     _, labels = load_digit_images()
-    train, heldout = train_test_split(
-        np.arange(len(labels)), test_size=TEST_SIZE, random_state=seed, stratify=labels
-    )
+    train, heldout = train_test_split(np.arange(len(labels)), test_size=TEST_SIZE, random_state=seed, stratify=labels)
     return train, heldout
 
 

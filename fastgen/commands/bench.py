@@ -99,7 +99,10 @@ def measure(args: argparse.Namespace) -> dict:
     report.update(benchmark.utilisation(engine_clf, report["fastgen"]))
     if not args.skip_latency:
         latency_clf = _classifier(args, model, policy=None, policy_options=None)
-        report["latency"] = {"policy": type(latency_clf.policy).__name__, **benchmark.latency(latency_clf, pixels[: args.latency_images])}
+        report["latency"] = {
+            "policy": type(latency_clf.policy).__name__,
+            **benchmark.latency(latency_clf, pixels[: args.latency_images]),
+        }
     if not args.skip_policies:
         n = args.n_samples
         policies = {
@@ -131,9 +134,13 @@ def print_table(report: dict) -> None:
           f"measured matmul GFLOP/s = {report['unet_stage_utilisation']:.1%}")  # fmt: skip
     if "latency" in report:
         lat = report["latency"]
-        print(f"latency ({lat['policy']}): p50 {lat['p50_s']:.3f} s, p90 {lat['p90_s']:.3f} s, p99 {lat['p99_s']:.3f} s")
+        print(
+            f"latency ({lat['policy']}): p50 {lat['p50_s']:.3f} s, p90 {lat['p90_s']:.3f} s, p99 {lat['p99_s']:.3f} s"
+        )
     for row in report.get("policies", []):
-        print(f"policy {row['policy']:<11} evals/image {row['unet_evals_per_image']:>8.1f}  agreement {row['agreement_with_exhaustive']:.1%}")
+        print(
+            f"policy {row['policy']:<11} evals/image {row['unet_evals_per_image']:>8.1f}  agreement {row['agreement_with_exhaustive']:.1%}"
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,7 +150,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default=None)
     parser.add_argument("--n-images", type=positive_int, default=32)
     parser.add_argument("--n-samples", type=positive_int, default=50, help="exhaustive samples per class")
-    parser.add_argument("--batch-size", type=positive_int, default=None, help="engine rows per batch (default: the fastest settings' or 256)")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="engine rows per batch (default: the fastest settings' or 256)",
+    )
     # (b)'s engine: `fastest` (the default: fastgen.backends.presets.fastest_settings for the
     # device), `eager`, or a backend; --backend-option takes exactly what `classify` takes.
     add_backend_options(parser, backends=("fastest", "eager"))
@@ -153,7 +165,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-policies", action="store_true")
-    parser.add_argument("--sd2-random", metavar="DIR", help="build an SD-2-base-sized random-weight model in DIR and use it")
+    parser.add_argument(
+        "--sd2-random", metavar="DIR", help="build an SD-2-base-sized random-weight model in DIR and use it"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 

@@ -12,7 +12,9 @@ from fastgen.commands.options import add_model_options, classifier_from_args
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="image files, folders (recursive) or globs")
     parser.add_argument("--out", type=Path, help="results .jsonl (resumable); default: stdout")
-    parser.add_argument("--labels-from-folders", action="store_true", help="report accuracy, label = parent folder name")
+    parser.add_argument(
+        "--labels-from-folders", action="store_true", help="report accuracy, label = parent folder name"
+    )
     parser.add_argument(
         "--retry-failed", action="store_true",
         help="also redo images whose latest record in --out is an error (the new record is appended and wins)",

@@ -25,7 +25,9 @@ def run(args: argparse.Namespace) -> int:
         rows = run_shift_table(clf, args.n_images)
         print(f"{'shift':<18} {'fastgen':>8} {'baseline':>9} {'evals/img':>10}")
         for row in rows:
-            print(f"{row['shift']:<18} {row['accuracy']:>8.3f} {row['baseline_accuracy']:>9.3f} {row['unet_evals_per_image']:>10.1f}")
+            print(
+                f"{row['shift']:<18} {row['accuracy']:>8.3f} {row['baseline_accuracy']:>9.3f} {row['unet_evals_per_image']:>10.1f}"
+            )
         if args.json:
             print(json.dumps({"model": args.model, "policy": policy, "shifts": rows}))
         return 0
@@ -39,5 +41,15 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         summary = {k: v for k, v in report.items() if k != "predictions"}
         config = clf.config.as_dict()
-        print(json.dumps({"model": args.model, "policy": policy, "config": config, **summary, "predictions": report["predictions"]}))
+        print(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "policy": policy,
+                    "config": config,
+                    **summary,
+                    "predictions": report["predictions"],
+                }
+            )
+        )
     return 0

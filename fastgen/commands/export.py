@@ -23,7 +23,9 @@ def _batch_sizes(text: str) -> tuple[int, int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="builtin:digits", help="hub id, folder or builtin:NAME")
     parser.add_argument("--format", choices=FORMATS, default="onnx")
-    parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default fp32): the graph's and engine's precision")
+    parser.add_argument(
+        "--dtype", default=None, help="fp32, fp16 or bf16 (default fp32): the graph's and engine's precision"
+    )
     parser.add_argument(
         "--batch-sizes", type=_batch_sizes, default=(1, 64, 64), metavar="MIN,OPT,MAX",
         help="TensorRT shape profile (an ONNX file has a dynamic batch axis and ignores it)",

@@ -57,7 +57,9 @@ def _scalar(text: str) -> Any:
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and scoring")
     group.add_argument("--model", default="builtin:digits", help="hub id, folder or builtin:NAME")
-    group.add_argument("--classes", help="file with one name per line, a prompt CSV, or a comma list (default: the model's)")
+    group.add_argument(
+        "--classes", help="file with one name per line, a prompt CSV, or a comma list (default: the model's)"
+    )
     group.add_argument(
         "--template", action="append", dest="templates",
         help="prompt template with {} (repeatable; default: the model's own, with or without --classes)",
@@ -90,7 +92,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     policy.add_argument("--min-samples", type=int_in(2), help="paired, tree: samples before the first test (>= 2)")
     policy.add_argument("--max-samples", type=positive_int, help="paired, tree: cap on samples per class")
     policy.add_argument("--check-every", type=positive_int, help="paired, tree: samples between tests")
-    policy.add_argument("--screen-samples", type=positive_int, help="paired: samples of a first screening round for every class")
+    policy.add_argument(
+        "--screen-samples", type=positive_int, help="paired: samples of a first screening round for every class"
+    )
     policy.add_argument("--screen-keep", type=positive_int, help="paired: classes kept after the screening round")
     policy.add_argument("--tree", help="tree: label-tree JSON file (inner nodes with prompts over the classes)")
     policy.add_argument("--beam", type=positive_int, help="tree: inner nodes kept per round")
@@ -138,12 +142,12 @@ def check_policy_options(given: dict[str, Any], policy: str, *, chosen: bool) ->
         raise ValueError(f"--min-samples {low} is more than --max-samples {high}")
     stages, keep = options.get("n_samples"), options.get("to_keep")
     if policy == "stages" and stages is not None and keep is not None and len(stages) != len(keep):
-        raise ValueError(
-            f"--n-samples and --to-keep need one value per stage each, got {len(stages)} and {len(keep)}"
-        )
+        raise ValueError(f"--n-samples and --to-keep need one value per stage each, got {len(stages)} and {len(keep)}")
     if policy == "exhaustive" and "n_samples" in options:
         if len(options["n_samples"]) != 1:
-            raise ValueError(f"--n-samples takes one number with {whose}, got {','.join(map(str, options['n_samples']))}")
+            raise ValueError(
+                f"--n-samples takes one number with {whose}, got {','.join(map(str, options['n_samples']))}"
+            )
         options["n_samples"] = options["n_samples"][0]
     return options
 
@@ -187,4 +191,3 @@ def classifier_from_args(args: argparse.Namespace, *, device: str | None = None)
     if args.policy is None and policy_name(clf.policy) in POLICIES:
         check_policy_options(given_policy_options(args), policy_name(clf.policy), chosen=False)
     return clf
-

@@ -2,14 +2,14 @@
 
 Each type checks a value as the user typed it, so argparse reports it under the option the user
 typed (`argument --batch-size: expected an integer >= 1, got '0'`) rather than under the name of
-a Python argument further down. """
+a Python argument further down."""
 
 from __future__ import annotations
 
 import argparse
 import math
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from fastgen.engine.config import MAX_SEED
 

@@ -20,7 +20,6 @@ from fastgen.engine.sampling import TIMESTEP_MODES
 from fastgen.inputs.classes import AGGREGATES
 from fastgen.losses import check_loss
 
-
 # Seeds are combined with block indices into torch generator seeds; this keeps them in range.
 MAX_SEED = 2**32 - 1
 

@@ -45,7 +45,13 @@ def _release_cached_memory() -> None:
 
 
 def call_rows(
-    denoise: Denoiser, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None, start: int, end: int
+    denoise: Denoiser,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    rows: torch.Tensor | None,
+    start: int,
+    end: int,
 ) -> torch.Tensor:
     """The denoiser on rows start:end of a batch. With `rows` (row -> distinct input), only the
     distinct inputs those rows use are passed on, re-indexed."""
@@ -94,7 +100,12 @@ class DenoiseGuard:
         return self._fp32
 
     def __call__(
-        self, denoise: Denoiser, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None
+        self,
+        denoise: Denoiser,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """denoise(x_t, t, cond[, rows]), in chunks of rows small enough to fit in memory."""
         n = cond.shape[0]

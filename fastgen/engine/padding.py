@@ -26,7 +26,9 @@ class FixedBatch:
         self.shares_prefix = denoise.shares_prefix
         self.max_batch = batch_size
 
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # With `rows`, the fixed shape is that of the per-row part (cond, rows); the distinct
         # inputs x_t, t stay as they are.
         n, size = cond.shape[0], self.batch_size
@@ -34,7 +36,7 @@ class FixedBatch:
             return call_rows(self.denoise, x_t, t, cond, rows, 0, n)
         if n > size:
             return torch.cat([call_rows(self, x_t, t, cond, rows, i, min(n, i + size)) for i in range(0, n, size)])
-        pad = lambda v: torch.cat([v, v[-1:].expand(size - n, *v.shape[1:])])  # noqa: E731
+        pad = lambda v: torch.cat([v, v[-1:].expand(size - n, *v.shape[1:])])
         if rows is None:
             return self.denoise(pad(x_t), pad(t), pad(cond))[:n]
         return self.denoise(x_t, t, pad(cond), pad(rows))[:n]

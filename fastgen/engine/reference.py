@@ -55,7 +55,9 @@ def class_sample_errors(errors: dict, prompts: list[int], n: int, aggregate: str
     return [errors[best][s] for s in range(n)]
 
 
-def reference_classify(adapter: Adapter, pixels: torch.Tensor, classes: ClassSpec, config: ScoringConfig) -> ImageResult:
+def reference_classify(
+    adapter: Adapter, pixels: torch.Tensor, classes: ClassSpec, config: ScoringConfig
+) -> ImageResult:
     """Classify one image ([C, H, W] pixels in [0, 1]) the slow, obvious way."""
     loss, weighting = config.loss, config.weighting
     policy = config.policy.bind(classes.names)

@@ -39,9 +39,7 @@ class ImageResult:
     @property
     def scores(self) -> dict[str, float | None]:
         """Class name -> mean error (None for pruned classes), as written to JSON lines."""
-        return {
-            name: (None if math.isnan(e) else float(e)) for name, e in zip(self.classes, self.errors)
-        }
+        return {name: (None if math.isnan(e) else float(e)) for name, e in zip(self.classes, self.errors)}
 
     def probabilities(self, temperature: float = 1.0) -> np.ndarray:
         """softmax(-errors / temperature); pruned classes get probability 0."""

@@ -180,7 +180,7 @@ class Engine:
     def _batch_errors(self, inputs: _BatchInputs, denoise: Denoiser, dtype: torch.dtype) -> torch.Tensor:
         """Per-row errors [R] (fp32, CPU) of one denoiser pass over the batch at `dtype`."""
         abar = inputs.abar
-        to_dev = lambda v: v.float().to(self.device)  # noqa: E731
+        to_dev = lambda v: v.float().to(self.device)
         cond = inputs.cond.to(dtype) if torch.is_floating_point(inputs.cond) else inputs.cond
         if denoise.shares_prefix:
             # Noise each distinct (image, sample) pair once; the denoiser gathers per row.
@@ -257,7 +257,9 @@ class Engine:
         return ImageResult(self.class_names, errors, partial, n_samples, job.evals)
 
     # -- the stream ---------------------------------------------------------------------------
-    def run(self, items: Iterable[tuple[object, torch.Tensor | Exception]]) -> Iterator[tuple[object, ImageResult | Exception]]:
+    def run(
+        self, items: Iterable[tuple[object, torch.Tensor | Exception]]
+    ) -> Iterator[tuple[object, ImageResult | Exception]]:
         """Score a stream of (key, x0) items; yields (key, result) as images finish, in
         completion order. An item whose x0 is an exception is passed through as is."""
         source = iter(items)

@@ -21,8 +21,8 @@ import torch
 
 from fastgen.api import DiffusionClassifier
 from fastgen.engine import ops
-from fastgen.losses import target_coefficients
 from fastgen.engine.policies import Exhaustive
+from fastgen.losses import target_coefficients
 from fastgen.optional import installed_version
 
 
@@ -148,11 +148,21 @@ def reference_style(clf: DiffusionClassifier, pixels: list[torch.Tensor], *, row
             p, s = prompt_rows[first : first + rows_per_batch], sample_rows[first : first + rows_per_batch]
             zeros = torch.zeros(len(p), dtype=torch.int64, device=device)
             abar = clf.adapter.alphas_cumprod[timesteps_all[s]]
-            dev = lambda v: v.float().to(device)  # noqa: E731
-            x_t = ops.noised_batch(x0, eps_bank, zeros, s.to(device), dev(abar.sqrt()), dev((1 - abar).sqrt()), clf.adapter.dtype)
+            dev = lambda v: v.float().to(device)
+            x_t = ops.noised_batch(
+                x0, eps_bank, zeros, s.to(device), dev(abar.sqrt()), dev((1 - abar).sqrt()), clf.adapter.dtype
+            )
             prediction = timed(x_t, timesteps_all[s].to(device), clf.conditions[p.to(clf.conditions.device)])
             err = ops.prediction_errors(
-                prediction, x0, eps_bank, zeros, s.to(device), dev(a_all[s]), dev(b_all[s]), dev(weight_all[s]), clf.loss
+                prediction,
+                x0,
+                eps_bank,
+                zeros,
+                s.to(device),
+                dev(a_all[s]),
+                dev(b_all[s]),
+                dev(weight_all[s]),
+                clf.loss,
             )
             errors[p, s] = err.double().cpu()  # the host sync after every batch
             evals += len(p)
@@ -240,7 +250,12 @@ def environment(device: torch.device) -> dict:
 
 
 def spread(values: list[float]) -> dict:
-    return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values)), "runs": len(values)}
+    return {
+        "mean": float(np.mean(values)),
+        "min": float(np.min(values)),
+        "max": float(np.max(values)),
+        "runs": len(values),
+    }
 
 
 def side_by_side(
@@ -271,8 +286,10 @@ def side_by_side(
 def utilisation(clf: DiffusionClassifier, engine_summary: dict) -> dict:
     flops = flops_per_eval(clf)
     peak = matmul_rate(clf.adapter.device, clf.adapter.dtype)
-    unet_rate = engine_summary["unet_evals_per_image"] * engine_summary["images_per_s"] / (
-        1 - engine_summary["outside_unet_share"]
+    unet_rate = (
+        engine_summary["unet_evals_per_image"]
+        * engine_summary["images_per_s"]
+        / (1 - engine_summary["outside_unet_share"])
     )
     achieved = unet_rate * flops
     return {
@@ -283,7 +300,9 @@ def utilisation(clf: DiffusionClassifier, engine_summary: dict) -> dict:
     }
 
 
-def policy_table(make_clf: Callable[..., DiffusionClassifier], pixels: list[torch.Tensor], policies: dict) -> list[dict]:
+def policy_table(
+    make_clf: Callable[..., DiffusionClassifier], pixels: list[torch.Tensor], policies: dict
+) -> list[dict]:
     """UNet evaluations per image and agreement with exhaustive scoring, per policy."""
     rows, reference = [], None
     for name, (policy, options) in policies.items():

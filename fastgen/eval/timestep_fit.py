@@ -23,9 +23,7 @@ from fastgen.api import DiffusionClassifier
 from fastgen.engine.policies import Exhaustive
 
 
-def band_errors(
-    clf: DiffusionClassifier, images: Sequence[Any], *, n_bands: int, samples_per_band: int
-) -> np.ndarray:
+def band_errors(clf: DiffusionClassifier, images: Sequence[Any], *, n_bands: int, samples_per_band: int) -> np.ndarray:
     """Mean errors [n_bands, N, K] of every image and class, scored inside each band alone."""
     out = []
     for band in range(n_bands):

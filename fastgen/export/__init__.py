@@ -7,9 +7,9 @@ ONNX), `cache` (keys, atomic publishing); `pipeline` chains them with cache look
 when a step needs them.
 """
 
+from fastgen.backends.spec import IOSpec, adapter_spec, denoiser_spec
 from fastgen.export.cache import ExportCache, ExportKey, default_cache_dir
 from fastgen.export.pipeline import FORMATS, ExportResult, export_model
-from fastgen.backends.spec import IOSpec, adapter_spec, denoiser_spec
 
 __all__ = [
     "FORMATS",

@@ -37,6 +37,8 @@ GPU_PARITY_TOLERANCE = {torch.float32: 5e-3, torch.float16: 5e-2, torch.bfloat16
 
 def parity_tolerance(dtype: torch.dtype, *, gpu: bool) -> float:
     return (GPU_PARITY_TOLERANCE if gpu else PARITY_TOLERANCE).get(dtype, 1e-4)
+
+
 # Batch 1 is avoided at export: torch.export specialises size-1 axes.
 EXPORT_BATCH = 2
 
@@ -152,7 +154,14 @@ def _single_data_file(path: Path, external: bool, *, written: set[Path]) -> None
     for p in written:
         p.unlink()
     if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=1024,
+        )
     else:
         onnx.save_model(model, str(path))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastgen.backends.spec import IOSpec, check_batch_sizes
 from fastgen.export.cache import (
     ExportCache,
     ExportKey,
@@ -25,7 +26,6 @@ from fastgen.export.cache import (
     weights_fingerprint,
 )
 from fastgen.export.onnx_export import ONNX_FILE, export_onnx, module_dtype, parity_tolerance, verify_onnx
-from fastgen.backends.spec import IOSpec, check_batch_sizes
 from fastgen.export.tensorrt_build import PLAN_FILE, build_engine, import_tensorrt
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,14 @@ def ensure_engine(
     timing = cache.root / f"timing-{key.compute_capability}-trt{key.versions['tensorrt']}.cache"
 
     def build(folder: Path) -> dict:
-        facts = build_engine(onnx.path, folder / PLAN_FILE, spec, batch_sizes=key.batch_sizes, dtype=module_dtype(denoiser), timing_cache=timing)
+        facts = build_engine(
+            onnx.path,
+            folder / PLAN_FILE,
+            spec,
+            batch_sizes=key.batch_sizes,
+            dtype=module_dtype(denoiser),
+            timing_cache=timing,
+        )
         if verify:
             facts["parity_max_rel_diff"] = verify_engine(folder / PLAN_FILE, denoiser, spec, key.batch_sizes)
         return facts

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from fastgen.export.cache import atomic_write_bytes
 from fastgen.backends.spec import IOSpec
 from fastgen.backends.tensorrt_backend import import_tensorrt
+from fastgen.export.cache import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

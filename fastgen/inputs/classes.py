@@ -87,9 +87,7 @@ def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:
         raise ValueError("templates is empty; pass at least one template such as 'a photo of a {}.'")
     for template in templates:
         if template.count("{}") != 1:
-            raise ValueError(
-                f"template {template!r} must contain exactly one '{{}}' where the class name goes"
-            )
+            raise ValueError(f"template {template!r} must contain exactly one '{{}}' where the class name goes")
     return templates
 
 
@@ -115,7 +113,7 @@ def _read_prompt_csv(path: Path, aggregate: str) -> ClassSpec:
         try:
             label = int(row["classidx"])
         except (TypeError, ValueError):
-            raise ValueError(f"{path}:{line}: classidx must be an integer, got {row['classidx']!r}")
+            raise ValueError(f"{path}:{line}: classidx must be an integer, got {row['classidx']!r}") from None
         if label_of.setdefault(name, label) != label:
             raise ValueError(f"{path}:{line}: class {name!r} appears with two class indices")
         by_class.setdefault(name, []).append(row["prompt"] or "")

@@ -34,14 +34,13 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 # Image files with more pixels are refused from their header (--max-pixels).
 DEFAULT_MAX_PIXELS = 100_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -110,7 +109,9 @@ def _over_the_limit(path: Path, max_pixels: int, name: str) -> ImageError:
         return error
     except Exception:  # the header could be read once; a second failure changes nothing
         pass
-    return ImageError(f"{name} has more pixels than the limit of {max_pixels:,} (max_pixels, --max-pixels on the command line)")
+    return ImageError(
+        f"{name} has more pixels than the limit of {max_pixels:,} (max_pixels, --max-pixels on the command line)"
+    )
 
 
 def open_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -197,8 +198,7 @@ def _float_to_unit(values: np.ndarray, name: str) -> np.ndarray:
     if low >= 0 and high <= 255:
         return (values / 255.0).astype(np.float32)
     raise ImageError(
-        f"{name} is a float image with values in [{low:.3g}, {high:.3g}]; float images must be "
-        "in [0, 1] (or [0, 255])"
+        f"{name} is a float image with values in [{low:.3g}, {high:.3g}]; float images must be in [0, 1] (or [0, 255])"
     )
 
 
@@ -319,9 +319,9 @@ def resize_center_crop(tensor: torch.Tensor, size: int | tuple[int, int]) -> tor
         _, height, width = tensor.shape
         scale = max(out_h / height, out_w / width)
         new_h, new_w = max(out_h, round(height * scale)), max(out_w, round(width * scale))
-        tensor = F.interpolate(
-            tensor[None], size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
-        )[0].clamp(0, 1)
+        tensor = F.interpolate(tensor[None], size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)[
+            0
+        ].clamp(0, 1)
         top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
         tensor = tensor[:, top : top + out_h, left : left + out_w]
     return tensor.contiguous()
@@ -377,8 +377,10 @@ def find_images(inputs: list[str]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            matches = sorted(Path().glob(item)) if not path.is_absolute() else sorted(
-                Path(path.anchor).glob(str(path.relative_to(path.anchor)))
+            matches = (
+                sorted(Path().glob(item))
+                if not path.is_absolute()
+                else sorted(Path(path.anchor).glob(str(path.relative_to(path.anchor))))
             )
             if not matches:
                 raise FileNotFoundError(f"no image file, folder or glob match for {item!r}")

@@ -89,7 +89,7 @@ def polarity_rule(invert: bool | str | None, polarity: str | None, model: str = 
     if mode == "auto" and polarity is None:
         raise ValueError(
             f"invert='auto' needs the model to declare its polarity, and {model or 'this model'} "
-            "declares none (fastgen.json: \"input\": {\"polarity\": \"bright-on-dark\"} or "
+            'declares none (fastgen.json: "input": {"polarity": "bright-on-dark"} or '
             "\"dark-on-bright\"); pass invert='always' or 'never' instead"
         )
     return PolarityRule(mode, polarity)

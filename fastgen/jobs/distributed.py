@@ -30,7 +30,13 @@ import torch
 import torch.distributed as dist
 
 from fastgen.jobs.local import (
-    JobSummary, count_failed, job_header, labelled_accuracy, needs_computing, prepare_output, write_results,
+    JobSummary,
+    count_failed,
+    job_header,
+    labelled_accuracy,
+    needs_computing,
+    prepare_output,
+    write_results,
 )  # fmt: skip
 from fastgen.jobs.results_file import ResultsWriter, merge_parts, part_path, path_key, read_results
 
@@ -166,7 +172,9 @@ def classify_files_distributed(
         # file before computing anything.
         on_main(ranks, rank_dev, lambda: prepare_output(out, job_header(clf), force=force))
         done = read_results(out)
-        todo = [p for p in sorted(paths, key=path_key) if needs_computing(done.get(path_key(p)), retry_failed=retry_failed)]
+        todo = [
+            p for p in sorted(paths, key=path_key) if needs_computing(done.get(path_key(p)), retry_failed=retry_failed)
+        ]
         writer = ResultsWriter(part_path(out, ranks.rank, ranks.world_size))
         new = write_results(clf, shard(todo, ranks), writer, progress=progress and ranks.is_main)
         computed, failed = sum_over_ranks([len(new) - count_failed(new), count_failed(new)], rank_dev)

@@ -68,7 +68,13 @@ def results_header(model: str, settings: dict[str, Any]) -> dict[str, Any]:
     """The first line of a results file: what produced the records below it."""
     from fastgen import __version__
 
-    return {"fastgen": HEADER_TAG, "format": FORMAT_VERSION, "version": __version__, "model": model, "settings": settings}
+    return {
+        "fastgen": HEADER_TAG,
+        "format": FORMAT_VERSION,
+        "version": __version__,
+        "model": model,
+        "settings": settings,
+    }
 
 
 @dataclass

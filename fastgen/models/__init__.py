@@ -38,8 +38,7 @@ def _adapter_class(index: dict, model: str) -> type[Adapter]:
     if "text_encoder" in index or "tokenizer" in index:
         return LatentTextAdapter if "vae" in index else PixelTextAdapter
     raise ModelLoadError(
-        f"model {model!r} has a {unet_class} but no text_encoder/ tokenizer; a text-conditioned "
-        "model needs both"
+        f"model {model!r} has a {unet_class} but no text_encoder/ tokenizer; a text-conditioned model needs both"
     )
 
 

@@ -25,9 +25,7 @@ def _byte_symbols() -> list[str]:
     symbol is whitespace or a control character.
     """
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     # CLIP's vocabulary lists the printable bytes first, then the shifted ones.
     others = [b for b in range(256) if b not in printable]

@@ -34,6 +34,6 @@ class LatentTextAdapter(TextConditionedAdapter):
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        pixels = (pixels.to(self.device, self.dtype) * 2 - 1)
+        pixels = pixels.to(self.device, self.dtype) * 2 - 1
         latents = self.vae.encode(pixels).latent_dist.mean
         return latents.float() * self.scaling_factor

@@ -111,7 +111,7 @@ def load_component(
             kwargs["low_cpu_mem_usage"] = False
     try:
         component = cls.from_pretrained(str(model), **kwargs)
-    except (OSError, EnvironmentError, ValueError) as error:
+    except (OSError, ValueError) as error:
         hint = ""
         if is_weights and not allow_pickle:
             hint = (

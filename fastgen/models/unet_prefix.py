@@ -68,7 +68,9 @@ class UNetSplit:
     def __init__(self, unet: nn.Module):
         index = split_block_index(unet)
         if index is None:
-            raise ValueError(f"{type(unet).__name__} with this config has no class-independent prefix fastgen can split off")
+            raise ValueError(
+                f"{type(unet).__name__} with this config has no class-independent prefix fastgen can split off"
+            )
         self.unet = unet
         self.index = index
 

@@ -53,5 +53,11 @@ def make_sd2_base_sized(folder: str | Path, *, seed: int = 0) -> Path:
         sample_size=512,
     )
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", prediction_type="epsilon")
-    components = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": sd2_base_unet(), "scheduler": scheduler}
+    components = {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "unet": sd2_base_unet(),
+        "scheduler": scheduler,
+    }
     return save_model_folder(folder, components, pipeline_class="StableDiffusionPipeline")

@@ -21,9 +21,7 @@ TEXT_DIM = 32
 
 
 def _scheduler(prediction_type: str) -> DDPMScheduler:
-    return DDPMScheduler(
-        num_train_timesteps=1000, beta_schedule="scaled_linear", prediction_type=prediction_type
-    )
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", prediction_type=prediction_type)
 
 
 def _text_parts(folder: Path, max_length: int = 12) -> tuple[CLIPTokenizer, CLIPTextModel]:
@@ -128,7 +126,9 @@ def make_dit(folder: str | Path, *, num_labels: int = 10, seed: int = 0) -> Path
     return save_model_folder(folder, components, pipeline_class="DiTPipeline", extra={"id2label": id2label})
 
 
-def make_label_unet(folder: str | Path, *, num_labels: int = 10, prediction_type: str = "epsilon", seed: int = 0) -> Path:
+def make_label_unet(
+    folder: str | Path, *, num_labels: int = 10, prediction_type: str = "epsilon", seed: int = 0
+) -> Path:
     """Pixel-space UNet2DModel with a class-label embedding, 3 x 8 x 8."""
     folder = Path(folder)
     torch.manual_seed(seed)

@@ -9,6 +9,7 @@ from fastgen.engine.policies.base import Policy, rank
 # Li et al.'s ImageNet schedule (1,000 classes), as published: the anchor for large label sets.
 LI_IMAGENET = {"n_samples": (50, 100, 500, 1000), "to_keep": (500, 50, 10, 1)}
 
+
 @dataclass(frozen=True)
 class Exhaustive(Policy):
     """Every class on `n_samples` samples; no pruning."""
@@ -53,8 +54,7 @@ class FixedStages(Policy):
         object.__setattr__(self, "to_keep", tuple(int(k) for k in self.to_keep))
         if not self.n_samples or len(self.n_samples) != len(self.to_keep):
             raise ValueError(
-                f"n_samples and to_keep must be non-empty and of equal length, got "
-                f"{self.n_samples} and {self.to_keep}"
+                f"n_samples and to_keep must be non-empty and of equal length, got {self.n_samples} and {self.to_keep}"
             )
         if any(b <= a for a, b in zip(self.n_samples, self.n_samples[1:])) or self.n_samples[0] < 1:
             raise ValueError(f"n_samples must be positive and increasing, got {self.n_samples}")
