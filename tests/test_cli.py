@@ -339,3 +339,16 @@ def test_help_and_env_import_neither_torch_nor_diffusers():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_without_out_the_header_and_records_go_to_stdout(model_dirs, image_folder, capsys):
+    argv = [
+        "classify", str(image_folder / "cat"), "--model", str(model_dirs["pixel-text"]), "--classes", "cat,dog",
+        "--policy", "exhaustive", "--n-samples", "3", "--no-progress", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    header, *records = [json.loads(line) for line in captured.out.splitlines()]
+    assert header["fastgen"] == "results" and header["settings"]["classes"] == ["cat", "dog"]
+    assert len(records) == 5 and all(r["prediction"] in ("cat", "dog") for r in records)
+    assert "errors in output" not in captured.err and "computed: 5" in captured.err
