@@ -114,3 +114,16 @@ def test_builtin_numbers_reads_held_out_numbers():
     results = clf.classify(list(images))
     predicted = [clf.classes.names.index(r.prediction) for r in results]
     assert sum(p == l for p, l in zip(predicted, labels.tolist())) >= 2, (predicted, labels)
+
+
+@needs_model
+def test_demo_runs_on_builtin_numbers(capsys):
+    from fastgen.commands.main import main
+
+    args = ["demo", "--model", "builtin:numbers", "--n-images", "2", "--json", "--device", "cpu",
+            "--policy", "exhaustive", "--n-samples", "1", "--batch-size", "1000"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["images"] == 2 and report["unet_evals_per_image"] == 1000
+    assert "classes: 1000" in out and "images/s" in out

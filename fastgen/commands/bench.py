@@ -18,10 +18,10 @@ from fastgen.eval import benchmark
 
 
 def _images(model: str, clf: DiffusionClassifier, n: int, seed: int) -> tuple[list[torch.Tensor], np.ndarray | None]:
-    if model == "builtin:digits":
-        from fastgen.eval.demo import load_demo_data
+    if model in ("builtin:digits", "builtin:numbers"):
+        from fastgen.eval.demo import demo_task, load_demo_data
 
-        data = load_demo_data(n)
+        data = load_demo_data(n, demo_task(model))
         return [torch.from_numpy(x[None].astype(np.float32)) for x in data.test_x], data.test_y
     g = torch.Generator().manual_seed(seed)
     (height, width), channels = clf.adapter.image_hw, clf.adapter.image_channels

@@ -10,19 +10,24 @@ from fastgen.commands.types import positive_int_or_all
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-images", type=positive_int_or_all, default=100, help="held-out images to use, or 'all'")
+    parser.add_argument(
+        "--n-images", type=positive_int_or_all, default=0,
+        help="held-out images to use, or 'all' (default: 100 digits, 10 numbers)",
+    )  # fmt: skip
     parser.add_argument("--shifts", action="store_true", help="accuracy under noise, blur and contrast shifts")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     add_model_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastgen.eval.demo import run_demo, run_shift_table
+    from fastgen.eval.demo import DEFAULT_N_IMAGES_BY_TASK, demo_task, run_demo, run_shift_table
 
+    task = demo_task(args.model)
+    n_images = DEFAULT_N_IMAGES_BY_TASK[task] if args.n_images == 0 else args.n_images
     clf = classifier_from_args(args)
     policy = type(clf.policy).__name__
     if args.shifts:
-        rows = run_shift_table(clf, args.n_images)
+        rows = run_shift_table(clf, n_images, task)
         print(f"{'shift':<18} {'fastgen':>8} {'baseline':>9} {'evals/img':>10}")
         for row in rows:
             print(
@@ -31,11 +36,12 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"model": args.model, "policy": policy, "shifts": rows}))
         return 0
-    report = run_demo(clf, args.n_images)
-    print(f"model: {args.model}  policy: {policy}  device: {clf.adapter.device}")
+    report = run_demo(clf, n_images, task)
+    baseline = "logistic regression, same training split" + (", per digit cell" if task == "numbers" else "")
+    print(f"model: {args.model}  policy: {policy}  device: {clf.adapter.device}  classes: {len(clf.classes.names)}")
     print(f"held-out images:        {report['images']}")
     print(f"fastgen accuracy:       {report['accuracy']:.4f}")
-    print(f"baseline accuracy:      {report['baseline_accuracy']:.4f}  (logistic regression, same training split)")
+    print(f"baseline accuracy:      {report['baseline_accuracy']:.4f}  ({baseline})")
     print(f"UNet evaluations/image: {report['unet_evals_per_image']:.1f}")
     print(f"images/s:               {report['images_per_s']:.2f}  ({report['seconds']:.1f} s)")
     if args.json:

@@ -16,7 +16,10 @@ from fastgen.commands.types import OneLineErrorParser
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("classify image files into a JSON-lines file", "fastgen.commands.classify"),
-    "demo": ("classify held-out digits with builtin:digits, beside a baseline", "fastgen.commands.demo"),
+    "demo": (
+        "classify held-out digits (builtin:digits) or numbers (--model builtin:numbers), beside a baseline",
+        "fastgen.commands.demo",
+    ),
     "bench": ("fastgen beside the reference-style loop; utilisation; policies", "fastgen.commands.bench"),
     "env": ("versions and devices", "fastgen.commands.env"),
     "export": ("export the denoiser to ONNX or a TensorRT engine (cached)", "fastgen.commands.export"),
