@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from fastgen.optional import installed_version
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -66,12 +68,10 @@ def is_error(record: dict[str, Any]) -> bool:
 
 def results_header(model: str, settings: dict[str, Any]) -> dict[str, Any]:
     """The first line of a results file: what produced the records below it."""
-    from fastgen import __version__
-
     return {
         "fastgen": HEADER_TAG,
         "format": FORMAT_VERSION,
-        "version": __version__,
+        "version": installed_version("fastgen"),
         "model": model,
         "settings": settings,
     }
