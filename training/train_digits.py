@@ -204,6 +204,20 @@ class EMA:
             ema_b.copy_(b)
 
 
+def optimizer_and_emas(unet: torch.nn.Module, text_encoder: torch.nn.Module, cfg: Any) -> tuple[Any, EMA, EMA]:
+    """AdamW with weight decay on the UNet's matrices only, and EMA copies of both models."""
+    decay, no_decay = [], []
+    for p in unet.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    params = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": list(text_encoder.parameters()), "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99))
+    return opt, EMA(unet, cfg.ema_decay), EMA(text_encoder, cfg.ema_decay)
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -228,17 +242,7 @@ def train(cfg: TrainConfig, workdir: Path, log_every: int = 250) -> dict[str, An
     ids = tokenize(tokenizer, prompts() + [""])
     abar = scheduler.alphas_cumprod.float()
 
-    decay, no_decay = [], []
-    for p in unet.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)
-    params = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-        {"params": list(text_encoder.parameters()), "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99))
-    ema_unet = EMA(unet, cfg.ema_decay)
-    ema_text = EMA(text_encoder, cfg.ema_decay)
+    opt, ema_unet, ema_text = optimizer_and_emas(unet, text_encoder, cfg)
 
     n = x_all.shape[0]
     perm = torch.randperm(n, generator=gen)

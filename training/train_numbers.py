@@ -34,12 +34,12 @@ import torch
 
 from fastgen.builtin import numbers_data as nd
 from training.train_digits import (
-    EMA,
     build_models,
     build_tokenizer,
     folder_size,
     load_folder,
     lr_at,
+    optimizer_and_emas,
     save,
     tokenize,
 )
@@ -175,17 +175,7 @@ def train(
     pool = nd.DigitPool("train", cfg.split_seed)
     abar = scheduler.alphas_cumprod.float()
 
-    decay, no_decay = [], []
-    for p in unet.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)
-    params = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-        {"params": list(text_encoder.parameters()), "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99))
-    ema_unet = EMA(unet, cfg.ema_decay)
-    ema_text = EMA(text_encoder, cfg.ema_decay)
+    opt, ema_unet, ema_text = optimizer_and_emas(unet, text_encoder, cfg)
     all_params = list(unet.parameters()) + list(text_encoder.parameters())
 
     losses: list[float] = []
