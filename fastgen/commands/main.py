@@ -7,12 +7,12 @@ it answers without loading torch; `fastgen classify --help` loads only `classify
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 import sys
 from collections.abc import Sequence
-
-from fastgen.commands.types import OneLineErrorParser
+from typing import NoReturn
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("classify image files into a JSON-lines file", "fastgen.commands.classify"),
@@ -24,6 +24,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "env": ("versions and devices", "fastgen.commands.env"),
     "export": ("export the denoiser to ONNX or a TensorRT engine (cached)", "fastgen.commands.export"),
 }
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Reports a usage error as one line, `fastgen classify: error: ...`, with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser(chosen: str | None = None) -> OneLineErrorParser:

@@ -9,16 +9,8 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from typing import NoReturn
 
 from fastgen.engine.config import MAX_SEED
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Reports a usage error as one line, `fastgen classify: error: ...`, with exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _integer(text: str) -> int | None:
