@@ -58,7 +58,7 @@ def one_process_lines(model_dirs, image_folder, tmp_path_factory) -> list[str]:
     lines = out.read_text().splitlines()
     header, records = file_lines(out)
     assert len(records) == N_IMAGES and all("scores" in r for r in records)
-    assert header["settings"]["policy"] == {"name": "Exhaustive", "n_samples": 16}
+    assert header["settings"]["policy"] == {"name": "exhaustive", "n_samples": 16}
     return sorted(lines)  # the header line too: every run of the same job writes the same one
 
 
