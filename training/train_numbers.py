@@ -549,7 +549,15 @@ def _config_from_json(data: dict[str, Any]) -> NumbersConfig:
     return NumbersConfig(**data)
 
 
-DEFAULT_POLICY = {"name": "stages", "n_samples": [2, 8, 32], "to_keep": [20, 3, 1]}
+# The label-tree policy measured in bench/bench_numbers.py (the tree path is relative to the model folder).
+DEFAULT_POLICY = {
+    "name": "tree",
+    "tree": "label_tree.json",
+    "beam": 3,
+    "node_samples": 16,
+    "min_samples": 16,
+    "max_samples": 64,
+}
 
 
 def _defaults() -> dict[str, Any]:
