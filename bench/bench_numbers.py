@@ -2,12 +2,18 @@
 `builtin:numbers` held-out images, for each policy at its settings.
 
     python bench/bench_numbers.py --images 100 --configs exhaustive,tree,screened
-    python bench/bench_numbers.py --images 10 --configs li       # Li et al.'s schedule: 100,000 calls/image
+    python bench/bench_numbers.py --start 10 --images 5 --configs li   # Li et al.: 100,000 calls/image
+    python bench/bench_numbers.py --summary --exhaustive-samples 16
 
 Every configuration scores the same held-out images (`heldout_numbers`, seed 0) with the same
-seed. Agreement is measured against the exhaustive run's predictions, read back from earlier
-rows of `--out` when exhaustive is not in this invocation. One JSON object per configuration is
+seed; image i always gets the same noise, so a slow configuration can be run in chunks of images
+(`--start`, `--images`) that are joined afterwards. One JSON object per configuration and chunk is
 appended to `--out` (default `bench/results/numbers_cpu.jsonl`) and printed last.
+
+`--summary` joins the chunks of each configuration (same policy settings) by image index and
+prints one row per configuration: images, accuracy, UNet evaluations per image, images/s, peak
+memory, and agreement with the exhaustive reference of `--exhaustive-samples` samples per class on
+the images both scored.
 """
 
 from __future__ import annotations
@@ -42,11 +48,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_config(name: str, n_images: int, batch_size: int, exhaustive_samples: int) -> dict:
+def run_config(name: str, start: int, n_images: int, batch_size: int, exhaustive_samples: int) -> dict:
     policy, options = CONFIGS[name]
     if name == "exhaustive":
         options = {"n_samples": exhaustive_samples}
-    images, labels = heldout_numbers(n_images)
+    images, labels = heldout_numbers(start + n_images)
+    images, labels = images[start:], labels[start:]
     clf = fastgen.DiffusionClassifier.from_pretrained(
         MODEL, device="cpu", policy=policy, policy_options=options, batch_size=batch_size
     )
@@ -59,6 +66,7 @@ def run_config(name: str, n_images: int, batch_size: int, exhaustive_samples: in
         "config": name,
         "policy": clf.config.as_dict()["policy"],
         "images": n_images,
+        "first_image": start,
         "accuracy": float(np.mean(np.array(predicted) == labels)),
         "unet_evals_per_image": float(np.mean(evals)),
         "unet_evals_max": int(max(evals)),
@@ -70,16 +78,59 @@ def run_config(name: str, n_images: int, batch_size: int, exhaustive_samples: in
     }
 
 
-def agreement(row: dict, reference: dict | None) -> float | None:
-    if reference is None:
-        return None
-    n = min(len(row["predictions"]), len(reference["predictions"]))
-    return float(np.mean(np.array(row["predictions"][:n]) == np.array(reference["predictions"][:n])))
+def by_image(row: dict) -> dict[int, int]:
+    """{held-out image index: predicted class} of one row (rows before chunking start at 0)."""
+    first = row.get("first_image", 0)
+    return {first + i: p for i, p in enumerate(row["predictions"])}
+
+
+def agreement(predictions: dict[int, int], reference: dict[int, int] | None) -> tuple[float | None, int]:
+    """Fraction of the images both scored on which the predictions agree, and that image count."""
+    shared = sorted(set(predictions) & set(reference or {}))
+    if not shared:
+        return None, 0
+    return float(np.mean([predictions[i] == reference[i] for i in shared])), len(shared)
+
+
+def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
+    """One row per configuration, its chunks joined by image index (the latest run of an image wins)."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(json.dumps([row["config"], row["policy"]], sort_keys=True), []).append(row)
+    joined = []
+    for chunks in groups.values():
+        predictions, evals, seconds, images = {}, 0.0, 0.0, 0
+        for row in chunks:
+            predictions.update(by_image(row))
+            evals += row["unet_evals_per_image"] * row["images"]
+            seconds += row["seconds"]
+            images += row["images"]
+        labels = np.array(sorted(predictions)) % 1000
+        joined.append({
+            "config": chunks[0]["config"], "policy": chunks[0]["policy"], "images": len(predictions),
+            "accuracy": float(np.mean(np.array([predictions[i] for i in sorted(predictions)]) == labels)),
+            "unet_evals_per_image": round(evals / images, 1),
+            "unet_evals_max": max(row["unet_evals_max"] for row in chunks),
+            "images_per_s": round(images / seconds, 4),
+            "peak_rss_mib": max(row["peak_rss_mib"] for row in chunks),
+            "predictions": predictions,
+        })  # fmt: skip
+    reference = next(
+        (row["predictions"] for row in joined
+         if row["config"] == "exhaustive" and row["policy"]["n_samples"] == exhaustive_samples),
+        None,
+    )  # fmt: skip
+    for row in joined:
+        row["agreement_with_exhaustive"], row["agreement_images"] = agreement(row.pop("predictions"), reference)
+        row["exhaustive_samples"] = exhaustive_samples
+    return joined
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--start", type=int, default=0, help="index of the first held-out image")
+    parser.add_argument("--summary", action="store_true", help="join the recorded chunks; run nothing")
     parser.add_argument("--configs", default="exhaustive,tree,screened")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--exhaustive-samples", type=int, default=6, help="samples per class of the reference")
@@ -89,15 +140,23 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     earlier = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
-    reference = next((r for r in reversed(earlier) if r["config"] == "exhaustive"), None)
+    if args.summary:
+        for row in summarise(earlier, args.exhaustive_samples):
+            print(json.dumps(row), flush=True)
+        return
+    reference = next(
+        (by_image(r) for r in reversed(earlier)
+         if r["config"] == "exhaustive" and r["policy"]["n_samples"] == args.exhaustive_samples),
+        None,
+    )  # fmt: skip
     env = {**environment(torch.device("cpu")), "cpu_flags_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text()}
     for name in args.configs.split(","):
-        row = run_config(name, args.images, args.batch_size, args.exhaustive_samples)
+        row = run_config(name, args.start, args.images, args.batch_size, args.exhaustive_samples)
         if name == "exhaustive":
-            reference = row
-        row["agreement_with_exhaustive"] = agreement(row, reference)
+            reference = {**(reference or {}), **by_image(row)}
+        row["agreement_with_exhaustive"] = agreement(by_image(row), reference)[0]
         row.update(
-            command="python bench/bench_numbers.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+            command="python bench/bench_numbers.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "summary")),
             machine=platform.machine(), threads=torch.get_num_threads(), **env,
         )  # fmt: skip
         with args.out.open("a", encoding="utf-8") as handle:
