@@ -43,15 +43,28 @@ def jit(fn: Callable) -> Any:
 
 
 def register_op(name: str, *, mutates_args: Iterable[str]) -> Callable[[Callable], Callable]:
-    """`torch.library.triton_op`, so that `torch.compile` traces into the kernels; without
-    Triton the function is returned as is (calling it then fails in `require_triton`)."""
+    """`torch.library.triton_op`, so that `torch.compile` traces into the kernels.
+
+    Without Triton the function is returned as is (calling it then fails in `require_triton`).
+    `triton_op` is public from torch 2.6 only; on older torch (2.4/2.5 ship Triton on CUDA) the
+    function is returned as is too: the kernels still run, `torch.compile` just does not trace
+    into them and there is no `torch.ops.fastgen` entry.
+    """
 
     def decorate(fn: Callable) -> Callable:
-        if triton is None:
+        triton_op = getattr(torch.library, "triton_op", None)
+        if triton is None or triton_op is None:
             return fn
-        return torch.library.triton_op(name, mutates_args=mutates_args)(fn)
+        return triton_op(name, mutates_args=mutates_args)(fn)
 
     return decorate
+
+
+def launcher(kernel: Any) -> Any:
+    """What to index with the grid to launch `kernel`: `torch.library.wrap_triton(kernel)` (so
+    that a `triton_op` stays traceable) where torch has it (2.6+), else the kernel itself."""
+    wrap_triton = getattr(torch.library, "wrap_triton", None)
+    return wrap_triton(kernel) if wrap_triton is not None else kernel
 
 
 def is_interpreted(kernel: Any) -> bool:

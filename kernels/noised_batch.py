@@ -16,7 +16,8 @@ classes of an image, all images of a sample), so most of those reads hit L2.
 import torch
 
 from fastgen.kernels._checks import as_rows, check_index, check_per_row, check_same_device
-from fastgen.kernels._triton import cdiv, constexpr, jit, register_op, require_triton, tl
+from fastgen.kernels._triton import cdiv, constexpr, jit, launcher, register_op, require_triton, tl
+from fastgen.kernels.devices import device_guard
 
 BLOCK = 1024  # elements per program: 4 warps x 32 lanes x 8 contiguous values
 NUM_WARPS = 4
@@ -102,11 +103,12 @@ def launch_noised_batch(
     if n_rows == 0 or n_elements == 0:
         return out
     grid = (n_rows, cdiv(n_elements, block))
-    torch.library.wrap_triton(_noised_batch_kernel)[grid](
-        x0_rows, eps_rows, x0_index, eps_index, c0, c1, out,
-        n_elements, x0_rows.stride(0), eps_rows.stride(0),
-        BLOCK=block, num_warps=num_warps,
-    )  # fmt: skip
+    with device_guard(device):  # Triton launches on the current device, whatever the pointers
+        launcher(_noised_batch_kernel)[grid](
+            x0_rows, eps_rows, x0_index, eps_index, c0, c1, out,
+            n_elements, x0_rows.stride(0), eps_rows.stride(0),
+            BLOCK=block, num_warps=num_warps,
+        )  # fmt: skip
     return out
 
 

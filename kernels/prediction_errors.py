@@ -21,7 +21,8 @@ depend on the order rows finish.
 import torch
 
 from fastgen.kernels._checks import as_rows, check_index, check_per_row, check_same_device
-from fastgen.kernels._triton import cdiv, constexpr, jit, next_power_of_2, register_op, require_triton, tl
+from fastgen.kernels._triton import cdiv, constexpr, jit, launcher, next_power_of_2, register_op, require_triton, tl
+from fastgen.kernels.devices import device_guard
 from fastgen.losses import LOSSES, check_loss, row_errors
 
 BLOCK = 1024
@@ -194,17 +195,18 @@ def launch_prediction_errors(
     # Without groups the kernels never touch these pointers; any tensor on the device will do.
     group_ptr = group_index if has_groups else x0_index
     sums_ptr = group_sums if has_groups else errors
-    torch.library.wrap_triton(_row_error_kernel)[(n_rows, n_split)](
-        pred_rows, x0_rows, eps_rows, x0_index, eps_index, a, b, weight,
-        partial, errors, group_ptr, sums_ptr,
-        n_elements, pred_rows.stride(0), x0_rows.stride(0), eps_rows.stride(0), chunk, n_split,
-        LOSS=loss_code, BLOCK=block, FINAL=n_split == 1, HAS_GROUPS=has_groups, num_warps=num_warps,
-    )  # fmt: skip
-    if n_split > 1:
-        torch.library.wrap_triton(_finish_kernel)[(cdiv(n_rows, FINISH_ROWS),)](
-            partial, weight, errors, group_ptr, sums_ptr, n_rows, n_split, n_elements,
-            ROWS=FINISH_ROWS, SPLIT=next_power_of_2(n_split), HAS_GROUPS=has_groups, num_warps=1,
+    with device_guard(device):  # Triton launches on the current device, whatever the pointers
+        launcher(_row_error_kernel)[(n_rows, n_split)](
+            pred_rows, x0_rows, eps_rows, x0_index, eps_index, a, b, weight,
+            partial, errors, group_ptr, sums_ptr,
+            n_elements, pred_rows.stride(0), x0_rows.stride(0), eps_rows.stride(0), chunk, n_split,
+            LOSS=loss_code, BLOCK=block, FINAL=n_split == 1, HAS_GROUPS=has_groups, num_warps=num_warps,
         )  # fmt: skip
+        if n_split > 1:
+            launcher(_finish_kernel)[(cdiv(n_rows, FINISH_ROWS),)](
+                partial, weight, errors, group_ptr, sums_ptr, n_rows, n_split, n_elements,
+                ROWS=FINISH_ROWS, SPLIT=next_power_of_2(n_split), HAS_GROUPS=has_groups, num_warps=1,
+            )  # fmt: skip
     return errors
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from fastgen.backends.worker_processes import chunk_bounds
+from fastgen.kernels.devices import device_guard
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +61,26 @@ class _CapturedGraph:
     """One CUDA graph of the module at one batch size, replayed with copied-in inputs."""
 
     def __init__(self, module: Forward, inputs: tuple[torch.Tensor, ...], pool: Any):
-        self.inputs = tuple(v.clone() for v in inputs)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):  # lazy initialisation and cuDNN autotuning stay out of the graph
-                module(*self.inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.output = module(*self.inputs)
+        # Streams, capture and replay belong to the current device: make it the inputs' device.
+        self.device = inputs[0].device
+        with device_guard(self.device):
+            self.inputs = tuple(v.clone() for v in inputs)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # lazy initialisation and cuDNN autotuning stay out of the graph
+                    module(*self.inputs)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool):
+                self.output = module(*self.inputs)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        for buffer, value in zip(self.inputs, inputs):
-            buffer.copy_(value)
-        self.graph.replay()
-        return self.output.clone()  # the next replay overwrites the static output
+        with device_guard(self.device):
+            for buffer, value in zip(self.inputs, inputs):
+                buffer.copy_(value)
+            self.graph.replay()
+            return self.output.clone()  # the next replay overwrites the static output
 
 
 class Threads(Executor):
