@@ -57,9 +57,9 @@ def run_config(name: str, start: int, n_images: int, batch_size: int, exhaustive
     clf = fastgen.DiffusionClassifier.from_pretrained(
         MODEL, device="cpu", policy=policy, policy_options=options, batch_size=batch_size
     )
-    start = time.perf_counter()
+    began = time.perf_counter()
     results = clf.classify(list(images))
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - began
     predicted = [clf.classes.names.index(r.prediction) for r in results]
     evals = [r.unet_evals for r in results]
     return {

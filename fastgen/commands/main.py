@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("fastgen beside the reference-style loop; utilisation; policies", "fastgen.commands.bench"),
     "env": ("versions and devices", "fastgen.commands.env"),
     "export": ("export the denoiser to ONNX or a TensorRT engine (cached)", "fastgen.commands.export"),
+    "selftest": ("check every execution path this machine has against the fp32 reference", "fastgen.commands.selftest"),
 }
 
 

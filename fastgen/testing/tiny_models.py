@@ -24,9 +24,16 @@ def _scheduler(prediction_type: str) -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", prediction_type=prediction_type)
 
 
-def _text_parts(folder: Path, max_length: int = 12) -> tuple[CLIPTokenizer, CLIPTextModel]:
-    write_clip_tokenizer(folder / "_tokenizer_src", model_max_length=max_length)
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "_tokenizer_src")
+def _text_parts(
+    folder: Path, max_length: int = 12, tokenizer_from: Path | None = None
+) -> tuple[CLIPTokenizer, CLIPTextModel]:
+    """A CLIP tokenizer (the real vocabulary, from open-clip-torch, or a saved CLIP tokenizer
+    folder `tokenizer_from`) and a 2-layer text encoder sized to its prompt length."""
+    if tokenizer_from is None:
+        write_clip_tokenizer(folder / "_tokenizer_src", model_max_length=max_length)
+        tokenizer_from = folder / "_tokenizer_src"
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_from)
+    max_length = tokenizer.model_max_length
     config = CLIPTextConfig(
         vocab_size=49408,
         hidden_size=TEXT_DIM,
@@ -69,11 +76,14 @@ def _vae() -> AutoencoderKL:
     )
 
 
-def make_latent_text(folder: str | Path, *, prediction_type: str = "epsilon", seed: int = 0) -> Path:
-    """SD-layout latent text-to-image model: 16 px images, 4 x 8 x 8 latents."""
+def make_latent_text(
+    folder: str | Path, *, prediction_type: str = "epsilon", seed: int = 0, tokenizer_from: Path | None = None
+) -> Path:
+    """SD-layout latent text-to-image model: 16 px images, 4 x 8 x 8 latents. `tokenizer_from`
+    (a saved CLIP tokenizer folder) spares the need for open-clip-torch's vocabulary."""
     folder = Path(folder)
     torch.manual_seed(seed)
-    tokenizer, text_encoder = _text_parts(folder)
+    tokenizer, text_encoder = _text_parts(folder, tokenizer_from=tokenizer_from)
     components = {
         "vae": _vae(),
         "text_encoder": text_encoder,

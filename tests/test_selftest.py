@@ -1,0 +1,82 @@
+"""`fastgen selftest`: the command passes on CPU with every GPU path skipped for a stated reason,
+and its comparison fails the things it exists to catch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fastgen.eval.selftest import PATHS, ExecutionPath, compare, run_path, selftest_models, skip_reason
+from fastgen.kernels._triton import has_triton
+
+GPU_PATHS = {"eager-fp16", "cuda-graphs", "cuda-preset", "onnxruntime-cuda", "onnxruntime-tensorrt"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU run")
+def test_selftest_command_passes_on_cpu_and_says_why_each_gpu_path_is_skipped():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the command chooses it
+    done = subprocess.run(
+        [sys.executable, "-m", "fastgen", "selftest", "--json"], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["passed"] and report["device"] == "cpu"
+    rows = {(r["path"], r["model"]): r for r in report["results"]}
+    assert {path for path, _ in rows} == {p.name for p in PATHS}
+    ran = {"eager-fp32", "torch-sdpa-fp32", "eager-bf16", "onnxruntime-cpu"} | (
+        {"triton-kernels"} if has_triton() else set()
+    )
+    for (path, _), row in rows.items():
+        if path in ran:
+            assert row["status"] == "pass", row
+            assert row["predictions_equal"] in ("8/8", "4/4") and row["rows_per_s"] > 0
+        else:
+            assert row["status"] == "skipped" and row["reason"], row
+        if path in GPU_PATHS:
+            assert "CUDA" in row["reason"]
+    # The table precedes the JSON and names every path.
+    assert all(p.name in done.stdout for p in PATHS)
+
+
+def test_compare_fails_nan_errors_and_real_prediction_flips_but_not_ties():
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(0.5, 1.0, size=(6, 10))
+    reference[:, 3] = 0.2  # class 3 wins every image by a wide margin
+    assert compare(reference + 1e-6, reference, 1e-3)[2]
+    flipped = reference.copy()
+    flipped[2, 7] = 0.1  # image 2 now predicts class 7: a real disagreement
+    worst, equal, ok = compare(flipped, reference, 1e-3)
+    assert equal == 5 and not ok and worst > 0.1
+    with_nan = reference.copy()
+    with_nan[4, 1] = np.nan
+    assert not compare(with_nan, reference, 1e-3)[2]
+    tie = reference.copy()
+    tie[0, 5] = 0.2 + 1e-5  # the reference's own margin on image 0 is within tolerance
+    swapped = tie.copy()
+    swapped[0, 3], swapped[0, 5] = tie[0, 5], tie[0, 3]
+    worst, equal, ok = compare(swapped, tie, 1e-3)
+    assert equal == 5 and ok and worst < 1e-3
+
+
+def test_skip_reasons_follow_the_device_the_request_and_what_is_installed():
+    cpu = torch.device("cpu")
+    by_name = {p.name: p for p in PATHS}
+    assert "CUDA" in skip_reason(by_name["tensorrt-fp32"], cpu, None)
+    assert skip_reason(by_name["eager-fp32"], cpu, None) is None
+    assert skip_reason(by_name["eager-fp32"], cpu, {"onnxruntime-cpu"}) == "not requested"
+    assert "minutes" in skip_reason(by_name["compile"], cpu, None)
+    assert skip_reason(by_name["compile"], cpu, {"compile"}) is None  # named: it runs
+    assert skip_reason(by_name["onnxruntime-cpu"], torch.device("cuda"), None) is not None
+
+
+def test_a_path_that_raises_is_an_error_row_not_the_end_of_the_run(tmp_path):
+    digits = selftest_models(tmp_path)[0]
+    broken = ExecutionPath("broken", backend="torch", backend_options={"no_such_option": 1})
+    row = run_path(broken, digits, np.zeros((8, 10)), torch.device("cpu"), tmp_path)
+    assert row.status == "error" and "no_such_option" in row.reason
