@@ -3,8 +3,10 @@
 Execution providers are taken in the order TensorRT EP, CUDA EP, CPU EP from what the installed
 build offers (`onnxruntime` has CPU only; `onnxruntime-gpu`, the `onnx-gpu` extra, adds CUDA and
 TensorRT). On the CPU, torch tensors are handed over as zero-copy numpy views. On a GPU, inputs
-and the output are bound in place with IO binding, and ORT is given torch's current CUDA stream,
-so no copy and no extra synchronisation is needed.
+and the output are bound in place with IO binding, and ORT runs on a stream of the backend's own
+(`SideStream`), ordered after torch's current stream, so no copy and no host synchronisation is
+needed. Which path runs is decided from the providers the session really uses: ORT only logs a
+GPU provider that fails to load (a missing CUDA or cuDNN library) and falls back to the CPU.
 
 The GPU paths (CUDA / TensorRT EP, IO binding) are written against ONNX Runtime's documented API
 but have not been run: no `onnxruntime-gpu` was available where this was developed and tested.
@@ -21,6 +23,8 @@ import torch
 
 from fastgen.backends.base import Backend
 from fastgen.backends.spec import OUTPUT_NAME, IOSpec
+from fastgen.backends.streams import SideStream, check_stream_handle
+from fastgen.kernels.devices import device_guard
 from fastgen.optional import require
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,18 @@ def choose_providers(device: torch.device | str, available: list[str] | None = N
     return chosen
 
 
+def uses_io_binding(device: torch.device | str, active_providers: list[str]) -> bool:
+    """IO binding on the GPU only when the session really runs on a GPU provider."""
+    return (
+        torch.device(device).type == "cuda" and bool(active_providers) and active_providers[0] != "CPUExecutionProvider"
+    )
+
+
+def dropped_providers(requested: list[str], active: list[str]) -> list[str]:
+    """Providers asked for that the session does not use (ORT fell back without raising)."""
+    return [p for p in requested if p not in active]
+
+
 class OnnxRuntimeBackend(Backend):
     """Runs `onnx_path` with ONNX Runtime; called like the torch denoiser it was exported from."""
 
@@ -72,18 +88,30 @@ class OnnxRuntimeBackend(Backend):
     ):
         ort = require("onnxruntime", extra="onnx", purpose="the onnxruntime backend")
         self.path = Path(onnx_path)
-        self.providers = list(providers) if providers else choose_providers(device)
-        self.on_gpu = torch.device(device).type == "cuda" and self.providers[0] != "CPUExecutionProvider"
+        requested = list(providers) if providers else choose_providers(device)
+        gpu_asked = torch.device(device).type == "cuda" and any(p != "CPUExecutionProvider" for p in requested)
+        self._side = SideStream(device) if gpu_asked else None
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: ORT's warnings repeat what the checker said
         # One pool of threads the size torch uses, so OMP_NUM_THREADS caps both.
         options.intra_op_num_threads = threads or torch.get_num_threads()
         trt = {"batch_sizes": batch_sizes, "cache_dir": trt_cache_dir, "fp16": trt_fp16}
-        provider_options = [self._provider_options(p, device, spec, **trt) for p in self.providers]
+        stream = self._side.handle if self._side is not None else None
+        provider_options = [self._provider_options(p, device, spec, stream=stream, **trt) for p in requested]
         self.session = ort.InferenceSession(
-            str(self.path), options, providers=self.providers, provider_options=provider_options
+            str(self.path), options, providers=requested, provider_options=provider_options
         )
+        self.requested_providers = requested
+        self.providers = list(self.session.get_providers())
+        dropped = dropped_providers(requested, self.providers)
+        if dropped:
+            log.warning(
+                "onnxruntime could not use %s for %s (a missing CUDA/cuDNN/TensorRT library is the usual cause; "
+                "its own log says which) and runs it with %s instead",
+                dropped, self.path.name, self.providers,
+            )  # fmt: skip
+        self.on_gpu = uses_io_binding(device, self.providers)
         self.io_types = {i.name: _onnx_type(i.type, i.name) for i in self.session.get_inputs()}
         self.out_type = _onnx_type(self.session.get_outputs()[0].type, OUTPUT_NAME)
         super().__init__(spec, device=device, dtype=self.io_types["x_t"][0])
@@ -92,15 +120,16 @@ class OnnxRuntimeBackend(Backend):
             raise ValueError(f"{self.path} has no input(s) {sorted(missing)}; re-export it with fastgen export")
 
     @staticmethod
-    def _provider_options(provider, device, spec: IOSpec, *, batch_sizes, cache_dir, fp16: bool) -> dict[str, Any]:
+    def _provider_options(
+        provider, device, spec: IOSpec, *, stream: int | None, batch_sizes, cache_dir, fp16: bool
+    ) -> dict[str, Any]:
         device = torch.device(device)
         if provider == "CPUExecutionProvider" or device.type != "cuda":
             return {}
         index = device.index if device.index is not None else torch.cuda.current_device()
-        stream = str(torch.cuda.current_stream(device).cuda_stream)
+        options: dict[str, Any] = {"device_id": index, "user_compute_stream": check_stream_handle(stream or 0)}
         if provider == "CUDAExecutionProvider":
-            return {"device_id": index, "user_compute_stream": stream}
-        options: dict[str, Any] = {"device_id": index, "user_compute_stream": stream}
+            return options
         if fp16:
             options["trt_fp16_enable"] = True  # fp16 graphs: let TensorRT pick fp16 kernels
         if cache_dir is not None:
@@ -125,19 +154,25 @@ class OnnxRuntimeBackend(Backend):
         return torch.from_numpy(out).to(self.device)
 
     def _run_bound(self, feed: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Inputs and output bound in place on the GPU (no host round trip)."""
-        binding = self.session.io_binding()
-        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        for name, value in feed.items():
-            binding.bind_input(name, "cuda", index, self.io_types[name][1], tuple(value.shape), value.data_ptr())
-        batch = feed["x_t"].shape[0]
-        out = torch.empty(self.spec.output.full_shape(batch), dtype=self.out_type[0], device=self.device)
-        binding.bind_output(OUTPUT_NAME, "cuda", index, self.out_type[1], tuple(out.shape), out.data_ptr())
-        self.session.run_with_iobinding(binding)
+        """Inputs and output bound in place on the GPU (no host round trip), run on the backend's
+        own stream after torch's writes, with the model's device current."""
+        with device_guard(self.device):
+            binding = self.session.io_binding()
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            for name, value in feed.items():
+                binding.bind_input(name, "cuda", index, self.io_types[name][1], tuple(value.shape), value.data_ptr())
+            batch = feed["x_t"].shape[0]
+            out = torch.empty(self.spec.output.full_shape(batch), dtype=self.out_type[0], device=self.device)
+            binding.bind_output(OUTPUT_NAME, "cuda", index, self.out_type[1], tuple(out.shape), out.data_ptr())
+            with self._side.ordered():
+                self.session.run_with_iobinding(binding)
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "providers": self.providers, "io_binding": self.on_gpu}
+        return {
+            **super().describe(), "providers": self.providers, "requested_providers": self.requested_providers,
+            "io_binding": self.on_gpu,
+        }  # fmt: skip
 
 
 def _onnx_type(type_name: str, tensor: str) -> tuple[torch.dtype, Any]:

@@ -1,8 +1,10 @@
 """The TensorRT backend: a serialized engine run with torch tensors as its buffers.
 
 Inputs are cast to the engine's I/O dtypes and made contiguous, their device pointers are set as
-tensor addresses, the output is allocated by torch, and the engine runs on torch's current CUDA
-stream, so the result is ordered with the engine's other work without any host synchronisation.
+tensor addresses, the output is allocated by torch, and the engine runs on a stream of the
+backend's own (`SideStream`: TensorRT adds synchronisations on the default stream), ordered after
+torch's current stream and waited on by it, with the model's device made current, so the result
+is ordered with torch's work without any host synchronisation.
 Batches above the profile's max are split by the base class; batches below its min are padded.
 
 Written against the TensorRT 10 API; not run here (no TensorRT where this was developed and
@@ -19,6 +21,8 @@ import torch
 
 from fastgen.backends.base import Backend
 from fastgen.backends.spec import OUTPUT_NAME, IOSpec
+from fastgen.backends.streams import SideStream
+from fastgen.kernels.devices import device_guard
 from fastgen.optional import require
 
 log = logging.getLogger(__name__)
@@ -78,8 +82,13 @@ class TensorRTBackend(Backend):
         super().__init__(spec, device=device, dtype=self.io_dtypes["x_t"])
         self.batch_sizes = batch_sizes
         self.max_batch = batch_sizes[2]
+        self._side = SideStream(device)
 
     def _run(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        with device_guard(self.device):  # the context and its stream belong to the model's GPU
+            return self._run_on_device(x_t, t, cond)
+
+    def _run_on_device(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         batch, low = x_t.shape[0], self.batch_sizes[0]
         inputs = (x_t, t, cond)
         if batch < low:  # below the profile: pad with copies of the last row, drop them after
@@ -92,9 +101,9 @@ class TensorRTBackend(Backend):
         out_shape = tuple(self.context.get_tensor_shape(OUTPUT_NAME))
         out = torch.empty(out_shape, dtype=self.io_dtypes[OUTPUT_NAME], device=self.device)
         self.context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT failed to run {self.path} at batch {bound[0].shape[0]}")
+        with self._side.ordered() as stream:
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError(f"TensorRT failed to run {self.path} at batch {bound[0].shape[0]}")
         return out[:batch]
 
     def describe(self) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -166,6 +165,22 @@ def _single_data_file(path: Path, external: bool, *, written: set[Path]) -> None
         onnx.save_model(model, str(path))
 
 
+def max_relative_difference(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The largest |got - want| relative to max(1, max |want|); infinite when `got` is not finite
+    where `want` is, or has another shape (a NaN must never compare as a small difference:
+    `max(0.0, nan)` is 0.0)."""
+    got, want = got.float(), want.float()
+    if got.shape != want.shape:
+        return float("inf")
+    finite = torch.isfinite(want)
+    got, want = got[finite], want[finite]
+    if not bool(torch.isfinite(got).all()):
+        return float("inf")
+    if want.numel() == 0:
+        return 0.0
+    return float((got - want).abs().max()) / max(1.0, float(want.abs().max()))
+
+
 def verify_onnx(
     path: str | Path,
     denoiser: nn.Module,
@@ -189,10 +204,8 @@ def verify_onnx(
         inputs = spec.dummy_inputs(batch, dtype=dtype, device=device, seed=100 + seed)
         with torch.no_grad():
             want = denoiser(*inputs).float()
-        got = backend(*inputs).float()
-        scale = max(1.0, float(want.abs().max()))
-        diff = float((got - want).abs().max()) / scale
-        worst = max(worst, diff if np.isfinite(diff) else float("inf"))
+        diff = max_relative_difference(backend(*inputs), want)
+        worst = max(worst, diff)
         if not worst <= tolerance:
             raise ExportParityError(
                 f"ONNX export of {spec.family} model differs from torch at batch {batch}: max "

@@ -25,7 +25,14 @@ from fastgen.export.cache import (
     library_versions,
     weights_fingerprint,
 )
-from fastgen.export.onnx_export import ONNX_FILE, export_onnx, module_dtype, parity_tolerance, verify_onnx
+from fastgen.export.onnx_export import (
+    ONNX_FILE,
+    export_onnx,
+    max_relative_difference,
+    module_dtype,
+    parity_tolerance,
+    verify_onnx,
+)
 from fastgen.export.tensorrt_build import PLAN_FILE, build_engine, import_tensorrt
 
 log = logging.getLogger(__name__)
@@ -82,11 +89,15 @@ def ensure_onnx(
     exporter: str = "dynamo",
     verify: bool = True,
 ) -> ExportResult:
-    """The cached ONNX export of `denoiser`, exported (and verified against torch) on a miss."""
+    """The cached ONNX export of `denoiser`, exported on a miss and, with `verify`, checked
+    against torch with ONNX Runtime. An export cached unverified (made for a TensorRT engine,
+    which is verified itself and needs no ONNX Runtime) is verified when first asked for."""
     key = onnx_key(denoiser, spec, model=str(model), exporter=exporter)
     found = cache.lookup(key)
     if found is not None:
         log.info("ONNX export found in the cache: %s", found)
+        if verify and "parity_max_rel_diff" not in _read_meta(found):
+            verify_onnx(found / ONNX_FILE, denoiser, spec)
         return ExportResult(found / ONNX_FILE, key, built=False)
 
     def build(folder: Path) -> dict:
@@ -98,6 +109,14 @@ def ensure_onnx(
     log.info("exporting %s to ONNX (%s exporter)", model, exporter)
     folder = cache.build(key, build)
     return ExportResult(folder / ONNX_FILE, key, built=True)
+
+
+def engine_source(denoiser: nn.Module, spec: IOSpec, *, model: str | Path, cache: ExportCache, exporter: str):
+    """The ONNX export an engine is built from, unverified: the engine itself is verified against
+    torch, so this step needs no ONNX Runtime (the `tensorrt` extra does not install it) and
+    takes any dtype TensorRT builds, bf16 included, which ONNX Runtime would refuse. A failure
+    after it (engine build or verification) leaves the export cached for the next try."""
+    return ensure_onnx(denoiser, spec, model=model, cache=cache, exporter=exporter, verify=False)
 
 
 def ensure_engine(
@@ -124,7 +143,7 @@ def ensure_engine(
     if found is not None:
         log.info("TensorRT engine found in the cache: %s", found)
         return ExportResult(found / PLAN_FILE, ExportKey.from_dict(_meta_key(found)), built=False)
-    onnx = ensure_onnx(denoiser, spec, model=model, cache=cache, exporter=exporter, verify=verify)
+    onnx = engine_source(denoiser, spec, model=model, cache=cache, exporter=exporter)
     timing = cache.root / f"timing-{key.compute_capability}-trt{key.versions['tensorrt']}.cache"
 
     def build(folder: Path) -> dict:
@@ -155,8 +174,7 @@ def verify_engine(plan: Path, denoiser: nn.Module, spec: IOSpec, batch_sizes: tu
         inputs = spec.dummy_inputs(batch, dtype=dtype, device=device, seed=200 + seed)
         with torch.no_grad():
             want = denoiser(*inputs).float()
-        diff = float((backend(*inputs).float() - want).abs().max()) / max(1.0, float(want.abs().max()))
-        worst = max(worst, diff)
+        worst = max(worst, max_relative_difference(backend(*inputs), want))  # inf on NaN output
     tolerance = parity_tolerance(dtype, gpu=True)
     if not worst <= tolerance:
         raise RuntimeError(
@@ -166,10 +184,14 @@ def verify_engine(plan: Path, denoiser: nn.Module, spec: IOSpec, batch_sizes: tu
     return worst
 
 
-def _meta_key(folder: Path) -> dict:
+def _read_meta(folder: Path) -> dict:
     import json
 
-    return json.loads((folder / "meta.json").read_text(encoding="utf-8"))["key"]
+    return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+
+
+def _meta_key(folder: Path) -> dict:
+    return _read_meta(folder)["key"]
 
 
 def export_model(
