@@ -89,9 +89,37 @@ def test_out_of_memory_splits_the_batch_and_remembers_the_size(clean, images, ca
     assert faulty.raised == 0
 
 
+class FixedShapeOutOfMemoryAbove(OutOfMemoryAbove):
+    """As a compiled / CUDA-graph denoiser declares itself: it wants one batch shape."""
+
+    shares_prefix = False
+    wants_fixed_batch = True
+    max_batch = None
+
+
+def test_out_of_memory_at_a_fixed_batch_shrinks_the_fixed_size(clean, images, caplog):
+    """Splitting rows cannot help a fixed-batch denoiser (each piece is padded back to the size
+    that failed): the fixed size itself is halved, and results stay those of a clean run."""
+    clf, reference = clean
+    faulty = FixedShapeOutOfMemoryAbove(clf.adapter.denoiser, limit=5)
+    clf.denoise = faulty
+    with caplog.at_level(logging.WARNING, logger="fastgen.engine.padding"):
+        results = clf.classify(images[:4])
+    _assert_same(results, reference)
+    assert faulty.sizes[:3] == [16, 8, 4] and faulty.raised == 2
+    assert set(faulty.sizes[2:]) == {4}  # one shape from then on: one recompile, not one per size
+    assert "fixed batch size 16" in caplog.text
+    faulty.raised, faulty.sizes = 0, []  # remembered across calls: no failing size again
+    _assert_same(clf.classify(images[:4]), reference)
+    assert faulty.raised == 0 and set(faulty.sizes) == {4}
+
+
 def test_out_of_memory_on_one_row_is_raised_with_advice(clean, images):
     clf, _ = clean
     clf.denoise = OutOfMemoryAbove(clf.adapter.denoiser, limit=0)
+    with pytest.raises(torch.OutOfMemoryError, match="single row"):
+        clf.classify(images[:1])
+    clf.denoise = FixedShapeOutOfMemoryAbove(clf.adapter.denoiser, limit=0)
     with pytest.raises(torch.OutOfMemoryError, match="single row"):
         clf.classify(images[:1])
 

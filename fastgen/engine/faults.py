@@ -39,7 +39,7 @@ def _default_fp32_source(denoise: Denoiser) -> Callable[[], Denoiser] | None:
     return None
 
 
-def _release_cached_memory() -> None:
+def release_cached_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -74,6 +74,7 @@ class DenoiseGuard:
         self._fp32_source = fp32_source
         self._fp32: Denoiser | None = None
         self.max_rows: dict[torch.dtype, int] = {}  # largest chunk known to fit, per input dtype
+        self.fixed_batch_limit: int | None = None  # a fixed-batch denoiser's size known to fit
         self.oom_splits = 0
 
     @classmethod
@@ -128,6 +129,6 @@ class DenoiseGuard:
             size = max(1, (end - start) // 2)
             self.max_rows[x_t.dtype] = size
             self.oom_splits += 1
-            _release_cached_memory()
+            release_cached_memory()
             log.warning("out of memory on %d denoiser rows; retrying in chunks of %d", end - start, size)
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)

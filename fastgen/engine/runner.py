@@ -25,6 +25,7 @@ from fastgen.engine.planner import Batch, RowQueue
 from fastgen.engine.policies import Policy
 from fastgen.engine.result import ImageResult
 from fastgen.engine.sampling import NoiseBank, SamplePlan
+from fastgen.engine.transfer import stage
 from fastgen.inputs.classes import ClassSpec
 from fastgen.losses import target_coefficients
 from fastgen.models.base import Adapter
@@ -66,19 +67,27 @@ class _Job:
 
 @dataclass
 class _BatchInputs:
-    """Everything about a batch except the precision it is run at."""
+    """Everything about a batch except the precision it is run at, on the device: the index and
+    coefficient vectors are computed on the host and staged in one copy per dtype before the
+    denoiser is launched (`fastgen.engine.transfer`)."""
 
-    timesteps: torch.Tensor  # [R] int64, CPU
-    abar: torch.Tensor  # [R] float64, CPU
     eps_bank: torch.Tensor
-    slot: torch.Tensor
-    sample: torch.Tensor
-    cond: torch.Tensor
+    cond: torch.Tensor  # [R, ...] the rows' prompt conditions
+    slot: torch.Tensor  # [R] row -> x0 bank slot
+    sample: torch.Tensor  # [R] row -> noise sample
+    timesteps: torch.Tensor  # [R] int64
+    sqrt_abar: torch.Tensor  # [R] fp32, sqrt(abar_t) and sqrt(1 - abar_t): the noising coefficients
+    sqrt_one_minus_abar: torch.Tensor
+    target_a: torch.Tensor  # [R] fp32: target = a * x0 + b * eps
+    target_b: torch.Tensor
+    weight: torch.Tensor  # [R] fp32 per-row timestep weight
     # Each distinct (image, sample) pair once, and every row's index into them: a denoiser that
     # shares its class-independent prefix runs that prefix once per distinct pair.
     distinct_slot: torch.Tensor
     distinct_sample: torch.Tensor
-    distinct_timesteps: torch.Tensor  # CPU
+    distinct_timesteps: torch.Tensor
+    distinct_sqrt_abar: torch.Tensor
+    distinct_sqrt_one_minus_abar: torch.Tensor
     rows: torch.Tensor
 
 
@@ -104,7 +113,9 @@ class Engine:
         `units` the classes followed by the policy's extra units, with `conditions` encoding
         `units`' prompts; `plan` and `noise` may be passed in to reuse their caches."""
         denoise = as_denoiser(denoise)
-        self.denoise = fixed_batch_if_wanted(denoise, config.batch_size)  # pads for CUDA graphs / compile
+        self.guard = guard if guard is not None else DenoiseGuard.for_denoiser(denoise)
+        # Pads for CUDA graphs / compile; a fixed size shrunk by an earlier out-of-memory is kept.
+        self.denoise = fixed_batch_if_wanted(denoise, config.batch_size, guard=self.guard)
         self.conditions = conditions
         self.class_names = classes.names
         self.policy = policy if policy is not None else config.policy.bind(classes.names)
@@ -119,7 +130,6 @@ class Engine:
         self.batch_size = config.batch_size
         self.device = torch.device(model.device)
         self.dtype = model.dtype
-        self.guard = guard if guard is not None else DenoiseGuard.for_denoiser(denoise)
         self.x0_shape = tuple(model.x0_shape)
         self._x0_bank = torch.empty((0, *self.x0_shape), device=self.device)
         self._free_slots: list[int] = []
@@ -166,42 +176,44 @@ class Engine:
     def _batch_inputs(self, batch: Batch) -> _BatchInputs:
         n_needed = int(batch.sample.max()) + 1
         timesteps = self.plan.timesteps(n_needed)[batch.sample]
-        eps_bank = self.noise.ensure(n_needed)
         abar = self.alphas_cumprod[timesteps]
-        slot, sample = batch.slot.to(self.device), batch.sample.to(self.device)
-        cond = self.conditions[batch.prompt.to(self.conditions.device)]
+        a, b = target_coefficients(self.prediction_type, abar)
         distinct, rows = torch.unique(batch.slot * n_needed + batch.sample, return_inverse=True)
         distinct_slot, distinct_sample = distinct // n_needed, distinct % n_needed
-        return _BatchInputs(
-            timesteps, abar, eps_bank, slot, sample, cond, distinct_slot.to(self.device),
-            distinct_sample.to(self.device), self.plan.timesteps(n_needed)[distinct_sample], rows.to(self.device),
-        )  # fmt: skip
+        distinct_timesteps = self.plan.timesteps(n_needed)[distinct_sample]
+        distinct_abar = self.alphas_cumprod[distinct_timesteps]
+        host = {
+            "slot": batch.slot, "sample": batch.sample, "prompt": batch.prompt, "timesteps": timesteps,
+            "sqrt_abar": abar.sqrt().float(), "sqrt_one_minus_abar": (1 - abar).sqrt().float(),
+            "target_a": a.float(), "target_b": b.float(), "weight": self.plan.weight(timesteps).float(),
+            "distinct_slot": distinct_slot, "distinct_sample": distinct_sample,
+            "distinct_timesteps": distinct_timesteps, "distinct_sqrt_abar": distinct_abar.sqrt().float(),
+            "distinct_sqrt_one_minus_abar": (1 - distinct_abar).sqrt().float(), "rows": rows,
+        }  # fmt: skip
+        staged = stage(host, self.device)
+        prompt = staged.pop("prompt")
+        cond = self.conditions[prompt.to(self.conditions.device)]
+        return _BatchInputs(eps_bank=self.noise.ensure(n_needed), cond=cond, **staged)
 
     def _batch_errors(self, inputs: _BatchInputs, denoise: Denoiser, dtype: torch.dtype) -> torch.Tensor:
         """Per-row errors [R] (fp32, CPU) of one denoiser pass over the batch at `dtype`."""
-        abar = inputs.abar
-        to_dev = lambda v: v.float().to(self.device)
         cond = inputs.cond.to(dtype) if torch.is_floating_point(inputs.cond) else inputs.cond
         if denoise.shares_prefix:
             # Noise each distinct (image, sample) pair once; the denoiser gathers per row.
-            timesteps = inputs.distinct_timesteps
-            distinct_abar = self.alphas_cumprod[timesteps]
             x_t = ops.noised_batch(
                 self._x0_bank, inputs.eps_bank, inputs.distinct_slot, inputs.distinct_sample,
-                to_dev(distinct_abar.sqrt()), to_dev((1 - distinct_abar).sqrt()), dtype,
+                inputs.distinct_sqrt_abar, inputs.distinct_sqrt_one_minus_abar, dtype,
             )  # fmt: skip
-            prediction = self.guard(denoise, x_t, timesteps.to(self.device), cond, rows=inputs.rows)
+            prediction = self.guard(denoise, x_t, inputs.distinct_timesteps, cond, rows=inputs.rows)
         else:
             x_t = ops.noised_batch(
-                self._x0_bank, inputs.eps_bank, inputs.slot, inputs.sample, to_dev(abar.sqrt()),
-                to_dev((1 - abar).sqrt()), dtype,
+                self._x0_bank, inputs.eps_bank, inputs.slot, inputs.sample, inputs.sqrt_abar,
+                inputs.sqrt_one_minus_abar, dtype,
             )  # fmt: skip
-            prediction = self.guard(denoise, x_t, inputs.timesteps.to(self.device), cond)
-        a, b = target_coefficients(self.prediction_type, abar)
-        weight = self.plan.weight(inputs.timesteps)
+            prediction = self.guard(denoise, x_t, inputs.timesteps, cond)
         return ops.prediction_errors(
-            prediction, self._x0_bank, inputs.eps_bank, inputs.slot, inputs.sample, to_dev(a),
-            to_dev(b), to_dev(weight), self.config.loss,
+            prediction, self._x0_bank, inputs.eps_bank, inputs.slot, inputs.sample, inputs.target_a,
+            inputs.target_b, inputs.weight, self.config.loss,
         ).cpu()  # fmt: skip
 
     def _recompute_in_fp32(self, inputs: _BatchInputs, errors: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,58 @@
+"""The torch path's GPU-only choices, checked on CPU through the logic that makes them: no device
+value read in the per-call input check, one staged copy per dtype for a batch's small tensors,
+and which compile settings imply CUDA graphs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastgen.backends.spec import adapter_spec
+from fastgen.engine import transfer
+from fastgen.models import load_adapter
+
+
+def test_the_input_check_reads_no_device_values(model_dirs):
+    """Meta tensors have shapes but no values: reading one (as rows.min() on a GPU would, with a
+    host sync) raises. The check must pass on them, and still reject bad host rows."""
+    spec = adapter_spec(load_adapter(model_dirs["latent-text"]))
+    x_t, t, cond = spec.dummy_inputs(3, dtype=torch.float32, device="cpu", seed=1)
+    rows = torch.tensor([0, 2, 2, 1, 0])
+    cond_rows = cond[:1].expand(5, *cond.shape[1:])
+    meta = lambda v: v.to("meta")
+    assert spec.check(meta(x_t), meta(t), meta(cond_rows), meta(rows)) == 5
+    assert spec.check(x_t, t, cond_rows, rows) == 5
+    with pytest.raises(ValueError, match="indices below 3"):
+        spec.check(x_t, t, cond_rows, torch.tensor([0, 3, 1, 1, 0]))
+    with pytest.raises(ValueError, match="has shape"):
+        spec.check(meta(x_t), meta(t), meta(cond), meta(rows))  # shapes are still checked
+
+
+def test_staging_packs_one_copy_per_dtype_and_keeps_values():
+    g = torch.Generator().manual_seed(3)
+    host = {
+        "slot": torch.randint(0, 9, (7,), generator=g),
+        "coef": torch.rand(7, generator=g, dtype=torch.float64).float(),
+        "weight": torch.rand(7, generator=g),
+        "grid": torch.randint(0, 5, (2, 3), generator=g),
+    }
+    copies = []
+    real_to = torch.Tensor.to
+
+    def counting_to(self, *args, **kwargs):
+        copies.append(self.dtype)
+        return real_to(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.Tensor, "to", counting_to)
+        # The GPU path's packing, run to the CPU here.
+        packed = transfer._packed_copy(host, torch.device("cpu"), pin=False)
+    assert sorted(copies, key=str) == sorted([torch.int64, torch.float32], key=str)  # one per dtype
+    for name, value in host.items():
+        assert packed[name].dtype == value.dtype and torch.equal(packed[name], value)
+    assert transfer.stage(host, "cpu") == host  # on the CPU nothing is copied
+
+
+def test_pinning_is_chosen_for_cuda_only():
+    assert not transfer.pins_for(torch.device("cpu"))
+    assert transfer.pins_for(torch.device("cuda")) == torch.cuda.is_available()
