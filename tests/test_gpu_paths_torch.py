@@ -56,3 +56,37 @@ def test_staging_packs_one_copy_per_dtype_and_keeps_values():
 def test_pinning_is_chosen_for_cuda_only():
     assert not transfer.pins_for(torch.device("cpu"))
     assert transfer.pins_for(torch.device("cuda")) == torch.cuda.is_available()
+
+
+def test_graph_compile_modes_clone_outputs_even_without_cuda_graphs():
+    from fastgen.backends.torch_backend import compile_settings
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    common = {"compile": True, "backend": "inductor"}
+    # inductor captures CUDA graphs in these modes whatever cuda_graphs says: outputs must be cloned
+    assert compile_settings(cuda_graphs=False, mode="reduce-overhead", device=cuda, **common) == (
+        "reduce-overhead",
+        True,
+    )
+    assert compile_settings(cuda_graphs=False, mode="max-autotune", device=cuda, **common) == ("max-autotune", True)
+    assert compile_settings(cuda_graphs=True, mode=None, device=cuda, **common) == ("reduce-overhead", True)
+    assert compile_settings(cuda_graphs=False, mode="max-autotune-no-cudagraphs", device=cuda, **common)[1] is False
+    assert compile_settings(cuda_graphs=False, mode="reduce-overhead", device=cpu, **common)[1] is False
+    assert compile_settings(compile=False, cuda_graphs=True, mode=None, backend="inductor", device=cuda)[1] is False
+    with pytest.raises(ValueError, match="uses compile_mode 'reduce-overhead'"):
+        compile_settings(cuda_graphs=True, mode="default", device=cuda, **common)
+
+
+def test_non_inductor_backends_get_no_mode(model_dirs):
+    from fastgen.backends.torch_backend import TorchBackend, compile_settings
+
+    cuda = torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="takes no mode"):
+        compile_settings(compile=True, cuda_graphs=True, mode=None, backend="eager", device=cuda)
+    with pytest.raises(ValueError, match="is an inductor setting"):
+        compile_settings(compile=True, cuda_graphs=False, mode="reduce-overhead", backend="aot_eager", device=cuda)
+    adapter = load_adapter(model_dirs["label-unet"])
+    backend = TorchBackend(adapter.denoiser, adapter_spec(adapter), compile=True, compile_backend="eager")
+    assert backend._compile_kwargs == {"backend": "eager", "dynamic": False}  # torch.compile is lazy: no compile yet
+    inductor = TorchBackend(adapter.denoiser, adapter_spec(adapter), compile=True, freezing=False)
+    assert inductor._compile_kwargs["mode"] is None and "options" in inductor._compile_kwargs

@@ -79,6 +79,38 @@ def use_xformers(module: nn.Module) -> int:
     return len(changed)
 
 
+# Compile modes in which inductor captures CUDA graphs itself, on a CUDA device.
+INDUCTOR_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compile_settings(
+    *, compile: bool, cuda_graphs: bool, mode: str | None, backend: str, device: torch.device
+) -> tuple[str | None, bool]:
+    """(the compile mode to use, whether compiled outputs live in CUDA-graph buffers that the
+    next call overwrites). `cuda_graphs=True` with compile means inductor's graphs, so it needs
+    the inductor backend; a graph mode asked for without `cuda_graphs` still captures graphs."""
+    if not compile:
+        return mode, False
+    if backend != "inductor":
+        if cuda_graphs:
+            raise ValueError(
+                f"cuda_graphs=True with compile=True captures the graphs through inductor's compile modes, "
+                f"and compile_backend={backend!r} takes no mode: use compile_backend='inductor', or "
+                "compile=False with cuda_graphs=True (fastgen captures the graphs itself)"
+            )
+        if mode is not None:
+            raise ValueError(f"compile_mode={mode!r} is an inductor setting; compile_backend={backend!r} takes none")
+        return None, False
+    if cuda_graphs:
+        if mode not in (None, *INDUCTOR_GRAPH_MODES):
+            raise ValueError(
+                f"cuda_graphs=True with compile=True uses compile_mode 'reduce-overhead' or "
+                f"'max-autotune' (inductor captures the graphs); got compile_mode={mode!r}"
+            )
+        mode = mode or "reduce-overhead"
+    return mode, torch.device(device).type == "cuda" and mode in INDUCTOR_GRAPH_MODES
+
+
 class TorchBackend(Backend):
     """`denoiser` (an adapter's module) in eager mode, compiled, and/or as CUDA graphs."""
 
@@ -118,7 +150,9 @@ class TorchBackend(Backend):
         self.attention, self.fuse_qkv = attention, fuse_qkv and attention == "sdpa"
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
         self.compile, self.cuda_graphs = compile, cuda_graphs
-        self.compile_mode = self._compile_mode(compile_mode)
+        self.compile_mode, self.inductor_graphs = compile_settings(
+            compile=compile, cuda_graphs=cuda_graphs, mode=compile_mode, backend=compile_backend, device=self.device
+        )
         self.compile_backend = compile_backend
         # Freezing folds the weights into the compiled graph as constants, which lets inductor
         # pre-pack them for oneDNN on CPU; the weights must then not change, as in inference.
@@ -146,18 +180,7 @@ class TorchBackend(Backend):
             return Threads(self.threads)
         # Compiled with CUDA graphs, inductor owns the output buffers and the next replay
         # overwrites them: clone before handing them on.
-        return Direct(clone_outputs=self.cuda_graphs)
-
-    def _compile_mode(self, mode: str | None) -> str | None:
-        if not (self.compile and self.cuda_graphs):
-            return mode
-        # With compile, inductor captures the graphs itself ("reduce-overhead").
-        if mode not in (None, "reduce-overhead", "max-autotune"):
-            raise ValueError(
-                f"cuda_graphs=True with compile=True uses compile_mode 'reduce-overhead' or "
-                f"'max-autotune' (inductor captures the graphs); got compile_mode={mode!r}"
-            )
-        return mode or "reduce-overhead"
+        return Direct(clone_outputs=self.inductor_graphs)
 
     def _prepare(self) -> None:
         if self.attention == "sdpa":
@@ -181,7 +204,9 @@ class TorchBackend(Backend):
                 from torch._inductor import list_mode_options
 
                 options, mode = {**(list_mode_options(mode) if mode else {}), "freezing": True}, None
-            self._compile_kwargs = {"mode": mode, "backend": self.compile_backend, "dynamic": False, "options": options}
+            self._compile_kwargs = {"backend": self.compile_backend, "dynamic": False}
+            if self.compile_backend == "inductor":  # other backends reject inductor's mode/options
+                self._compile_kwargs.update(mode=mode, options=options)
             self._forward = torch.compile(self.module, **self._compile_kwargs)
             if self.shares_prefix:
                 self._suffix = torch.compile(self.module.split.suffix, **self._compile_kwargs)
