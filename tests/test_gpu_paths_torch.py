@@ -90,3 +90,46 @@ def test_non_inductor_backends_get_no_mode(model_dirs):
     assert backend._compile_kwargs == {"backend": "eager", "dynamic": False}  # torch.compile is lazy: no compile yet
     inductor = TorchBackend(adapter.denoiser, adapter_spec(adapter), compile=True, freezing=False)
     assert inductor._compile_kwargs["mode"] is None and "options" in inductor._compile_kwargs
+
+
+def test_timing_the_denoiser_adds_no_synchronisation(model_dirs, monkeypatch):
+    from fastgen.eval import benchmark
+
+    synced = []
+    monkeypatch.setattr(benchmark, "synchronize", lambda device: synced.append(device))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: synced.append("cuda"))
+    adapter = load_adapter(model_dirs["latent-text"])
+    spec = adapter_spec(adapter)
+    timed = benchmark.TimedDenoise(adapter.denoiser, torch.device("cpu"))
+    with torch.inference_mode():
+        for batch in (3, 5):
+            x_t, t, cond = spec.dummy_inputs(batch, dtype=torch.float32, device="cpu", seed=batch)
+            timed(x_t, t, cond)
+    assert synced == [] and timed.calls == 2 and timed.rows == 8 and timed.distinct_inputs == 8
+    assert timed.seconds > 0
+
+
+def test_shared_prefix_flops_are_counted_once_per_distinct_input(model_dirs):
+    from fastgen import DiffusionClassifier
+    from fastgen.eval.benchmark import executed_flops_per_row, flops_per_eval
+
+    assert executed_flops_per_row(100.0, 10.0, rows=40, distinct_inputs=4) == pytest.approx(91.0)
+    assert executed_flops_per_row(100.0, 10.0, rows=40, distinct_inputs=40) == 100.0
+    assert executed_flops_per_row(100.0, 0.0, rows=40, distinct_inputs=4) == 100.0
+    clf = DiffusionClassifier.from_pretrained(model_dirs["latent-text"], classes=["cat", "dog"], device="cpu")
+    assert clf.adapter.denoiser.shares_prefix
+    full, prefix = flops_per_eval(clf), flops_per_eval(clf, prefix_only=True)
+    assert 0 < prefix < full
+
+
+def test_gpu_memory_of_onnxruntime_and_tensorrt_is_measured_device_wide():
+    from types import SimpleNamespace
+
+    from fastgen.eval.benchmark import has_own_allocator, memory_measure
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for name in ("onnxruntime", "tensorrt"):
+        assert has_own_allocator(SimpleNamespace(name=name))
+        assert "every allocator" in memory_measure(cuda, SimpleNamespace(name=name))
+    assert memory_measure(cuda, SimpleNamespace(name="torch")) == "torch allocator peak"
+    assert "resident" in memory_measure(cpu, SimpleNamespace(name="onnxruntime"))  # RSS sees every arena

@@ -15,6 +15,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,25 +32,41 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@dataclass
 class TimedDenoise:
-    """Wraps a denoiser to add up the seconds spent inside it (device synchronized)."""
+    """Wraps a denoiser to add up the time spent inside it, without synchronising per call.
 
-    denoise: Callable
-    device: torch.device
-    seconds: float = 0.0
-    calls: int = 0
-    rows: int = 0
+    On CUDA each call is bracketed by two timing events on the current stream and the elapsed
+    times are read once, when `seconds` is asked for: a host sync per call would itself starve
+    the GPU and change what is measured. Off CUDA calls are synchronous and the host clock is
+    exact. Also counts calls, rows, and distinct inputs (what a shared prefix runs on)."""
+
+    def __init__(self, denoise: Callable, device: torch.device):
+        self.denoise, self.device = denoise, torch.device(device)
+        self.calls = self.rows = self.distinct_inputs = 0
+        self._host_seconds = 0.0
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
     def __call__(self, x_t, t, cond, *rows):
-        synchronize(self.device)
-        start = time.perf_counter()
-        out = self.denoise(x_t, t, cond, *rows)
-        synchronize(self.device)
-        self.seconds += time.perf_counter() - start
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = self.denoise(x_t, t, cond, *rows)
+            end.record()
+            self._events.append((start, end))
+        else:
+            began = time.perf_counter()
+            out = self.denoise(x_t, t, cond, *rows)
+            self._host_seconds += time.perf_counter() - began
         self.calls += 1
         self.rows += cond.shape[0]
+        self.distinct_inputs += x_t.shape[0]
         return out
+
+    @property
+    def seconds(self) -> float:
+        if self._events:
+            self._events[-1][1].synchronize()  # the one sync: after the last call
+        return self._host_seconds + sum(s.elapsed_time(e) for s, e in self._events) / 1000
 
     def __getattr__(self, name: str):
         # Whatever the engine asks of a denoiser (wants_fixed_batch, ...) is the wrapped one's.
@@ -104,11 +121,30 @@ def _resident_peak(pid: int | str) -> int | None:
     return None
 
 
-def peak_memory(device: torch.device, pids: tuple[int, ...] = ()) -> int:
-    """Peak device memory on GPU; on CPU the peak resident memory of this process plus that of
-    each of `pids` (the backend's worker processes), in bytes."""
+def has_own_allocator(denoise: Any) -> bool:
+    """Whether the denoiser keeps GPU memory outside torch's allocator (ONNX Runtime's arena,
+    TensorRT's engine and activations), which `torch.cuda.max_memory_allocated` cannot see."""
+    return getattr(denoise, "name", None) in ("onnxruntime", "tensorrt")
+
+
+def memory_measure(device: torch.device, denoise: Any = None) -> str:
+    """What `peak_memory` reports for this device and denoiser, recorded next to the figure."""
+    if device.type != "cuda":
+        return "peak resident set, this process plus worker processes"
+    if has_own_allocator(denoise):
+        return "device memory in use after the run (every allocator, CUDA context included), or torch's peak if higher"
+    return "torch allocator peak"
+
+
+def peak_memory(device: torch.device, pids: tuple[int, ...] = (), denoise: Any = None) -> int:
+    """Peak device memory on GPU (see `memory_measure`); on CPU the peak resident memory of this
+    process plus that of each of `pids` (the backend's worker processes), in bytes."""
     if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
+        allocated = int(torch.cuda.max_memory_allocated(device))
+        if has_own_allocator(denoise):
+            free, total = torch.cuda.mem_get_info(device)  # arenas are not returned: their peak stays in use
+            return max(allocated, int(total - free))
+        return allocated
     own = _resident_peak("self")
     if own is None:
         import resource
@@ -190,22 +226,38 @@ def engine_run(clf: DiffusionClassifier, pixels: list[torch.Tensor]) -> RunStats
         clf.denoise = original
     predictions = [r.prediction_index for r in results]
     evals = sum(r.unet_evals for r in results)
-    memory = peak_memory(device, worker_pids(original))
-    return RunStats(predictions, seconds, evals, timed.seconds, memory, {"batches": timed.calls})
+    memory = peak_memory(device, worker_pids(original), original)
+    extra = {
+        "batches": timed.calls, "denoiser_rows": timed.rows, "distinct_inputs": timed.distinct_inputs,
+        "memory_measure": memory_measure(device, original),
+    }  # fmt: skip
+    return RunStats(predictions, seconds, evals, timed.seconds, memory, extra)
 
 
 # -- the hardware limit -------------------------------------------------------------------------
-def flops_per_eval(clf: DiffusionClassifier) -> float:
-    """FLOPs of one denoiser row, counted by torch.utils.flop_counter on a batch of 2."""
+def flops_per_eval(clf: DiffusionClassifier, *, prefix_only: bool = False) -> float:
+    """FLOPs of one full denoiser row (or, with `prefix_only`, of its class-independent prefix,
+    0 when it has none), counted by torch.utils.flop_counter on a batch of 2."""
     from torch.utils.flop_counter import FlopCounterMode
 
     device = clf.adapter.device
     x = torch.randn((2, *clf.adapter.x0_shape), device=device, dtype=clf.adapter.dtype)
     t = torch.tensor([100, 600], device=device)
     cond = clf.conditions[[0, min(1, len(clf.conditions) - 1)]]
+    denoiser = clf.adapter.denoiser
+    if prefix_only and not getattr(denoiser, "shares_prefix", False):
+        return 0.0
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        clf.adapter.denoiser(x, t, cond)
+        denoiser.split.prefix(x, t) if prefix_only else denoiser(x, t, cond)
     return counter.get_total_flops() / 2
+
+
+def executed_flops_per_row(full: float, prefix: float, rows: int, distinct_inputs: int) -> float:
+    """FLOPs the denoiser really ran per row: a shared prefix runs once per distinct input, not
+    once per row, so counting full evaluations would overstate the work (and utilisation)."""
+    if rows <= 0 or distinct_inputs >= rows:
+        return full
+    return full - prefix + prefix * distinct_inputs / rows
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, *, seconds: float = 1.0) -> float:
@@ -284,7 +336,9 @@ def side_by_side(
 
 
 def utilisation(clf: DiffusionClassifier, engine_summary: dict) -> dict:
-    flops = flops_per_eval(clf)
+    full = flops_per_eval(clf)
+    rows, distinct = engine_summary.get("denoiser_rows", 0), engine_summary.get("distinct_inputs", 0)
+    flops = executed_flops_per_row(full, flops_per_eval(clf, prefix_only=True), rows, distinct)
     peak = matmul_rate(clf.adapter.device, clf.adapter.dtype)
     unet_rate = (
         engine_summary["unet_evals_per_image"]
@@ -293,7 +347,8 @@ def utilisation(clf: DiffusionClassifier, engine_summary: dict) -> dict:
     )
     achieved = unet_rate * flops
     return {
-        "flops_per_eval": flops,
+        "flops_per_eval": full,
+        "flops_per_row_executed": flops,
         "matmul_flops_per_s": peak,
         "unet_stage_flops_per_s": achieved,
         "unet_stage_utilisation": achieved / peak if peak else math.nan,
