@@ -6,6 +6,7 @@ Both validate their arguments, then hand the work to the engine.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from fastgen.api.calibration import Calibration
 from fastgen.builtin import BUILTIN_PREFIX
 from fastgen.engine.config import ScoringConfig
 from fastgen.engine.denoiser import Denoiser
@@ -115,6 +117,8 @@ class DiffusionClassifier:
         self.encode_batch_size = _check_positive("encode_batch_size", encode_batch_size)
         self.max_pixels = _check_positive("max_pixels", max_pixels)
         self.polarity = polarity_rule(invert, declared_polarity(adapter.defaults, adapter.name), adapter.name)
+        # Set by `from_pretrained(calibration=...)`: adds `probabilities` to results lines.
+        self.calibration: Calibration | None = None
         self.denoise: Denoiser = adapter.denoiser
         # OOM splitting and the fp32 recompute of overflowed batches (from the plain torch module,
         # whatever fast path `denoise` is later set to); kept across classify calls.
@@ -179,6 +183,7 @@ class DiffusionClassifier:
         backend: str | None = None,
         backend_options: dict[str, Any] | None = None,
         export_dir: str | Path | None = None,
+        calibration: str | Path | Calibration | None = None,
     ) -> DiffusionClassifier:
         """Load `model` (hub id, folder or `builtin:NAME`) and fix the candidate classes.
 
@@ -198,6 +203,9 @@ class DiffusionClassifier:
         `backend` runs the denoiser: None (the model as loaded), `torch` (SDPA, fused QKV,
         optional `compile` / `cuda_graphs` via `backend_options`), `onnxruntime` or `tensorrt`
         (exported once into `export_dir`, default `~/.cache/fastgen/exports`, then reused).
+
+        `calibration` (a file written by `fastgen calibrate`, or a `Calibration`) makes
+        `probabilities(result)` calibrated class probabilities.
         """
         # Cheap checks first: a bad argument should not cost a model load.
         if config is None:
@@ -224,6 +232,10 @@ class DiffusionClassifier:
             )  # fmt: skip
         spec = build_classes(classes, templates=templates, aggregate=config.aggregate)
         classifier = cls(adapter, spec, config=config, max_pixels=max_pixels, invert=invert)
+        if calibration is not None:
+            classifier.calibration = (
+                calibration if isinstance(calibration, Calibration) else Calibration.load(calibration)
+            )
         if backend is not None:
             from fastgen.export.loading import load_backend
 
@@ -340,6 +352,13 @@ class DiffusionClassifier:
         from fastgen.api.module import ClassifierModule
 
         return ClassifierModule(self, temperature=temperature, mean=mean, std=std)
+
+    def probabilities(self, result: ImageResult) -> dict[str, float]:
+        """Calibrated `{class: probability}` of `result` (needs `calibration`)."""
+        if self.calibration is None:
+            raise ValueError("no calibration: pass calibration='calibration.json' (made by fastgen calibrate)")
+        partial = {c: (None if math.isnan(e) else float(e)) for c, e in zip(result.classes, result.partial_errors)}
+        return self.calibration.probabilities(result.scores, result.unet_evals, partial)
 
     def classify_reference(self, image: ImageInput) -> ImageResult:
         """The same classification through `fastgen.engine.reference` (slow; for checking)."""

@@ -23,11 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--force", action="store_true",
         help="resume an --out file whose header has other settings: keep its records, append a new header and the new results",
     )  # fmt: skip
+    parser.add_argument(
+        "--calibration", type=Path, default=None,
+        help="a calibration .json (fastgen calibrate): adds calibrated probabilities to every line",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
     add_model_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from fastgen.api.calibration import Calibration
     from fastgen.inputs.images import find_images
     from fastgen.jobs import distributed
     from fastgen.jobs.local import classify_files
@@ -39,18 +44,26 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:  # refuse a bad --out before spending time on loading the model
         check_writable(args.out)
         check_not_foreign(args.out)
+    # A bad calibration file is refused before the model is loaded.
+    calibration = Calibration.load(args.calibration) if args.calibration is not None else None
+
+    def build(device: str | None = None):
+        clf = classifier_from_args(args, device=device) if device is not None else classifier_from_args(args)
+        clf.calibration = calibration
+        return clf
+
     ranks = distributed.launched_ranks()
     progress = not args.no_progress
     with distributed.sigterm_as_interrupt():
         if ranks is not None:  # under torchrun: this rank's shard; rank 0 merges and reports
             summary = distributed.classify_files_distributed(
-                lambda device: classifier_from_args(args, device=str(device)), paths, out=args.out, ranks=ranks,
+                lambda device: build(str(device)), paths, out=args.out, ranks=ranks,
                 device=args.device, labels_from_folders=args.labels_from_folders, progress=progress,
                 retry_failed=args.retry_failed, force=args.force,
             )  # fmt: skip
         else:
             summary = classify_files(
-                classifier_from_args(args), paths, out=args.out,
+                build(), paths, out=args.out,
                 labels_from_folders=args.labels_from_folders, progress=progress,
                 retry_failed=args.retry_failed, force=args.force,
             )  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from fastgen.commands.options import add_model_options, classifier_from_args
 from fastgen.commands.types import positive_int_or_all
@@ -16,6 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--shifts", action="store_true", help="accuracy under noise, blur and contrast shifts")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument(
+        "--report", type=Path, default=None, metavar="DIR",
+        help="also write the held-out images, their results file and an HTML report into DIR (a new folder)",
+    )  # fmt: skip
     add_model_options(parser)
 
 
@@ -23,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from fastgen.eval.demo import DEFAULT_N_IMAGES_BY_TASK, demo_task, run_demo, run_shift_table
 
     task = demo_task(args.model)
+    if args.report is not None and args.report.exists() and any(args.report.iterdir()):
+        raise ValueError(f"--report {args.report} is not empty; fastgen writes its report into a new or empty folder")
     n_images = DEFAULT_N_IMAGES_BY_TASK[task] if args.n_images == 0 else args.n_images
     clf = classifier_from_args(args)
     policy = type(clf.policy).__name__
@@ -37,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"model": args.model, "policy": policy, "shifts": rows}))
         return 0
     report = run_demo(clf, n_images, task)
+    if args.report is not None:
+        write_report(clf, n_images, task, args.report)
     baseline = "logistic regression, same training split" + (", per digit cell" if task == "numbers" else "")
     print(f"model: {args.model}  policy: {policy}  device: {clf.adapter.device}  classes: {len(clf.classes.names)}")
     print(f"held-out images:        {report['images']}")
@@ -59,3 +68,17 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def write_report(clf, n_images: int | None, task: str, folder: Path) -> None:
+    """The demo's images as files, classified into `folder/results.jsonl`, and its report."""
+    from fastgen.eval.demo import write_demo_images
+    from fastgen.eval.report import build_report, folder_labels, load_run
+    from fastgen.jobs.local import classify_files
+
+    paths = write_demo_images(n_images, task, folder / "images", list(clf.classes.names))
+    results = folder / "results.jsonl"
+    classify_files(clf, paths, out=results, labels_from_folders=True, progress=False)
+    run_ = load_run(results)
+    page = build_report(run_, folder / "report.html", labels=folder_labels(run_), title=f"fastgen demo: {task}")
+    print(f"report:                 {page}")

@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("fastgen beside the reference-style loop; utilisation; policies", "fastgen.commands.bench"),
     "env": ("versions and devices", "fastgen.commands.env"),
     "export": ("export the denoiser to ONNX or a TensorRT engine (cached)", "fastgen.commands.export"),
+    "calibrate": ("fit calibrated probabilities on labelled results", "fastgen.commands.calibrate"),
+    "report": ("an HTML report with plots of a results file", "fastgen.commands.report"),
     "selftest": ("check every execution path this machine has against the fp32 reference", "fastgen.commands.selftest"),
 }
 

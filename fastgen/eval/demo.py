@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -113,3 +114,18 @@ def run_shift_table(clf: DiffusionClassifier, n_images: int | None, task: str = 
             "unet_evals_per_image": run["unet_evals_per_image"],
         })  # fmt: skip
     return rows
+
+
+def write_demo_images(n_images: int | None, task: str, folder: Path, class_names: list[str]) -> list[Path]:
+    """The demo's held-out images as PNG files in `folder/<class name>/`, so that a results file
+    (and a report) can be made from them with labels from folders."""
+    from PIL import Image
+
+    data = load_demo_data(n_images, task)
+    paths = []
+    for i, (image, label) in enumerate(zip(data.test_x, data.test_y)):
+        target = folder / class_names[int(label)] / f"{i:05d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)).save(target)
+        paths.append(target)
+    return paths

@@ -69,6 +69,8 @@ def write_results(
         for key, outcome in clf.classify_stream((str(p), p) for p in paths):
             failed = isinstance(outcome, Exception)
             record = error_record(key, outcome) if failed else result_record(key, outcome)
+            if not failed and clf.calibration is not None:
+                record["probabilities"] = clf.probabilities(outcome)
             writer.write(record)
             records[path_key(key)] = record
             bar.update(1)

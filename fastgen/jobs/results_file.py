@@ -27,6 +27,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,6 +318,12 @@ def result_record(path: str, result) -> dict[str, Any]:
         "prediction": result.prediction,
         "scores": result.scores,
         "unet_evals": int(result.unet_evals),
+        # Pruned classes' mean error over the samples they had when dropped (null for survivors):
+        # what calibration gives a class that has no full score.
+        "partial_scores": {
+            name: (None if math.isnan(s) or not math.isnan(e) else float(s))
+            for name, s, e in zip(result.classes, result.partial_errors, result.errors)
+        },
     }
 
 

@@ -1,0 +1,39 @@
+"""`fastgen report RESULTS.jsonl [--out report.html]`: one self-contained HTML page with
+accuracy, the confusion matrix, a reliability diagram, histograms of the denoiser budget and of
+margins, the hardest images and the run's settings; PNG figures in `<out stem>_figures/`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", type=Path, help="a results .jsonl written by fastgen classify")
+    parser.add_argument("--out", type=Path, default=None, help="the HTML page (default: RESULTS with .html)")
+    parser.add_argument(
+        "--labels-from-folders",
+        action="store_true",
+        help="label = parent folder name (accuracy, confusion, reliability)",
+    )
+    parser.add_argument("--calibration", type=Path, default=None, help="calibration .json for the reliability diagram")
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastgen.api.calibration import Calibration
+    from fastgen.eval.report import build_report, folder_labels, load_run
+
+    if not args.results.is_file():
+        raise ValueError(f"results file {args.results} does not exist")
+    out = args.out or args.results.with_suffix(".html")
+    if out.resolve() == args.results.resolve():
+        raise ValueError("--out must not be the results file itself")
+    calibration = Calibration.load(args.calibration) if args.calibration else None
+    run_ = load_run(args.results)
+    labels = folder_labels(run_) if args.labels_from_folders else None
+    page = build_report(run_, out, labels=labels, calibration=calibration, title=f"fastgen report: {args.results.name}")
+    for note in run_.notes:
+        print(note, file=sys.stderr)
+    print(f"wrote {page} (figures in {page.with_name(page.stem + '_figures')})")
+    return 0

@@ -1,0 +1,160 @@
+"""Calibration and the HTML report: fitted probabilities are better calibrated than a plain
+softmax on records not used for fitting, bad input leaves a clear note and still a report, and
+the page renders in a real headless Chromium with its figures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastgen.api.calibration import Calibration, filled_errors, fit_calibration, scored_records
+from fastgen.commands.main import main
+from fastgen.eval.report import build_report, folder_labels, load_run
+
+CLASSES = ["cat", "dog", "bird", "fish"]
+
+
+def synthetic_results(folder: Path, n: int = 120, seed: int = 0, *, prune: bool = True) -> Path:
+    """A results file as fastgen classify writes it: images in class folders, errors a few
+    percent apart (so a plain softmax is nearly uniform), adaptive budgets, pruned classes."""
+    rng = np.random.default_rng(seed)
+    lines = [{"fastgen": "results", "format": 1, "version": "0", "model": "tiny", "settings": {"classes": CLASSES}}]
+    for i in range(n):
+        label = int(rng.integers(len(CLASSES)))
+        errors = 0.5 + 0.02 * rng.standard_normal(len(CLASSES))
+        errors[label] -= abs(0.03 * rng.standard_normal())
+        path = folder / CLASSES[label] / f"{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(path)
+        order = np.argsort(errors)
+        kept = set(order[:2].tolist()) if prune and i % 2 else set(range(len(CLASSES)))
+        scores = {c: (float(errors[k]) if k in kept else None) for k, c in enumerate(CLASSES)}
+        partial = {c: (None if k in kept else float(errors[k])) for k, c in enumerate(CLASSES)}
+        margin = np.sort(errors)[1] - np.sort(errors)[0]
+        evals = int(40 + 400 * np.exp(-margin / 0.01))
+        lines.append({"path": str(path), "prediction": CLASSES[int(order[0])], "scores": scores,
+                      "partial_scores": partial, "unet_evals": evals})  # fmt: skip
+    lines.append({"path": str(folder / "broken.png"), "error": "image file cannot be decoded"})
+    out = folder / "results.jsonl"
+    out.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return out
+
+
+def test_calibration_beats_the_plain_softmax_on_held_out_records(tmp_path):
+    run = load_run(synthetic_results(tmp_path))
+    scored = scored_records(run.records, run.classes, folder_labels(run))
+    calibration = fit_calibration(scored, fit_fraction=0.5, seed=0)
+    before, after = calibration.metrics["before"], calibration.metrics["after"]
+    assert calibration.method == "platt" and calibration.metrics["held_out"] == 60
+    assert after["ece"] < before["ece"] and after["nll"] < before["nll"] and after["brier"] < before["brier"]
+    # Round trip through the file, and the same probabilities for a record's dict form.
+    calibration.save(tmp_path / "c.json")
+    loaded = Calibration.load(tmp_path / "c.json")
+    record = run.records[1]
+    p = loaded.probabilities(record["scores"], record["unet_evals"], record["partial_scores"])
+    assert abs(sum(p.values()) - 1) < 1e-9 and max(p, key=p.get) == record["prediction"]
+    assert all(v > 0 for v in p.values())  # pruned classes keep a small probability
+
+
+def test_pruned_classes_rank_below_every_survivor():
+    scores = {"cat": 0.40, "dog": None, "bird": 0.45, "fish": None}
+    partial = {"cat": None, "dog": 0.30, "bird": None, "fish": None}  # dropped early, on a lucky sample
+    errors = filled_errors(scores, CLASSES, partial)
+    assert errors[0] == 0.40 and errors[2] == 0.45
+    assert errors[1] > 0.45 and errors[3] > 0.45 and errors.argmin() == 0
+
+
+def test_classes_unknown_to_the_calibration_are_still_scored(tmp_path):
+    calibration = Calibration("temperature", 0.01, classes=["cat", "dog"])
+    p = calibration.probabilities({"zebra": 0.3, "okapi": 0.31, "cat": None}, 50)
+    assert set(p) == {"zebra", "okapi", "cat"} and p["zebra"] > p["okapi"] > p["cat"] > 0
+
+
+def test_calibrate_command_prints_metrics_and_never_overwrites(tmp_path, capsys):
+    results = synthetic_results(tmp_path)
+    out = tmp_path / "calibration.json"
+    assert main(["calibrate", str(results), "--labels-from-folders", "--out", str(out), "--json"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads(printed.strip().splitlines()[-1])
+    assert "plain softmax" in printed and metrics["after"]["ece"] < metrics["before"]["ece"]
+    written = out.read_text()
+    assert main(["calibrate", str(results), "--labels-from-folders", "--out", str(out)]) != 0
+    assert out.read_text() == written and "never overwrites" in capsys.readouterr().err
+
+
+def test_bad_input_leaves_notes_and_a_report(tmp_path):
+    results = synthetic_results(tmp_path / "run", n=12)
+    run = load_run(results)
+    page = build_report(run, tmp_path / "labelled.html", labels=folder_labels(run))
+    text = page.read_text()
+    assert "1 error record(s)" in text and 'id="confusion-matrix"' in text and 'id="reliability-diagram"' in text
+    assert (tmp_path / "labelled_figures" / "confusion-matrix.png").stat().st_size > 1000
+    # No labels at all: the label-dependent figures are left out, and the page says why.
+    text = build_report(run, tmp_path / "unlabelled.html").read_text()
+    assert "No labels" in text and 'id="confusion-matrix"' not in text and 'id="unet-evals"' in text
+    # An empty file, and a file of error records only.
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    text = build_report(load_run(empty), tmp_path / "empty.html").read_text()
+    assert "no scored record" in text
+    errors_only = tmp_path / "errors.jsonl"
+    errors_only.write_text(json.dumps({"path": "/x/a.png", "error": "cannot be decoded"}) + "\n")
+    text = build_report(load_run(errors_only), tmp_path / "errors.html").read_text()
+    assert "1 error record(s)" in text and "no scored record" in text
+    # The results file itself is never changed.
+    assert results.read_text().count("\n") == 14
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_the_report_renders_in_headless_chromium(tmp_path):
+    results = synthetic_results(tmp_path / "run", n=40)
+    run = load_run(results)
+    page = build_report(run, tmp_path / "report.html", labels=folder_labels(run))
+    flags = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    for figure in ("confusion-matrix", "reliability-diagram"):
+        assert f'id="{figure}"' in dom and 'src="data:image/png;base64,' in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1000,1800", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.std() > 20  # not a blank page: figures and text are drawn
+    blue = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int64)
+    assert ((blue[..., 2] - blue[..., 0]) > 60).sum() > 500  # the confusion matrix's blue cells
+
+
+def test_demo_writes_a_report(tmp_path, capsys):
+    folder = tmp_path / "demo"
+    assert main(["demo", "--n-images", "6", "--report", str(folder), "--policy", "exhaustive",
+                 "--n-samples", "4"]) == 0  # fmt: skip
+    text = (folder / "report.html").read_text()
+    assert 'id="confusion-matrix"' in text and (folder / "results.jsonl").exists()
+    assert json.loads((folder / "results.jsonl").read_text().splitlines()[1])["path"].endswith(".png")
+
+
+def test_classify_with_a_calibration_adds_probabilities_to_every_line(tmp_path, capsys):
+    from fastgen.eval.demo import write_demo_images
+
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    write_demo_images(3, "digits", tmp_path / "images", names)
+    calibration = tmp_path / "c.json"
+    Calibration("temperature", 0.005, classes=names).save(calibration)
+    out = tmp_path / "results.jsonl"
+    args = ["classify", str(tmp_path / "images"), "--out", str(out), "--no-progress", "--policy", "exhaustive",
+            "--n-samples", "4"]  # fmt: skip
+    assert main([*args, "--calibration", str(calibration)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()[1:]]
+    assert len(records) == 3
+    for record in records:
+        p = record["probabilities"]
+        assert set(p) == set(names) and abs(sum(p.values()) - 1) < 1e-6 and max(p, key=p.get) == record["prediction"]
+    bad = tmp_path / "not-calibration.json"
+    bad.write_text("{}")
+    assert main([*args, "--out", str(tmp_path / "other.jsonl"), "--calibration", str(bad)]) != 0
+    assert "not a fastgen calibration file" in capsys.readouterr().err
