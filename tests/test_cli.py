@@ -59,7 +59,8 @@ def test_classify_folder_writes_a_line_per_image_and_resumes(model_dirs, image_f
     assert len(failed) == 1 and failed[0]["path"].endswith("corrupt.png")
     assert "cannot be decoded" in failed[0]["error"]
     for record in (r for r in lines if "error" not in r):
-        assert set(record) == {"path", "prediction", "scores", "unet_evals"}
+        assert set(record) == {"path", "prediction", "scores", "unet_evals", "partial_scores"}
+        assert set(record["partial_scores"]) == {"cat", "dog"}
         assert record["prediction"] in ("cat", "dog") and record["unet_evals"] == 8
         assert set(record["scores"]) == {"cat", "dog"}
         assert record["prediction"] == min(record["scores"], key=record["scores"].get)
