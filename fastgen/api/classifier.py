@@ -29,6 +29,7 @@ from fastgen.inputs.images import DEFAULT_MAX_PIXELS, ImageError, ImageInput, lo
 from fastgen.inputs.polarity import declared_polarity, polarity_rule
 from fastgen.losses import check_loss
 from fastgen.models import Adapter, load_adapter
+from fastgen.models.schedules import FLOW_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,16 @@ def model_templates(adapter: Adapter) -> list[str] | None:
     return None
 
 
+def with_schedule_defaults(config: ScoringConfig, schedule) -> ScoringConfig:
+    """`config` with a flow model's unset flow settings filled in, so that results headers and
+    benchmark JSON record what was used; refuses settings the model's family does not have."""
+    schedule.check_config(config)
+    if schedule.kind != "flow":
+        return config
+    unset = {name: value for name, value in FLOW_DEFAULTS.items() if getattr(config, name) is None}
+    return config.replace(**unset) if unset else config
+
+
 class DiffusionClassifier:
     """A diffusion model turned zero-shot classifier over a fixed set of classes.
 
@@ -113,7 +124,7 @@ class DiffusionClassifier:
         self.adapter = adapter
         self.classes = classes
         base = config if config is not None else ScoringConfig(aggregate=classes.aggregate)
-        self.config = base.replace(**settings) if settings else base
+        self.config = with_schedule_defaults(base.replace(**settings) if settings else base, adapter.schedule)
         self.encode_batch_size = _check_positive("encode_batch_size", encode_batch_size)
         self.max_pixels = _check_positive("max_pixels", max_pixels)
         self.polarity = polarity_rule(invert, declared_polarity(adapter.defaults, adapter.name), adapter.name)
@@ -133,7 +144,7 @@ class DiffusionClassifier:
             self.conditions = adapter.encode_conditions(self.units)
         if torch.is_floating_point(self.conditions) and not torch.isfinite(self.conditions).all():
             raise FloatingPointError("the text encoder produced non-finite prompt embeddings")
-        self.plan = SamplePlan.for_config(adapter.alphas_cumprod, self.config)
+        self.plan = SamplePlan.for_config(adapter.schedule, self.config)
         self.noise = NoiseBank(adapter.x0_shape, seed=self.config.seed, device=adapter.device)
 
     @property

@@ -19,6 +19,7 @@ from fastgen.engine.policies import Policy, describe_policy, make_policy
 from fastgen.engine.sampling import TIMESTEP_MODES
 from fastgen.inputs.classes import AGGREGATES
 from fastgen.losses import check_loss
+from fastgen.models.schedules import FLOW_TIMESTEPS, FLOW_WEIGHTINGS
 
 # Seeds are combined with block indices into torch generator seeds; this keeps them in range.
 MAX_SEED = 2**32 - 1
@@ -37,12 +38,20 @@ class ScoringConfig:
     # Fitted per model (fastgen.eval.timestep_fit): relative weights of K equal bands of [0, T);
     # timesteps are drawn with density proportional to them. None: uniform over [0, T).
     timestep_weights: tuple[float, ...] | None = None
+    # Flow-matching models only (SD3, Flux): the density of noise levels drawn and the weight of
+    # each sample's velocity error; None is the model's default (docs/flow_matching.md).
+    flow_timesteps: str | None = None
+    flow_weighting: str | None = None
     batch_size: int = 64  # denoiser rows per batch
 
     def __post_init__(self):
         check_loss(self.loss)
         _check_choice("timesteps", self.timesteps, TIMESTEP_MODES)
         _check_choice("aggregate", self.aggregate, AGGREGATES)
+        if self.flow_timesteps is not None:
+            _check_choice("flow_timesteps", self.flow_timesteps, FLOW_TIMESTEPS)
+        if self.flow_weighting is not None:
+            _check_choice("flow_weighting", self.flow_weighting, FLOW_WEIGHTINGS)
         if not isinstance(self.policy, Policy):
             raise TypeError(f"policy must be a Policy (see fastgen.make_policy), got {type(self.policy).__name__}")
         _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)

@@ -21,13 +21,16 @@ def noised_batch(
     eps_bank: torch.Tensor,
     x0_index: torch.Tensor,
     eps_index: torch.Tensor,
-    sqrt_abar: torch.Tensor,
-    sqrt_one_minus_abar: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """x_t[r] = sqrt(abar_r) * x0_bank[x0_index[r]] + sqrt(1 - abar_r) * eps_bank[eps_index[r]]."""
+    """x_t[r] = alpha_r * x0_bank[x0_index[r]] + sigma_r * eps_bank[eps_index[r]].
+
+    The kernel names its coefficients sqrt(abar) and sqrt(1 - abar), as for DDPM models; any
+    schedule's pair goes through it (a flow model's is (1 - s, s))."""
     impl = fused_noised_batch if dispatch.use_triton(x0_bank) else noised_batch_ref
-    return impl(x0_bank, eps_bank, x0_index, eps_index, sqrt_abar, sqrt_one_minus_abar, out_dtype)
+    return impl(x0_bank, eps_bank, x0_index, eps_index, alpha, sigma, out_dtype)
 
 
 def prediction_errors(

@@ -3,7 +3,7 @@
 This is the oracle every fast path is tested against. It is written to be read, not to be
 fast. It shares with the engine only the definitions of *which* sample is which (the timestep
 sequence and the seeded noise), the policies' decisions, and the adapter; every error is
-computed here from scratch.
+computed here from scratch (for flow-matching models by `flow_reference.flow_one_error`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fastgen.engine.config import ScoringConfig
+from fastgen.engine.flow_reference import flow_one_error
 from fastgen.engine.result import ImageResult
 from fastgen.engine.sampling import NoiseBank, SamplePlan
 from fastgen.inputs.classes import ClassSpec
@@ -59,13 +60,17 @@ def reference_classify(
     adapter: Adapter, pixels: torch.Tensor, classes: ClassSpec, config: ScoringConfig
 ) -> ImageResult:
     """Classify one image ([C, H, W] pixels in [0, 1]) the slow, obvious way."""
-    loss, weighting = config.loss, config.weighting
+    loss = config.loss
+    if adapter.schedule.kind == "flow":
+        score, weighting = flow_one_error, config.flow_weighting
+    else:
+        score, weighting = one_error, config.weighting
     policy = config.policy.bind(classes.names)
     units = classes.with_units(policy.extra_units())
     x0 = adapter.encode_images(pixels[None])[0].float()
     conditions = adapter.encode_conditions(units)
     prompts_of = units.prompts_of_class
-    plan = SamplePlan.for_config(adapter.alphas_cumprod, config)
+    plan = SamplePlan.for_config(adapter.schedule, config)
     noise = NoiseBank(tuple(x0.shape), seed=config.seed, device=adapter.device)
 
     errors: dict[int, dict[int, float]] = {p: {} for p in range(len(conditions))}
@@ -80,7 +85,7 @@ def reference_classify(
                         continue
                     t = int(plan.timesteps(s + 1)[s])
                     eps = noise.get([s])[0]
-                    errors[p][s] = one_error(adapter, x0, conditions[p], t, eps, loss=loss, weighting=weighting)
+                    errors[p][s] = score(adapter, x0, conditions[p], t, eps, loss=loss, weighting=weighting)
                     evals += 1
         per_class = [class_sample_errors(errors, prompts_of[k], n_target, config.aggregate) for k in alive]
         kept, next_target = policy.next_round(torch.tensor(per_class, dtype=torch.float32), alive)

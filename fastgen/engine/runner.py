@@ -27,7 +27,6 @@ from fastgen.engine.result import ImageResult
 from fastgen.engine.sampling import NoiseBank, SamplePlan
 from fastgen.engine.transfer import stage
 from fastgen.inputs.classes import ClassSpec
-from fastgen.losses import target_coefficients
 from fastgen.models.base import Adapter
 
 log = logging.getLogger(__name__)
@@ -76,9 +75,9 @@ class _BatchInputs:
     slot: torch.Tensor  # [R] row -> x0 bank slot
     sample: torch.Tensor  # [R] row -> noise sample
     timesteps: torch.Tensor  # [R] int64
-    sqrt_abar: torch.Tensor  # [R] fp32, sqrt(abar_t) and sqrt(1 - abar_t): the noising coefficients
-    sqrt_one_minus_abar: torch.Tensor
-    target_a: torch.Tensor  # [R] fp32: target = a * x0 + b * eps
+    alpha: torch.Tensor  # [R] fp32 noising coefficients: x_t = alpha * x0 + sigma * eps
+    sigma: torch.Tensor
+    target_a: torch.Tensor  # [R] fp32: target = a * eps + b * x0
     target_b: torch.Tensor
     weight: torch.Tensor  # [R] fp32 per-row timestep weight
     # Each distinct (image, sample) pair once, and every row's index into them: a denoiser that
@@ -86,8 +85,8 @@ class _BatchInputs:
     distinct_slot: torch.Tensor
     distinct_sample: torch.Tensor
     distinct_timesteps: torch.Tensor
-    distinct_sqrt_abar: torch.Tensor
-    distinct_sqrt_one_minus_abar: torch.Tensor
+    distinct_alpha: torch.Tensor
+    distinct_sigma: torch.Tensor
     rows: torch.Tensor
 
 
@@ -108,7 +107,7 @@ class Engine:
         noise: NoiseBank | None = None,
         guard: DenoiseGuard | None = None,
     ):
-        """`model` supplies the noise schedule, prediction type, x0 shape, device and dtype;
+        """`model` supplies the schedule (noising, target, weights), x0 shape, device and dtype;
         `policy` is `config.policy` bound to the classes (bound here when not given) and
         `units` the classes followed by the policy's extra units, with `conditions` encoding
         `units`' prompts; `plan` and `noise` may be passed in to reuse their caches."""
@@ -122,10 +121,8 @@ class Engine:
         units = units if units is not None else classes.with_units(self.policy.extra_units())
         self.prompts_of = units.prompts_of_class
         self.config = config
-        self.alphas_cumprod = model.alphas_cumprod.double().cpu()
-        self.prediction_type = model.prediction_type
-        target_coefficients(self.prediction_type, self.alphas_cumprod[:1])  # validates early
-        self.plan = plan if plan is not None else SamplePlan.for_config(model.alphas_cumprod, config)
+        self.schedule = model.schedule
+        self.plan = plan if plan is not None else SamplePlan.for_config(model.schedule, config)
         self.noise = noise if noise is not None else NoiseBank(model.x0_shape, seed=config.seed, device=model.device)
         self.batch_size = config.batch_size
         self.device = torch.device(model.device)
@@ -176,19 +173,19 @@ class Engine:
     def _batch_inputs(self, batch: Batch) -> _BatchInputs:
         n_needed = int(batch.sample.max()) + 1
         timesteps = self.plan.timesteps(n_needed)[batch.sample]
-        abar = self.alphas_cumprod[timesteps]
-        a, b = target_coefficients(self.prediction_type, abar)
+        alpha, sigma = self.schedule.noising(timesteps)
+        a, b = self.schedule.target(timesteps)
         distinct, rows = torch.unique(batch.slot * n_needed + batch.sample, return_inverse=True)
         distinct_slot, distinct_sample = distinct // n_needed, distinct % n_needed
         distinct_timesteps = self.plan.timesteps(n_needed)[distinct_sample]
-        distinct_abar = self.alphas_cumprod[distinct_timesteps]
+        distinct_alpha, distinct_sigma = self.schedule.noising(distinct_timesteps)
         host = {
             "slot": batch.slot, "sample": batch.sample, "prompt": batch.prompt, "timesteps": timesteps,
-            "sqrt_abar": abar.sqrt().float(), "sqrt_one_minus_abar": (1 - abar).sqrt().float(),
+            "alpha": alpha.float(), "sigma": sigma.float(),
             "target_a": a.float(), "target_b": b.float(), "weight": self.plan.weight(timesteps).float(),
             "distinct_slot": distinct_slot, "distinct_sample": distinct_sample,
-            "distinct_timesteps": distinct_timesteps, "distinct_sqrt_abar": distinct_abar.sqrt().float(),
-            "distinct_sqrt_one_minus_abar": (1 - distinct_abar).sqrt().float(), "rows": rows,
+            "distinct_timesteps": distinct_timesteps, "distinct_alpha": distinct_alpha.float(),
+            "distinct_sigma": distinct_sigma.float(), "rows": rows,
         }  # fmt: skip
         staged = stage(host, self.device)
         prompt = staged.pop("prompt")
@@ -202,13 +199,12 @@ class Engine:
             # Noise each distinct (image, sample) pair once; the denoiser gathers per row.
             x_t = ops.noised_batch(
                 self._x0_bank, inputs.eps_bank, inputs.distinct_slot, inputs.distinct_sample,
-                inputs.distinct_sqrt_abar, inputs.distinct_sqrt_one_minus_abar, dtype,
+                inputs.distinct_alpha, inputs.distinct_sigma, dtype,
             )  # fmt: skip
             prediction = self.guard(denoise, x_t, inputs.distinct_timesteps, cond, rows=inputs.rows)
         else:
             x_t = ops.noised_batch(
-                self._x0_bank, inputs.eps_bank, inputs.slot, inputs.sample, inputs.sqrt_abar,
-                inputs.sqrt_one_minus_abar, dtype,
+                self._x0_bank, inputs.eps_bank, inputs.slot, inputs.sample, inputs.alpha, inputs.sigma, dtype,
             )  # fmt: skip
             prediction = self.guard(denoise, x_t, inputs.timesteps, cond)
         return ops.prediction_errors(

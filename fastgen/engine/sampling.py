@@ -9,6 +9,9 @@ of batch size and image order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 TIMESTEP_MODES = ("even", "random")
@@ -46,6 +49,7 @@ def timestep_sequence(
     mode: str = "even",
     seed: int = 0,
     band_weights: tuple[float, ...] | None = None,
+    density: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The first `n` timesteps of the nested sequence, as int64.
 
@@ -55,10 +59,13 @@ def timestep_sequence(
     `band_weights` (fitted per model, see `fastgen.eval.timestep_fit`): the same points drawn
     with density proportional to the weight of each of K equal bands of [0, T) instead of
     uniformly, so the samples go where the model tells classes apart.
+    `density` (a flow model's choice of noise levels, `fastgen.models.schedules`): the inverse
+    CDF mapping the points u in [0, 1) to the fraction of [0, T) they stand for; band weights,
+    fitted on the model itself, take its place when both are given.
     """
     if mode not in TIMESTEP_MODES:
         raise ValueError(f"timesteps must be one of {TIMESTEP_MODES}, got {mode!r}")
-    if band_weights is None:
+    if band_weights is None and density is None:
         if mode == "even":
             values = [int(van_der_corput(s) * num_train_timesteps) for s in range(n)]
             return torch.tensor(values, dtype=torch.int64)
@@ -67,7 +74,8 @@ def timestep_sequence(
         u = torch.tensor([van_der_corput(s) for s in range(n)], dtype=torch.float64)
     else:
         u = (_random_timesteps(n, 1 << 30, seed).double() + 0.5) / (1 << 30)
-    return (warp_by_band_weights(u, band_weights) * num_train_timesteps).long()
+    warped = warp_by_band_weights(u, band_weights) if band_weights is not None else density(u).double()
+    return (warped.clamp(0, 1 - 1e-12) * num_train_timesteps).long()
 
 
 def _random_timesteps(n: int, high: int, seed: int) -> torch.Tensor:
@@ -111,42 +119,36 @@ class NoiseBank:
 
 
 class SamplePlan:
-    """Timesteps, weights and target coefficients for sample indices, for one model schedule."""
+    """Timesteps and weights for sample indices, for one model's schedule and one config."""
 
-    def __init__(
-        self,
-        alphas_cumprod: torch.Tensor,
-        *,
-        mode: str = "even",
-        seed: int = 0,
-        weighting: float = 0.0,
-        band_weights: tuple[float, ...] | None = None,
-    ):
-        self.alphas_cumprod = alphas_cumprod.double().cpu()
-        self.num_train_timesteps = int(alphas_cumprod.shape[0])
-        self.mode = mode
-        self.seed = seed
-        self.weighting = float(weighting)
-        self.band_weights = band_weights
-        timestep_sequence(1, self.num_train_timesteps, mode=mode, seed=seed)  # validates mode
+    def __init__(self, schedule: Any, config: Any):
+        """`schedule`: the adapter's (`fastgen.models.schedules`); `config`: a `ScoringConfig`
+        (its timesteps, seed, weighting, timestep_weights and flow settings are read)."""
+        schedule.check_config(config)
+        self.schedule = schedule
+        self.num_train_timesteps = int(schedule.num_train_timesteps)
+        self.mode = config.timesteps
+        self.seed = config.seed
+        self.config = config
+        self.band_weights = config.timestep_weights
+        self.density = schedule.density(config)
+        timestep_sequence(1, self.num_train_timesteps, mode=self.mode, seed=self.seed)  # validates mode
         self._timesteps = torch.empty(0, dtype=torch.int64)
 
     @classmethod
-    def for_config(cls, alphas_cumprod: torch.Tensor, config) -> SamplePlan:
-        """The plan a `ScoringConfig` asks for on a model's noise schedule."""
-        return cls(
-            alphas_cumprod, mode=config.timesteps, seed=config.seed, weighting=config.weighting,
-            band_weights=config.timestep_weights,
-        )  # fmt: skip
+    def for_config(cls, schedule: Any, config: Any) -> SamplePlan:
+        """The plan a `ScoringConfig` asks for on a model's schedule."""
+        return cls(schedule, config)
 
     def timesteps(self, n: int) -> torch.Tensor:
         if n > self._timesteps.shape[0]:
             grown = max(n, 2 * self._timesteps.shape[0])
             self._timesteps = timestep_sequence(
-                grown, self.num_train_timesteps, mode=self.mode, seed=self.seed, band_weights=self.band_weights
-            )
+                grown, self.num_train_timesteps, mode=self.mode, seed=self.seed, band_weights=self.band_weights,
+                density=self.density,
+            )  # fmt: skip
         return self._timesteps[:n]
 
     def weight(self, t: torch.Tensor) -> torch.Tensor:
-        """w(t) = exp(-k t / T); k = 0 is uniform weighting."""
-        return torch.exp(-self.weighting * t.double() / self.num_train_timesteps).float()
+        """Each timestep's weight in fp32 (the schedule's rule for the config)."""
+        return self.schedule.weight(t, self.config).float()

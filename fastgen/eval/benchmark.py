@@ -23,7 +23,6 @@ import torch
 from fastgen.api import DiffusionClassifier
 from fastgen.engine import ops
 from fastgen.engine.policies import Exhaustive
-from fastgen.losses import target_coefficients
 from fastgen.optional import installed_version
 
 
@@ -170,7 +169,7 @@ def reference_style(clf: DiffusionClassifier, pixels: list[torch.Tensor], *, row
     sample_rows = torch.arange(n).repeat(n_prompts)
     timesteps_all = clf.plan.timesteps(n)
     eps_bank = clf.noise.ensure(n)
-    a_all, b_all = target_coefficients(clf.adapter.prediction_type, clf.adapter.alphas_cumprod[timesteps_all])
+    a_all, b_all = clf.adapter.schedule.target(timesteps_all)
     weight_all = clf.plan.weight(timesteps_all)
     prompts_of = clf.classes.prompts_of_class
     predictions, evals = [], 0
@@ -183,11 +182,9 @@ def reference_style(clf: DiffusionClassifier, pixels: list[torch.Tensor], *, row
         for first in range(0, len(prompt_rows), rows_per_batch):
             p, s = prompt_rows[first : first + rows_per_batch], sample_rows[first : first + rows_per_batch]
             zeros = torch.zeros(len(p), dtype=torch.int64, device=device)
-            abar = clf.adapter.alphas_cumprod[timesteps_all[s]]
+            alpha, sigma = clf.adapter.schedule.noising(timesteps_all[s])
             dev = lambda v: v.float().to(device)
-            x_t = ops.noised_batch(
-                x0, eps_bank, zeros, s.to(device), dev(abar.sqrt()), dev((1 - abar).sqrt()), clf.adapter.dtype
-            )
+            x_t = ops.noised_batch(x0, eps_bank, zeros, s.to(device), dev(alpha), dev(sigma), clf.adapter.dtype)
             prediction = timed(x_t, timesteps_all[s].to(device), clf.conditions[p.to(clf.conditions.device)])
             err = ops.prediction_errors(
                 prediction,

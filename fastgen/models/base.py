@@ -14,15 +14,18 @@ import torch
 from torch import nn
 
 from fastgen.inputs.classes import ClassSpec
+from fastgen.models.schedules import DiffusionSchedule, FlowSchedule
 
 
 class Adapter(ABC):
     """A loaded model family member, seen through the few operations classification needs."""
 
-    kind: str  # "latent-text", "pixel-text", "class-conditional"
+    kind: str  # "latent-text", "pixel-text", "class-conditional", "sd3", "flux"
     denoiser: nn.Module
+    # What a timestep index means: DiffusionSchedule (alphas_cumprod + prediction type) or
+    # FlowSchedule (fastgen.models.schedules). Diffusion adapters also expose its two fields.
+    schedule: DiffusionSchedule | FlowSchedule
     prediction_type: str
-    alphas_cumprod: torch.Tensor  # [T] float64 on CPU
     image_hw: tuple[int, int]  # pixels fed to encode_images are [C, H, W] = [C, *image_hw]
     image_channels: int
     name: str = ""
@@ -55,7 +58,12 @@ class Adapter(ABC):
 
     @property
     def num_train_timesteps(self) -> int:
-        return int(self.alphas_cumprod.shape[0])
+        return int(self.schedule.num_train_timesteps)
+
+    def set_diffusion_schedule(self, scheduler: Any) -> None:
+        """Read a DDPM-style scheduler: `alphas_cumprod`, `prediction_type` and `schedule`."""
+        self.alphas_cumprod, self.prediction_type = scheduler_facts(scheduler)
+        self.schedule = DiffusionSchedule(self.alphas_cumprod, self.prediction_type)
 
 
 def sample_hw(sample_size: Any) -> tuple[int, int]:
@@ -81,8 +89,9 @@ def scheduler_facts(scheduler: Any) -> tuple[torch.Tensor, str]:
     alphas = getattr(scheduler, "alphas_cumprod", None)
     if alphas is None:
         raise ValueError(
-            f"scheduler {type(scheduler).__name__} has no alphas_cumprod; fastgen supports "
-            "DDPM-style (epsilon / v_prediction / sample) schedulers"
+            f"scheduler {type(scheduler).__name__} has no alphas_cumprod; with a UNet fastgen supports "
+            "DDPM-style (epsilon / v_prediction / sample) schedulers, and flow matching with the SD3 and "
+            "Flux transformers"
         )
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
     return torch.as_tensor(alphas, dtype=torch.float64).cpu(), prediction_type

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from fastgen.inputs.classes import ClassSpec
-from fastgen.models.base import Adapter, DiTDenoiser, LabelUNetDenoiser, sample_hw, scheduler_facts
-from fastgen.models.loading import load_component, require_components
+from fastgen.models.base import Adapter, DiTDenoiser, LabelUNetDenoiser, sample_hw
+from fastgen.models.loading import load_component, present, require_components
 
 
 def label_lookup(id2label: dict[Any, str] | None) -> dict[str, int]:
@@ -31,12 +31,12 @@ class ClassConditionalAdapter(Adapter):
 
     def __init__(self, model, index, folder: Path | None, *, device, dtype, load: dict):
         super().__init__(device=device, dtype=dtype)
-        backbone = "transformer" if "transformer" in index else "unet"
-        needs = (backbone, "scheduler") + (("vae",) if backbone == "transformer" or "vae" in index else ())
+        backbone = "transformer" if present(index, "transformer") else "unet"
+        needs = (backbone, "scheduler") + (("vae",) if backbone == "transformer" or present(index, "vae") else ())
         require_components(index, folder, needs, "class-conditional", str(model))
         net = load_component(model, index, backbone, dtype=dtype, **load).to(device).eval()
         scheduler = load_component(model, index, "scheduler", **load)
-        self.alphas_cumprod, self.prediction_type = scheduler_facts(scheduler)
+        self.set_diffusion_schedule(scheduler)
         self.vae = None
         if "vae" in needs:
             self.vae = load_component(model, index, "vae", dtype=dtype, **load).to(device).eval()

@@ -68,11 +68,18 @@ def model_index(model: str | Path, *, local_files_only: bool) -> tuple[dict[str,
     return dict(index), None
 
 
+def present(index: dict[str, Any], name: str) -> bool:
+    """Whether `model_index.json` names a component; diffusers records an absent optional one
+    (an SD3 checkpoint without T5, a pixel model without a VAE) as [null, null]."""
+    entry = index.get(name)
+    return isinstance(entry, (list, tuple)) and len(entry) >= 2 and entry[1] is not None
+
+
 def require_components(
     index: dict[str, Any], folder: Path | None, names: tuple[str, ...], kind: str, model: str
 ) -> None:
     for name in names:
-        missing = name not in index or (folder is not None and not (folder / name).is_dir())
+        missing = not present(index, name) or (folder is not None and not (folder / name).is_dir())
         if missing:
             raise ModelLoadError(
                 f"model {model!r} is missing the component '{name}/' that a {kind} model needs "

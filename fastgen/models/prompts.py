@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from fastgen.inputs.classes import ClassSpec
-from fastgen.models.base import Adapter, TextDenoiser, scheduler_facts
+from fastgen.models.base import Adapter, TextDenoiser
 from fastgen.models.loading import load_component
 
 
@@ -35,7 +35,7 @@ class TextConditionedAdapter(Adapter):
         self.text_encoder = text_encoder.to(self.device).eval()
         unet = load_component(model, index, "unet", dtype=self.dtype, **load).to(self.device).eval()
         scheduler = load_component(model, index, "scheduler", **load)
-        self.alphas_cumprod, self.prediction_type = scheduler_facts(scheduler)
+        self.set_diffusion_schedule(scheduler)
         self.denoiser = TextDenoiser(unet)
         return unet
 

@@ -5,6 +5,7 @@ same `from_pretrained` path a real checkpoint takes. Nothing here touches the ne
 vocabulary comes from `open-clip-torch`).
 """
 
+from fastgen.testing.tiny_flow import make_flux, make_sd3
 from fastgen.testing.tiny_models import (
     make_dit,
     make_label_unet,
@@ -12,4 +13,4 @@ from fastgen.testing.tiny_models import (
     make_pixel_text,
 )
 
-__all__ = ["make_dit", "make_label_unet", "make_latent_text", "make_pixel_text"]
+__all__ = ["make_dit", "make_flux", "make_label_unet", "make_latent_text", "make_pixel_text", "make_sd3"]

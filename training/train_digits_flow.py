@@ -1,0 +1,305 @@
+"""Train `builtin:digits-flow`: a rectified-flow transformer in the Stable Diffusion 3 layout on
+the scikit-learn digits.
+
+The denoiser is a `diffusers.SD3Transformer2DModel` (MMDiT: joint attention over image patches
+and text tokens, adaLN on the timestep and pooled text) working directly on 8x8 grayscale pixels
+(no VAE), conditioned like SD3 on two `CLIPTextModelWithProjection` encoders reading the real
+CLIP BPE tokens of "a handwritten digit {name}" (no T5, as SD3 allows). The conditioning is
+computed by `StableDiffusion3Pipeline.encode_prompt` (`fastgen.models.sd3_text`), in training
+exactly as when fastgen classifies. Training follows SD3's recipe: x_t = (1 - s) x0 + s eps with
+s drawn logit-normal (mean 0, std 1), the transformer fed the timestep 1000 s, and the loss the
+mean squared error of the velocity v = eps - x0. Same digits and split as `builtin:digits`.
+
+    python -m training.train_digits_flow --out fastgen/builtin/digits-flow --seed 0 --threads 1
+
+trains with the shipped settings (the defaults), saves the folder, then measures held-out
+accuracy through the engine users run for every timestep choice and weighting
+(`--report-only` re-measures a saved folder) and writes `TRAINING.md` / `training.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastgen.builtin.digits_data import CLASS_NAMES, INPUT_DESCRIPTION, SPLIT_SEED, TEMPLATE, digits_split, prompts
+from fastgen.models.sd3_text import encode_sd3_prompts, sd3_text_pipeline
+from training.engine_report import engine_accuracy
+from training.train_digits import _cast_copy, build_tokenizer, folder_size, lr_at, optimizer_and_emas, to_model_input
+
+PIPELINE_CLASS = "StableDiffusion3Pipeline"
+TEXT_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+
+
+@dataclass
+class FlowTrainConfig:
+    seed: int = 0
+    steps: int = 5000
+    batch_size: int = 128
+    lr: float = 5e-4
+    warmup_steps: int = 200
+    final_lr_fraction: float = 0.05
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    # Text encoders (two CLIPs, as SD3 has; no T5).
+    text_hidden: int = 32
+    text_layers: int = 2
+    text_heads: int = 2
+    text_intermediate: int = 64
+    projection_dim: int = 32
+    max_length: int = 8
+    max_sequence_length: int = 0  # T5 tokens; with no T5 they are zeros, so none are kept
+    # Transformer.
+    num_layers: int = 6
+    num_attention_heads: int = 4
+    attention_head_dim: int = 16
+    patch_size: int = 2
+    qk_norm: str = "rms_norm"
+    # Flow: timesteps s ~ sigmoid(N(logit_mean, logit_std)); the scheduler's shift at this size.
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 1.0
+    num_train_timesteps: int = 1000
+    save_dtype: str = "float16"
+    split_seed: int = SPLIT_SEED
+    eval_samples: list[int] = field(default_factory=lambda: [25])
+    eval_seed: int = 0
+
+
+def build_models(cfg: FlowTrainConfig, tokenizer) -> dict[str, Any]:
+    """Fresh transformer, two text encoders and scheduler for `cfg` (torch's RNG draws the weights)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    def text_encoder():
+        return CLIPTextModelWithProjection(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=cfg.text_hidden,
+                intermediate_size=cfg.text_intermediate,
+                num_hidden_layers=cfg.text_layers,
+                num_attention_heads=cfg.text_heads,
+                max_position_embeddings=cfg.max_length,
+                projection_dim=cfg.projection_dim,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+
+    inner = cfg.num_attention_heads * cfg.attention_head_dim
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=cfg.patch_size,
+        in_channels=1,
+        out_channels=1,
+        num_layers=cfg.num_layers,
+        attention_head_dim=cfg.attention_head_dim,
+        num_attention_heads=cfg.num_attention_heads,
+        joint_attention_dim=2 * cfg.text_hidden,  # the two CLIP widths side by side
+        caption_projection_dim=inner,
+        pooled_projection_dim=2 * cfg.projection_dim,
+        pos_embed_max_size=8 // cfg.patch_size,
+        qk_norm=cfg.qk_norm,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=cfg.num_train_timesteps, shift=cfg.shift)
+    return {
+        "transformer": transformer,
+        "scheduler": scheduler,
+        "text_encoder": text_encoder(),
+        "tokenizer": tokenizer,
+        "text_encoder_2": text_encoder(),
+        "tokenizer_2": tokenizer,
+    }
+
+
+def train(cfg: FlowTrainConfig, workdir: Path, log_every: int = 250) -> dict[str, Any]:
+    """Train from `cfg.seed`; returns the EMA models plus a loss log."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    tokenizer = build_tokenizer(workdir / "tokenizer", cfg.max_length)
+    models = build_models(cfg, tokenizer)
+    transformer = models["transformer"].train()
+    texts = torch.nn.ModuleList([models["text_encoder"], models["text_encoder_2"]]).train()
+    pipeline = sd3_text_pipeline(models)
+    sigmas = models["scheduler"].sigmas.float()  # [T], descending: index i of the training grid
+
+    train_x, train_y, _, _ = digits_split(cfg.split_seed)
+    x_all = to_model_input(train_x)
+    y_all = torch.as_tensor(train_y)
+    class_prompts = prompts()
+    opt, ema_transformer, ema_texts = optimizer_and_emas(transformer, texts, cfg)
+
+    n = x_all.shape[0]
+    perm, cursor = torch.randperm(n, generator=gen), 0
+    losses: list[float] = []
+    log: list[dict[str, float]] = []
+    start = time.time()
+    for step in range(cfg.steps):
+        if cursor + cfg.batch_size > n:
+            perm, cursor = torch.randperm(n, generator=gen), 0
+        idx = perm[cursor : cursor + cfg.batch_size]
+        cursor += cfg.batch_size
+        x0 = x_all[idx]
+        # SD3's sampling of the training timestep: u logit-normal, then the scheduler's grid.
+        u = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(x0.shape[0], generator=gen))
+        index = (u * cfg.num_train_timesteps).long().clamp(max=cfg.num_train_timesteps - 1)
+        s = sigmas.flip(0)[index]  # ascending grid, so a larger u is more noise
+        eps = torch.randn(x0.shape, generator=gen)
+        x_t = (1 - s).view(-1, 1, 1, 1) * x0 + s.view(-1, 1, 1, 1) * eps
+        embeds, pooled = encode_sd3_prompts(
+            pipeline, class_prompts, max_sequence_length=cfg.max_sequence_length, device="cpu"
+        )
+        labels = y_all[idx]
+        prediction = transformer(
+            x_t,
+            encoder_hidden_states=embeds[labels],
+            pooled_projections=pooled[labels],
+            timestep=s * cfg.num_train_timesteps,
+            return_dict=False,
+        )[0]
+        loss = torch.nn.functional.mse_loss(prediction, eps - x0)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(list(transformer.parameters()) + list(texts.parameters()), cfg.grad_clip)
+        opt.step()
+        ema_transformer.update(transformer)
+        ema_texts.update(texts)
+        losses.append(loss.item())
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            mean_loss = float(np.mean(losses[-log_every:]))
+            elapsed = time.time() - start
+            log.append({"step": step + 1, "loss": round(mean_loss, 5), "seconds": round(elapsed, 1)})
+            print(f"step {step + 1:6d}/{cfg.steps}  loss {mean_loss:.4f}  {elapsed:7.1f}s", flush=True)
+    trained = dict(models)
+    trained.update(
+        transformer=ema_transformer.shadow, text_encoder=ema_texts.shadow[0], text_encoder_2=ema_texts.shadow[1]
+    )
+    return {"models": trained, "log": log, "train_seconds": time.time() - start}
+
+
+def defaults(cfg: FlowTrainConfig) -> dict[str, Any]:
+    """The model's fastgen.json: classes, template, input convention and conditioning length."""
+    return {
+        "classes": list(CLASS_NAMES),
+        "templates": [TEMPLATE],
+        "policy": {},
+        "conditioning": {"max_sequence_length": cfg.max_sequence_length},
+        "input": {"polarity": "bright-on-dark", "description": INPUT_DESCRIPTION},
+    }
+
+
+def save(models: dict[str, Any], out: Path, cfg: FlowTrainConfig) -> Path:
+    """The diffusers SD3 layout (no vae/, no T5), weights in `cfg.save_dtype`."""
+    from fastgen.models.clip_vocab import write_clip_tokenizer
+    from fastgen.models.layout import save_model_folder
+
+    dtype = getattr(torch, cfg.save_dtype)
+    for sub in ("transformer", "scheduler", *TEXT_PARTS):
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+    components = {
+        "transformer": _cast_copy(models["transformer"], dtype),
+        "scheduler": models["scheduler"],
+        "text_encoder": _cast_copy(models["text_encoder"], dtype),
+        "tokenizer": models["tokenizer"],
+        "text_encoder_2": _cast_copy(models["text_encoder_2"], dtype),
+        "tokenizer_2": models["tokenizer"],
+    }
+    # Absent components are recorded as diffusers records them: [null, null].
+    absent = {name: [None, None] for name in ("vae", "text_encoder_3", "tokenizer_3")}
+    save_model_folder(out, components, pipeline_class=PIPELINE_CLASS, extra=absent, defaults=defaults(cfg))
+    for name in ("tokenizer", "tokenizer_2"):  # the compact vocab.json / merges.txt form
+        shutil.rmtree(out / name)
+        write_clip_tokenizer(out / name, model_max_length=cfg.max_length)
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+# Every timestep density x weighting a flow model can be scored with (fastgen.models.schedules).
+REPORT_CHOICES = [
+    (density, weighting)
+    for density in ("uniform", "logit-normal", "shifted")
+    for weighting in ("velocity", "sd3", "epsilon")
+]
+
+
+def report(out: Path, cfg: FlowTrainConfig, n_samples: int, choices=REPORT_CHOICES) -> list[dict[str, Any]]:
+    """Held-out accuracy on all held-out digits for each (density, weighting), through the engine."""
+    _, _, test_x, test_y = digits_split(cfg.split_seed)
+    rows = []
+    for density, weighting in choices:
+        r = engine_accuracy(
+            out, list(test_x), test_y, n_samples=n_samples, seed=cfg.eval_seed,
+            scoring={"flow_timesteps": density, "flow_weighting": weighting},
+        )  # fmt: skip
+        print(f"{density:>12} {weighting:>8}  n={n_samples}: {r['accuracy']:.4f} ({r['n_errors']} errors)", flush=True)
+        keys = ("n_samples", "n_images", "accuracy", "n_errors", "seconds")
+        rows.append({"flow_timesteps": density, "flow_weighting": weighting, **{k: r[k] for k in keys}})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="model folder to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=FlowTrainConfig.steps)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    parser.add_argument("--eval-samples", type=int, nargs="*", default=FlowTrainConfig().eval_samples)
+    parser.add_argument("--report-only", action="store_true", help="re-measure the model in --out")
+    parser.add_argument("--train-only", action="store_true", help="train and save; measure later")
+    args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    out: Path = args.out
+    if args.report_only:
+        result = json.loads((out / "training.json").read_text(encoding="utf-8"))
+        cfg = FlowTrainConfig(**{**result["config"], "eval_samples": list(args.eval_samples)})
+    else:
+        cfg = FlowTrainConfig(seed=args.seed, steps=args.steps, eval_samples=list(args.eval_samples))
+        command = f"python -m training.train_digits_flow --out {out} --seed {cfg.seed} --threads {args.threads}"
+        if cfg.steps != FlowTrainConfig.steps:
+            command += f" --steps {cfg.steps}"
+        with tempfile.TemporaryDirectory() as tmp:
+            trained = train(cfg, Path(tmp))
+            save(trained["models"], out, cfg)
+        models = trained["models"]
+        result = {
+            "command": command,
+            "threads": torch.get_num_threads(),
+            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}",
+            "train_seconds": round(trained["train_seconds"], 1),
+            "config": asdict(cfg),
+            "transformer_params": sum(p.numel() for p in models["transformer"].parameters()),
+            "text_params": sum(
+                p.numel() for name in ("text_encoder", "text_encoder_2") for p in models[name].parameters()
+            ),
+            "loss_log": trained["log"],
+        }
+        (out / "training.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        if args.train_only:
+            return
+    result["config"] = asdict(cfg)
+    result["eval_threads"] = torch.get_num_threads()
+    result["evaluation"] = [row for n in cfg.eval_samples for row in report(out, cfg, n)]
+    result["folder_bytes"] = folder_size(out)
+    (out / "training.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
