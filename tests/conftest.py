@@ -15,7 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from fastgen.testing import make_dit, make_label_unet, make_latent_text, make_pixel_text
+from fastgen.testing import make_dit, make_flux, make_label_unet, make_latent_text, make_pixel_text, make_sd3
 
 _real_connect = socket.socket.connect
 
@@ -40,6 +40,9 @@ MODEL_BUILDERS = {
     "pixel-text": lambda path: make_pixel_text(path, seed=2),
     "dit": lambda path: make_dit(path, seed=3),
     "label-unet": lambda path: make_label_unet(path, seed=4),
+    "sd3": lambda path: make_sd3(path, seed=5),
+    "sd3-pixel": lambda path: make_sd3(path, seed=6, with_t5=False, with_vae=False),
+    "flux": lambda path: make_flux(path, seed=7),
 }
 
 

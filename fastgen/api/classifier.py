@@ -186,6 +186,9 @@ class DiffusionClassifier:
         seed: int = 0,
         batch_size: int = 64,
         timestep_weights: Sequence[float] | None = None,
+        flow_timesteps: str | None = None,
+        flow_weighting: str | None = None,
+        conditioning: dict[str, Any] | None = None,
         config: ScoringConfig | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         invert: bool | str | None = None,
@@ -205,6 +208,10 @@ class DiffusionClassifier:
         `{"n_samples": 100}` or `{"n_samples": (50, 500), "to_keep": (5, 1)}`. A
         `config` (`ScoringConfig`) replaces the policy and every scoring keyword at once.
         `timestep_weights` defaults to the model's fitted ones (its `fastgen.json` `scoring`).
+        Flow-matching models (SD3, Flux) take `flow_timesteps` (`uniform`, `shifted`,
+        `logit-normal`) and `flow_weighting` (`velocity`, `epsilon`, `sd3`) instead of
+        `weighting`, and `conditioning` for their model settings (`max_sequence_length`; Flux also
+        `resolution` (H, W) and `guidance`), over the model's own fastgen.json.
 
         `max_pixels` refuses image files with more pixels, from their header, as an `ImageError`.
         `invert` matches images to the ink polarity the model declares (`fastgen.inputs.polarity`):
@@ -221,7 +228,10 @@ class DiffusionClassifier:
         # Cheap checks first: a bad argument should not cost a model load.
         if config is None:
             check_loss(loss)
-            ScoringConfig(seed=seed, batch_size=batch_size, weighting=weighting)
+            ScoringConfig(
+                seed=seed, batch_size=batch_size, weighting=weighting, flow_timesteps=flow_timesteps,
+                flow_weighting=flow_weighting,
+            )  # fmt: skip
         _check_positive("max_pixels", max_pixels)
         adapter = load_adapter(
             model,
@@ -229,6 +239,7 @@ class DiffusionClassifier:
             dtype=parse_dtype(dtype),
             local_files_only=local_files_only,
             allow_pickle=allow_pickle,
+            conditioning=conditioning,
         )
         defaults = adapter.defaults
         if classes is None and "classes" in defaults:
@@ -239,7 +250,7 @@ class DiffusionClassifier:
             config = ScoringConfig.build(
                 policy=policy, policy_options=policy_options, model_defaults=defaults, loss=loss,
                 timesteps=timesteps, weighting=weighting, seed=seed, aggregate=aggregate, batch_size=batch_size,
-                timestep_weights=timestep_weights,
+                timestep_weights=timestep_weights, flow_timesteps=flow_timesteps, flow_weighting=flow_weighting,
             )  # fmt: skip
         spec = build_classes(classes, templates=templates, aggregate=config.aggregate)
         classifier = cls(adapter, spec, config=config, max_pixels=max_pixels, invert=invert)
