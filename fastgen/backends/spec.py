@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from fastgen.models.base import DiTDenoiser, LabelUNetDenoiser, TextDenoiser, sample_hw
+from fastgen.models.flux import FluxDenoiser
+from fastgen.models.sd3 import PackedTextDenoiser
 
 BATCH_AXIS = "batch"
 INPUT_NAMES = ("x_t", "t", "cond")
@@ -40,7 +42,7 @@ class TensorSpec:
 class IOSpec:
     """Inputs (x_t, t, cond) and output of one denoiser; the batch axis is axis 0 of each."""
 
-    family: str  # "unet-text", "unet-label" or "dit-label"
+    family: str  # "unet-text", "unet-label", "dit-label", "sd3-text" or "flux-text"
     inputs: tuple[TensorSpec, TensorSpec, TensorSpec]
     output: TensorSpec
     num_labels: int = 0  # label-conditioned models: dummy labels stay below this
@@ -140,14 +142,35 @@ def denoiser_spec(denoiser: nn.Module, *, text_length: int | None = None) -> IOS
         out = TensorSpec(OUTPUT_NAME, (out_channels, *hw), "model")
         labels = int(config.num_embeds_ada_norm if is_dit else config.num_class_embeds)
         return IOSpec(family, (x(channels, hw), t, cond), out, num_labels=labels)
+    if isinstance(denoiser, PackedTextDenoiser):
+        return _flow_spec(denoiser, text_length)
     raise TypeError(
         f"no I/O spec for denoiser type {type(denoiser).__name__}; backends and export take "
-        "the `denoiser` of a fastgen adapter (TextDenoiser, LabelUNetDenoiser, DiTDenoiser)"
+        "the `denoiser` of a fastgen adapter (TextDenoiser, LabelUNetDenoiser, DiTDenoiser, SD3Denoiser, "
+        "FluxDenoiser)"
     )
 
 
+def _flow_spec(denoiser: PackedTextDenoiser, text_length: int | None) -> IOSpec:
+    """SD3 / Flux: x_t in the VAE's latent layout, cond one packed row of `text_length` tokens
+    of the joint-attention width followed by the pooled projection."""
+    if text_length is None:
+        raise ValueError("a flow transformer's I/O spec needs text_length (its condition's tokens per prompt)")
+    cond = TensorSpec("cond", (int(text_length) * denoiser.text_width + denoiser.pooled_width,), "model")
+    config = denoiser.transformer.config
+    if isinstance(denoiser, FluxDenoiser):
+        shape, family = (int(config.in_channels) // 4, *denoiser.latent_hw), "flux-text"
+    else:
+        shape, family = (int(config.in_channels), *sample_hw(config.sample_size)), "sd3-text"
+    x = TensorSpec("x_t", shape, "model")
+    return IOSpec(family, (x, TensorSpec("t", (), "int64"), cond), TensorSpec(OUTPUT_NAME, shape, "model"))
+
+
 def adapter_spec(adapter) -> IOSpec:
-    """The I/O spec of an adapter's denoiser; text models take their length from the tokenizer."""
+    """The I/O spec of an adapter's denoiser; text models take their length from the tokenizer
+    (flow transformers from the adapter, which knows its T5 length)."""
     tokenizer = getattr(adapter, "tokenizer", None)
-    length = int(tokenizer.model_max_length) if tokenizer is not None else None
+    length = getattr(adapter, "text_length", None)
+    if length is None and tokenizer is not None:
+        length = int(tokenizer.model_max_length)
     return denoiser_spec(adapter.denoiser, text_length=length)

@@ -46,6 +46,10 @@ class ExportParityError(ValueError):
     """The exported graph's outputs differ from the torch module's beyond tolerance."""
 
 
+class UnsupportedExportError(ValueError):
+    """The chosen exporter cannot express an operator of this denoiser in ONNX."""
+
+
 def module_bytes(module: nn.Module) -> int:
     tensors = list(module.parameters()) + list(module.buffers())
     return sum(t.numel() * t.element_size() for t in tensors)
@@ -82,10 +86,19 @@ def export_onnx(
         # Both exporters warn at length about trace-time branches on static sizes (channel
         # counts, spatial sizes); only the batch axis varies, and parity is checked below.
         warnings.simplefilter("ignore")
-        if exporter == "dynamo":
-            _export_dynamo(denoiser, inputs, spec, path, opset, external)
-        else:
-            _export_torchscript(denoiser, inputs, spec, path, opset, external)
+        try:
+            if exporter == "dynamo":
+                _export_dynamo(denoiser, inputs, spec, path, opset, external)
+            else:
+                _export_torchscript(denoiser, inputs, spec, path, opset, external)
+        except torch.onnx.errors.UnsupportedOperatorError as error:
+            # The legacy tracer has no ONNX form of some newer ops (Flux's RMSNorm is
+            # aten::rms_norm); the dynamo exporter decomposes them.
+            other = "dynamo" if exporter == "torchscript" else "torchscript"
+            raise UnsupportedExportError(
+                f"the {exporter} exporter cannot export this {spec.family} denoiser at opset {opset}: "
+                f"{str(error).splitlines()[0]}; use exporter='{other}'"
+            ) from None
     _single_data_file(path, external, written=set(path.parent.iterdir()) - existing - {path})
     onnx.checker.check_model(str(path))  # by path: works past 2 GB with external data
     data = path.with_name(path.name + ".data")

@@ -137,8 +137,12 @@ class FluxAdapter(Adapter):
         check_flux_latents(self)
 
     @property
+    def text_length(self) -> int:
+        return self.max_sequence_length  # T5's tokens are Flux's whole text sequence
+
+    @property
     def condition_shape(self) -> tuple[int, ...]:
-        return (self.max_sequence_length * self.denoiser.text_width + self.denoiser.pooled_width,)
+        return (self.text_length * self.denoiser.text_width + self.denoiser.pooled_width,)
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:

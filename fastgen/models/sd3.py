@@ -130,9 +130,13 @@ class SD3Adapter(Adapter):
         return int(self.conditioning.get("max_sequence_length", SD3_MAX_SEQUENCE_LENGTH))
 
     @property
+    def text_length(self) -> int:
+        """Tokens of the joint-attention sequence: CLIP's, then T5's (or its zeros)."""
+        return int(self.tokenizer.model_max_length) + self.max_sequence_length
+
+    @property
     def condition_shape(self) -> tuple[int, ...]:
-        length = int(self.tokenizer.model_max_length) + self.max_sequence_length
-        return (length * self.denoiser.text_width + self.denoiser.pooled_width,)
+        return (self.text_length * self.denoiser.text_width + self.denoiser.pooled_width,)
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
