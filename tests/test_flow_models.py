@@ -282,3 +282,46 @@ def test_conditioning_settings_are_refused_where_they_do_not_apply(model_dirs):
         load_adapter(model_dirs["pixel-text"], conditioning={"guidance": 2.0})
     with pytest.raises(ValueError, match="do not apply to SD3 models"):
         load_adapter(model_dirs["sd3"], conditioning={"guidance": 2.0})
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def test_classify_command_takes_flow_settings_and_records_them(model_dirs, tmp_path, capsys):
+    from helpers import file_lines
+    from PIL import Image
+
+    from fastgen.commands.main import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "results.jsonl"
+    argv = [
+        "classify", str(folder), "--model", str(model_dirs["flux"]), "--classes", "cat,dog", "--out", str(out),
+        "--policy", "exhaustive", "--n-samples", "3", "--flow-timesteps", "shifted", "--flow-weighting", "epsilon",
+        "--conditioning", "guidance=2.5", "--no-progress", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    header, records = file_lines(out)
+    settings = header["settings"]
+    assert (settings["flow_timesteps"], settings["flow_weighting"]) == ("shifted", "epsilon")
+    assert settings["conditioning"] == {"max_sequence_length": 6, "resolution": [32, 32], "guidance": 2.5}
+    assert len(records) == 2 and all(r["unet_evals"] == 6 for r in records)
+    # Another guidance scores differently, so a resume with it is another job: refused.
+    assert main([*argv[:-5], "--conditioning", "guidance=4", "--no-progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert 'conditioning: {"max_sequence_length": 6, "resolution": [32, 32], "guidance": 2.5} in the file' in err
+
+
+def test_flow_options_on_a_diffusion_model_are_a_one_line_error(tmp_path, capsys):
+    from PIL import Image
+
+    from fastgen.commands.main import main
+
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "digit.png")
+    assert main(["classify", str(tmp_path), "--flow-weighting", "sd3", "--no-progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "flow_weighting='sd3' applies to flow-matching models" in err and len(err.strip().splitlines()) == 1

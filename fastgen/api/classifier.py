@@ -286,7 +286,7 @@ class DiffusionClassifier:
         same job; device and backend are left out (results differ only in float rounding)."""
         labels = self.classes.labels
         scoring = {k: v for k, v in self.config.as_dict().items() if k != "batch_size"}
-        return {
+        settings = {
             "classes": list(self.classes.names),
             "prompts": [list(p) for p in self.classes.prompts],
             "labels": list(labels) if labels is not None else None,
@@ -294,6 +294,10 @@ class DiffusionClassifier:
             "dtype": str(self.adapter.dtype).removeprefix("torch."),
             "input": self.polarity.settings(),
         }
+        conditioning = self.adapter.conditioning_settings()
+        if conditioning:  # flow transformers: sequence length, resolution, guidance
+            settings["conditioning"] = conditioning
+        return settings
 
     # -- classification -----------------------------------------------------------------------
     def prepare_pixels(self, image: ImageInput) -> torch.Tensor:

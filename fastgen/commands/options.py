@@ -27,6 +27,7 @@ from fastgen.inputs.classes import AGGREGATES
 from fastgen.inputs.images import DEFAULT_MAX_PIXELS
 from fastgen.inputs.polarity import INVERT_MODES
 from fastgen.losses import LOSSES
+from fastgen.models.schedules import FLOW_TIMESTEPS, FLOW_WEIGHTINGS
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -71,7 +72,21 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=seed_value, default=0, help="fixes every (timestep, noise) sample; 0..2**32-1")
     group.add_argument("--loss", choices=LOSSES, default="l2")
     group.add_argument("--timesteps", choices=TIMESTEP_MODES, default="even")
-    group.add_argument("--weighting", type=finite_float, default=0.0, help="k in w(t)=exp(-k t); 0 is uniform")
+    group.add_argument(
+        "--weighting", type=finite_float, default=0.0, help="epsilon/v models: k in w(t)=exp(-k t); 0 is uniform"
+    )
+    group.add_argument(
+        "--flow-timesteps", choices=FLOW_TIMESTEPS, default=None,
+        help="flow models (SD3, Flux): density of the noise levels scored (default: the model's, else uniform)",
+    )  # fmt: skip
+    group.add_argument(
+        "--flow-weighting", choices=FLOW_WEIGHTINGS, default=None,
+        help="flow models: weight of each velocity error (default: the model's, else velocity)",
+    )  # fmt: skip
+    group.add_argument(
+        "--conditioning", type=parse_option, action="append", dest="conditioning", metavar="KEY=VALUE",
+        help="flow models: max_sequence_length=N; Flux also resolution=H,W and guidance=G (repeatable)",
+    )  # fmt: skip
     group.add_argument(
         "--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
         help=f"refuse image files with more pixels than this, from their header (default {DEFAULT_MAX_PIXELS:,})",
@@ -178,6 +193,9 @@ def classifier_from_args(args: argparse.Namespace, *, device: str | None = None)
         loss=args.loss,
         timesteps=args.timesteps,
         weighting=args.weighting,
+        flow_timesteps=args.flow_timesteps,
+        flow_weighting=args.flow_weighting,
+        conditioning=dict(args.conditioning or []) or None,
         seed=args.seed,
         batch_size=args.batch_size,
         max_pixels=args.max_pixels,

@@ -60,6 +60,11 @@ class Adapter(ABC):
     def num_train_timesteps(self) -> int:
         return int(self.schedule.num_train_timesteps)
 
+    def conditioning_settings(self) -> dict[str, Any]:
+        """The model settings a score depends on besides the weights (flow transformers: their
+        sequence length, resolution, guidance), as used; empty for other families."""
+        return {}
+
     def set_diffusion_schedule(self, scheduler: Any) -> None:
         """Read a DDPM-style scheduler: `alphas_cumprod`, `prediction_type` and `schedule`."""
         self.alphas_cumprod, self.prediction_type = scheduler_facts(scheduler)

@@ -136,6 +136,13 @@ class FluxAdapter(Adapter):
         self._x0_shape = (int(self.vae.config.latent_channels), *latent_hw)
         check_flux_latents(self)
 
+    def conditioning_settings(self) -> dict[str, Any]:
+        return {
+            "max_sequence_length": self.max_sequence_length,
+            "resolution": list(self.image_hw),
+            "guidance": self.guidance,
+        }
+
     @property
     def text_length(self) -> int:
         return self.max_sequence_length  # T5's tokens are Flux's whole text sequence

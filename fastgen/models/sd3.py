@@ -129,6 +129,9 @@ class SD3Adapter(Adapter):
         pipeline."""
         return int(self.conditioning.get("max_sequence_length", SD3_MAX_SEQUENCE_LENGTH))
 
+    def conditioning_settings(self) -> dict[str, Any]:
+        return {"max_sequence_length": self.max_sequence_length}
+
     @property
     def text_length(self) -> int:
         """Tokens of the joint-attention sequence: CLIP's, then T5's (or its zeros)."""
