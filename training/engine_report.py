@@ -29,13 +29,15 @@ def engine_accuracy(
     seed: int = 0,
     policy: str = "exhaustive",
     policy_options: dict[str, Any] | None = None,
+    scoring: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Accuracy of the model in `folder` on uint8 `images` whose class indices are `labels`
-    (indices into the model's own `fastgen.json` classes)."""
+    (indices into the model's own `fastgen.json` classes); `scoring` holds other scoring
+    settings (a flow model's `flow_timesteps` / `flow_weighting`)."""
     options = {"n_samples": n_samples} if policy == "exhaustive" else dict(policy_options or {})
     clf = fastgen.DiffusionClassifier.from_pretrained(
         folder, device="cpu", dtype=torch.float32, policy=policy, policy_options=options,
-        batch_size=batch_size, seed=seed,
+        batch_size=batch_size, seed=seed, **(scoring or {}),
     )  # fmt: skip
     start = time.perf_counter()
     results = clf.classify(list(images))

@@ -4,7 +4,9 @@
 scikit-learn digits (8x8 grayscale); see `digits/TRAINING.md` and `train_digits.py`.
 `builtin:numbers` is its 1,000-class sibling on handwritten three-digit numbers 000-999 (8x24,
 three digits side by side); see `numbers/TRAINING.md`, `numbers_data.py` and
-`training/train_numbers.py` at the repository root.
+`training/train_numbers.py` at the repository root. `builtin:digits-flow` is a rectified-flow
+transformer in the Stable Diffusion 3 layout on the same digits and split; see
+`digits-flow/TRAINING.md` and `training/train_digits_flow.py`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ from pathlib import Path
 
 BUILTIN_DIR = Path(__file__).parent
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS: dict[str, Path] = {"digits": BUILTIN_DIR / "digits", "numbers": BUILTIN_DIR / "numbers"}
+BUILTIN_MODELS: dict[str, Path] = {
+    "digits": BUILTIN_DIR / "digits",
+    "numbers": BUILTIN_DIR / "numbers",
+    "digits-flow": BUILTIN_DIR / "digits-flow",
+}
 
 
 def resolve_builtin(name: str) -> Path:
