@@ -3,8 +3,11 @@ drives them: the providers a session really uses, the stream handed to ONNX Runt
 verification, and an engine's ONNX step that needs no ONNX Runtime.
 
 Not testable here (no CUDA, no TensorRT): that the side stream orders ORT/TensorRT work after
-torch's writes on a GPU, and that `execute_async_v3` runs under the model's device; `fastgen
-selftest --device cuda` runs both paths against the reference on a GPU."""
+torch's writes on a GPU, that `execute_async_v3` runs under the model's device, and that ORT's
+IO binding and CUDA-graph capture run under the model's device (each allocates on the CUDA
+device inside its guard, which a CPU run cannot reach); `fastgen selftest --device cuda` runs
+these paths against the reference on a GPU. TensorRT's two calls (engine build, engine run) are
+stood in for to test the chain around them."""
 
 from __future__ import annotations
 
@@ -123,3 +126,57 @@ def test_a_bf16_denoiser_exports_for_an_engine_without_onnxruntime(model_dirs, t
 
     graph = onnx.load(str(made.path)).graph
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16
+
+
+def test_building_an_engine_exports_its_onnx_without_onnxruntime(model_dirs, tmp_path, monkeypatch):
+    """ensure_engine's whole chain on CPU, with TensorRT's two calls stood in for: the ONNX step
+    runs with onnxruntime unimportable, is cached unverified, and a build failure keeps it."""
+    adapter = load_adapter(model_dirs["label-unet"])
+    spec, cache = adapter_spec(adapter), ExportCache(tmp_path)
+    monkeypatch.setattr(pipeline, "import_tensorrt", lambda purpose: None)
+    monkeypatch.setattr(pipeline, "engine_device", lambda denoiser: torch.device("cpu"))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises
+    built = []
+
+    def failing_build(onnx_path, plan, spec, **options):
+        built.append(onnx_path)
+        raise RuntimeError("engine build failed (stand-in)")
+
+    monkeypatch.setattr(pipeline, "build_engine", failing_build)
+    common = {"model": str(model_dirs["label-unet"]), "cache": cache, "batch_sizes": (1, 4, 8)}
+    with pytest.raises(RuntimeError, match="stand-in"):
+        pipeline.ensure_engine(adapter.denoiser, spec, exporter="torchscript", **common)
+    assert len(built) == 1 and built[0].name == "model.onnx" and built[0].exists()
+
+    def fake_build(onnx_path, plan, spec, **options):
+        built.append(onnx_path)
+        plan.write_bytes(b"plan")
+        return {"engine_bytes": 4}
+
+    monkeypatch.setattr(pipeline, "build_engine", fake_build)
+    result = pipeline.ensure_engine(adapter.denoiser, spec, exporter="torchscript", verify=False, **common)
+    assert result.built and result.path.read_bytes() == b"plan"
+    assert built[1] == built[0]  # the export of the failed try was reused, not redone
+    assert "parity_max_rel_diff" not in pipeline._read_meta(built[0].parent)
+
+
+def test_engine_verification_rejects_an_engine_that_outputs_nan(model_dirs, monkeypatch):
+    """verify_engine on a stand-in engine whose outputs hold a NaN: never a pass."""
+    adapter = load_adapter(model_dirs["label-unet"])
+    spec = adapter_spec(adapter)
+
+    class NanEngine:
+        def __init__(self, plan, spec, **options):
+            pass
+
+        def __call__(self, x_t, t, cond):
+            with torch.no_grad():
+                out = adapter.denoiser(x_t, t, cond).clone()
+            out[0, 0, 0, 0] = float("nan")
+            return out
+
+    import fastgen.backends.tensorrt_backend as tensorrt_backend
+
+    monkeypatch.setattr(tensorrt_backend, "TensorRTBackend", NanEngine)
+    with pytest.raises(RuntimeError, match="max relative difference inf"):
+        pipeline.verify_engine("model.plan", adapter.denoiser, spec, (1, 2, 3))

@@ -34,13 +34,24 @@ def test_launcher_falls_back_to_the_kernel_itself(monkeypatch):
 
 @pytest.mark.skipif(not has_triton(), reason="triton is not installed")
 def test_kernels_import_and_run_on_a_torch_without_triton_op():
-    """A fresh interpreter whose torch lacks the 2.6 APIs imports fastgen and runs both kernels
-    (interpreted on CPU) to the plain-torch references."""
+    """A fresh interpreter whose torch lacks the 2.5 and 2.6 APIs (torch.OutOfMemoryError,
+    triton_op, wrap_triton) imports fastgen, splits a batch on out-of-memory, and runs both
+    kernels (interpreted on CPU) to the plain-torch references."""
     script = textwrap.dedent(
         """
         import torch
-        del torch.library.triton_op, torch.library.wrap_triton
+        del torch.library.triton_op, torch.library.wrap_triton, torch.OutOfMemoryError
         import fastgen
+        from fastgen.engine.denoiser import as_denoiser
+        from fastgen.engine.faults import DenoiseGuard
+
+        def small_memory(x_t, t, cond):
+            if x_t.shape[0] > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+            return x_t * 2
+        guard = DenoiseGuard(lambda: None)
+        x = torch.arange(5.0).view(5, 1)
+        assert torch.equal(guard(as_denoiser(small_memory), x, torch.zeros(5), torch.zeros(5, 1)), x * 2)
         from fastgen.kernels.noised_batch import launch_noised_batch, noised_batch_ref
         from fastgen.kernels.prediction_errors import launch_prediction_errors, prediction_errors_ref
         g = torch.Generator().manual_seed(5)

@@ -53,6 +53,40 @@ def test_staging_packs_one_copy_per_dtype_and_keeps_values():
     assert transfer.stage(host, "cpu") == host  # on the CPU nothing is copied
 
 
+def test_the_engine_stages_each_batch_in_one_call_before_the_denoiser(model_dirs, images, monkeypatch):
+    """Every per-row index and coefficient vector of a batch goes through one `stage` call (one
+    copy per dtype on a GPU), made before the denoiser is launched; none is copied on its own."""
+    from fastgen import DiffusionClassifier
+    from fastgen.engine import runner
+
+    events = []
+    real_stage = runner.stage
+
+    def recording_stage(tensors, device):
+        events.append(("stage", sorted(tensors)))
+        return real_stage(tensors, device)
+
+    monkeypatch.setattr(runner, "stage", recording_stage)
+    clf = DiffusionClassifier.from_pretrained(
+        model_dirs["pixel-text"], classes=["cat", "dog", "bird"], policy="exhaustive",
+        policy_options={"n_samples": 5}, batch_size=7, device="cpu",
+    )  # fmt: skip
+    denoiser = clf.denoise
+
+    def recording_denoiser(*args, **kwargs):
+        events.append(("denoise", None))
+        return denoiser(*args, **kwargs)
+
+    recording_denoiser.shares_prefix = denoiser.shares_prefix
+    clf.denoise = recording_denoiser
+    clf.classify(images[:3])
+    staged = [keys for kind, keys in events if kind == "stage"]
+    assert len(staged) == -(-3 * 3 * 5 // 7)  # 45 rows in batches of 7
+    assert [kind for kind, _ in events] == ["stage", "denoise"] * len(staged)
+    vectors = {"alpha", "sigma", "target_a", "target_b", "weight", "timesteps", "slot", "sample", "prompt", "rows"}
+    assert all(vectors <= set(keys) for keys in staged)
+
+
 def test_pinning_is_chosen_for_cuda_only():
     assert not transfer.pins_for(torch.device("cpu"))
     assert transfer.pins_for(torch.device("cuda")) == torch.cuda.is_available()

@@ -80,3 +80,21 @@ def test_a_path_that_raises_is_an_error_row_not_the_end_of_the_run(tmp_path):
     broken = ExecutionPath("broken", backend="torch", backend_options={"no_such_option": 1})
     row = run_path(broken, digits, np.zeros((8, 10)), torch.device("cpu"), tmp_path)
     assert row.status == "error" and "no_such_option" in row.reason
+
+
+def test_an_onnxruntime_path_whose_provider_falls_back_fails_and_says_so(model_dirs, tmp_path):
+    """A CPU-only onnxruntime asked for the CUDA provider silently runs on the CPU: the path's
+    numbers would be right, but it did not test CUDA, so it must not pass."""
+    pytest.importorskip("onnxruntime")
+    from fastgen.eval.selftest import TestModel, reference_errors
+
+    g = torch.Generator().manual_seed(2)
+    model = TestModel("tiny-dit", str(model_dirs["dit"]), [torch.rand(3, 16, 16, generator=g)], ["class0", "class1"])
+    asked = ExecutionPath(
+        "onnxruntime-cuda", backend="onnxruntime",
+        backend_options={"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"], "exporter": "torchscript"},
+    )  # fmt: skip
+    device = torch.device("cpu")
+    row = run_path(asked, model, reference_errors(model, device), device, tmp_path)
+    assert row.status == "FAIL" and "could not use CUDAExecutionProvider" in row.reason
+    assert row.max_rel_error is not None and row.max_rel_error < 1e-3  # the numbers themselves agree

@@ -22,6 +22,10 @@ from torch import nn
 
 from fastgen.engine.denoiser import Denoiser
 
+# OutOfMemoryError is public from torch 2.5; torch.cuda.OutOfMemoryError (the same class
+# there) exists on every torch fastgen supports.
+OutOfMemoryError: type[Exception] = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
 log = logging.getLogger(__name__)
 
 
@@ -119,9 +123,9 @@ class DenoiseGuard:
                 outputs.append(call_rows(denoise, x_t, t, cond, rows, start, end))
                 start = end
                 continue
-            except torch.OutOfMemoryError as error:
+            except OutOfMemoryError as error:
                 if end - start == 1:
-                    raise torch.OutOfMemoryError(
+                    raise OutOfMemoryError(
                         f"the denoiser ran out of memory on a single row ({error}); free GPU "
                         "memory, use a lower-precision dtype, or a smaller model"
                     ) from error

@@ -18,7 +18,7 @@ import logging
 import torch
 
 from fastgen.engine.denoiser import Denoiser
-from fastgen.engine.faults import DenoiseGuard, call_rows, release_cached_memory
+from fastgen.engine.faults import DenoiseGuard, OutOfMemoryError, call_rows, release_cached_memory
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,9 @@ class FixedBatch:
             size = self.batch_size
             try:
                 return self._call_fixed(x_t, t, cond, rows)
-            except torch.OutOfMemoryError as error:
+            except OutOfMemoryError as error:
                 if size == 1:
-                    raise torch.OutOfMemoryError(
+                    raise OutOfMemoryError(
                         f"the denoiser ran out of memory on a single row ({error}); free GPU "
                         "memory, use a lower-precision dtype, or a smaller model"
                     ) from error

@@ -119,6 +119,14 @@ def engine_source(denoiser: nn.Module, spec: IOSpec, *, model: str | Path, cache
     return ensure_onnx(denoiser, spec, model=model, cache=cache, exporter=exporter, verify=False)
 
 
+def engine_device(denoiser: nn.Module) -> torch.device:
+    """The CUDA device an engine for `denoiser` is built on; refuses any other."""
+    device = next(denoiser.parameters()).device
+    if device.type != "cuda":
+        raise ValueError(f"TensorRT engines are built for a CUDA device; the model is on {device} (use device='cuda')")
+    return device
+
+
 def ensure_engine(
     denoiser: nn.Module,
     spec: IOSpec,
@@ -134,9 +142,7 @@ def ensure_engine(
     cached ONNX export, made first if needed). With `any_covering_profile`, any cached engine
     whose profile covers the optimum batch size is reused."""
     import_tensorrt("building a TensorRT engine")  # fail before a long ONNX export
-    device = next(denoiser.parameters()).device
-    if device.type != "cuda":
-        raise ValueError(f"TensorRT engines are built for a CUDA device; the model is on {device} (use device='cuda')")
+    device = engine_device(denoiser)
     source = onnx_key(denoiser, spec, model=str(model), exporter=exporter)
     key = engine_key(source, batch_sizes=batch_sizes, device=device)
     found = cache.lookup(key) or (cache.find_engine(key, batch_sizes[1]) if any_covering_profile else None)
