@@ -111,22 +111,44 @@ def test_bad_input_leaves_notes_and_a_report(tmp_path):
     assert results.read_text().count("\n") == 14
 
 
+# Colours only one figure draws: the darkest cell of the confusion matrix (matplotlib's "Blues"
+# at its maximum) and the calibrated series of the reliability diagram (tab10 orange).
+FIGURE_COLOURS = {"confusion-matrix": (8, 48, 107), "reliability-diagram": (255, 127, 14)}
+
+
+def _pixels_near(image: Image.Image, colour: tuple[int, int, int], tolerance: int = 12) -> int:
+    rgb = np.asarray(image.convert("RGB"), dtype=np.int64)
+    return int((np.abs(rgb - np.array(colour)).max(axis=-1) <= tolerance).sum())
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_the_report_renders_in_headless_chromium(tmp_path):
+    import base64
+    import io
+    import re
+
     results = synthetic_results(tmp_path / "run", n=40)
     run = load_run(results)
     page = build_report(run, tmp_path / "report.html", labels=folder_labels(run))
-    flags = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files"]
+    flags = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+             "--disable-background-networking", "--disable-component-update", "--no-first-run"]  # fmt: skip
     dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    for figure in ("confusion-matrix", "reliability-diagram"):
-        assert f'id="{figure}"' in dom and 'src="data:image/png;base64,' in dom
+    # The DOM as Chromium parsed it holds each figure as its own decodable PNG, of its own content.
+    for figure, colour in FIGURE_COLOURS.items():
+        found = re.search(rf'<img id="{figure}"[^>]*src="data:image/png;base64,([^"]+)"', dom)
+        assert found, f"{figure} is not in the rendered DOM"
+        image = Image.open(io.BytesIO(base64.b64decode(found.group(1))))
+        assert image.width > 200 and _pixels_near(image, colour) > 100, figure
+        others = [c for f, c in FIGURE_COLOURS.items() if f != figure]
+        assert all(_pixels_near(image, c) < 20 for c in others), f"{figure} draws another figure's colour"
+    # The screenshot shows both figures: each one's own colour is on screen.
     shot = tmp_path / "shot.png"
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1000,1800", page.as_uri()],
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,4000", page.as_uri()],
                    capture_output=True, timeout=120, check=True)  # fmt: skip
-    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
-    assert pixels.std() > 20  # not a blank page: figures and text are drawn
-    blue = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int64)
-    assert ((blue[..., 2] - blue[..., 0]) > 60).sum() > 500  # the confusion matrix's blue cells
+    screen = Image.open(shot)
+    assert np.asarray(screen.convert("L"), dtype=np.float64).std() > 20  # not a blank page
+    for figure, colour in FIGURE_COLOURS.items():
+        assert _pixels_near(screen, colour) > 100, f"{figure} is not visible in the screenshot"
 
 
 def test_demo_writes_a_report(tmp_path, capsys):
@@ -158,3 +180,70 @@ def test_classify_with_a_calibration_adds_probabilities_to_every_line(tmp_path, 
     bad.write_text("{}")
     assert main([*args, "--out", str(tmp_path / "other.jsonl"), "--calibration", str(bad)]) != 0
     assert "not a fastgen calibration file" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_a_file_without_labels_or_records_with_one_clear_line(tmp_path, capsys):
+    unlabelled = tmp_path / "flat"
+    unlabelled.mkdir()
+    results = synthetic_results(tmp_path / "run", n=20)
+    lines = results.read_text().splitlines()
+    moved = [json.loads(line) for line in lines]
+    for record in moved[1:]:
+        record["path"] = str(unlabelled / Path(record["path"]).name)  # no class folder: no label
+    (tmp_path / "unlabelled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in moved))
+    (tmp_path / "empty.jsonl").write_text("")
+    for name in ("unlabelled.jsonl", "empty.jsonl"):
+        out = tmp_path / f"{name}.calibration.json"
+        assert main(["calibrate", str(tmp_path / name), "--labels-from-folders", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("fastgen calibrate: error: calibration needs labelled results: 0 record(s)")
+        assert not out.exists()
+
+
+def test_records_with_values_that_are_not_numbers_are_left_out_with_a_note(tmp_path):
+    results = synthetic_results(tmp_path / "run", n=16)
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    records[1]["scores"]["cat"] = "bad"
+    records[2]["unet_evals"] = "many"
+    records[3]["partial_scores"] = {"cat": [1, 2]}
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = load_run(results)
+    assert len(run.records) == 16 - 3
+    text = build_report(run, tmp_path / "report.html", labels=folder_labels(run)).read_text()
+    assert "1 record(s) with a scores value that is not a number are left out" in text
+    assert "1 record(s) with unet_evals that is not a number are left out" in text
+    assert "1 record(s) with a partial_scores value that is not a number" in text
+    assert 'id="confusion-matrix"' in text and 'id="reliability-diagram"' in text
+
+
+def test_the_reliability_diagram_measures_a_calibration_on_images_it_was_not_fitted_on(tmp_path):
+    run = load_run(synthetic_results(tmp_path / "run", n=60))
+    labels = folder_labels(run)
+    calibration = fit_calibration(scored_records(run.records, run.classes, labels), fit_fraction=0.5, seed=1)
+    assert len(calibration.fitted_paths) == calibration.fitted_on == 30
+    saved = tmp_path / "calibration.json"
+    calibration.save(saved)
+    text = build_report(run, tmp_path / "report.html", labels=labels, calibration=Calibration.load(saved)).read_text()
+    assert "Reliability on 30 images not used for fitting" in text
+    other = Calibration("temperature", 0.01, classes=["cat", "dog"])
+    text = build_report(run, tmp_path / "other.html", labels=labels, calibration=other).read_text()
+    assert "The calibration was fitted on other classes: this run has 2 class(es) it never saw" in text
+
+
+def test_a_calibration_of_other_classes_is_warned_about(model_dirs, tmp_path, caplog):
+    import logging
+
+    from fastgen import DiffusionClassifier
+
+    calibration = tmp_path / "c.json"
+    Calibration("temperature", 0.01, classes=["zebra", "okapi"]).save(calibration)
+    with caplog.at_level(logging.WARNING, logger="fastgen.api.classifier"):
+        DiffusionClassifier.from_pretrained(model_dirs["pixel-text"], classes=["cat", "dog"], calibration=calibration)
+    assert "fitted on other classes: this run has 2 class(es) it never saw (cat, dog)" in caplog.text
+
+
+def test_report_command_prints_its_notes(tmp_path, capsys):
+    results = synthetic_results(tmp_path / "run", n=10)
+    assert main(["report", str(results), "--out", str(tmp_path / "r.html")]) == 0
+    err = capsys.readouterr().err
+    assert "No labels" in err and "1 error record(s)" in err

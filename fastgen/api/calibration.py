@@ -100,6 +100,24 @@ class Calibration:
     classes: list[str] = field(default_factory=list)
     fitted_on: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    # The images it was fitted on, so that a report measures it on the others only.
+    fitted_paths: list[str] = field(default_factory=list)
+
+    def class_mismatch(self, classes: Sequence[str]) -> str | None:
+        """A warning when `classes` are not the ones this calibration was fitted on (its maps
+        still apply: they do not depend on the classes, but its accuracy was measured on others)."""
+        if not self.classes or list(classes) == list(self.classes):
+            return None
+        unknown = [c for c in classes if c not in self.classes]
+        missing = [c for c in self.classes if c not in classes]
+        parts = ([f"{len(unknown)} class(es) it never saw ({', '.join(unknown[:5])})"] if unknown else []) + (
+            [f"not {len(missing)} of its classes ({', '.join(missing[:5])})"] if missing else []
+        )
+        return (
+            "the calibration was fitted on other classes: this run has "
+            + ("; ".join(parts) if parts else "its classes in another order")
+            + "; its probabilities are still computed, but were never checked on these classes"
+        )
 
     def probabilities_of(self, errors: np.ndarray, evals: np.ndarray) -> np.ndarray:
         """[N, K] probabilities for errors [N, K] (pruned classes already filled in)."""
@@ -140,7 +158,9 @@ class Calibration:
         if not isinstance(data, dict) or data.get("fastgen") != "calibration":
             raise ValueError(f"{str(path)!r} is not a fastgen calibration file (made by `fastgen calibrate`)")
         fields = {
-            k: data[k] for k in ("method", "temperature", "platt", "classes", "fitted_on", "metrics") if k in data
+            k: data[k]
+            for k in ("method", "temperature", "platt", "classes", "fitted_on", "metrics", "fitted_paths")
+            if k in data
         }
         return cls(**fields)
 
@@ -233,8 +253,9 @@ def fit_calibration(scored: Scored, *, fit_fraction: float = 0.5, seed: int = 0)
     temperature = fit_temperature(errors[fit], labels[fit])
     platt = fit_platt(errors[fit], evals[fit], labels[fit]) if is_adaptive(evals[fit]) else None
     calibration = Calibration(
-        "platt" if platt else "temperature", temperature, platt, scored.classes, fitted_on=len(fit)
-    )
+        "platt" if platt else "temperature", temperature, platt, scored.classes, fitted_on=len(fit),
+        fitted_paths=[scored.paths[i] for i in fit],
+    )  # fmt: skip
     calibration.metrics = {
         "held_out": len(held),
         "before": metrics(softmax_of_errors(errors[held], 1.0), labels[held]),

@@ -255,7 +255,7 @@ class DiffusionClassifier:
         spec = build_classes(classes, templates=templates, aggregate=config.aggregate)
         classifier = cls(adapter, spec, config=config, max_pixels=max_pixels, invert=invert)
         if calibration is not None:
-            classifier.calibration = (
+            classifier.use_calibration(
                 calibration if isinstance(calibration, Calibration) else Calibration.load(calibration)
             )
         if backend is not None:
@@ -378,6 +378,13 @@ class DiffusionClassifier:
         from fastgen.api.module import ClassifierModule
 
         return ClassifierModule(self, temperature=temperature, mean=mean, std=std)
+
+    def use_calibration(self, calibration: Calibration | None) -> None:
+        """Attach `calibration` (None detaches); warns when it was fitted on other classes."""
+        self.calibration = calibration
+        mismatch = calibration.class_mismatch(self.classes.names) if calibration is not None else None
+        if mismatch:
+            log.warning(mismatch)
 
     def probabilities(self, result: ImageResult) -> dict[str, float]:
         """Calibrated `{class: probability}` of `result` (needs `calibration`)."""

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     def build(device: str | None = None):
         clf = classifier_from_args(args, device=device) if device is not None else classifier_from_args(args)
-        clf.calibration = calibration
+        clf.use_calibration(calibration)
         return clf
 
     ranks = distributed.launched_ranks()

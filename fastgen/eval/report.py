@@ -37,22 +37,43 @@ class Run:
     notes: list[str] = field(default_factory=list)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def malformed(record: dict[str, Any]) -> str | None:
+    """What makes a record unusable for the figures (None when it is usable): a score or partial
+    score that is neither a finite number nor null, no finite score at all, or a budget that
+    is not a number."""
+    scores = record.get("scores")
+    if not isinstance(scores, dict) or not any(_number(v) for v in scores.values()):
+        return "no finite score"
+    for field_name in ("scores", "partial_scores"):
+        values = record.get(field_name) or {}
+        if not isinstance(values, dict) or any(v is not None and not _number(v) for v in values.values()):
+            return f"a {field_name} value that is not a number"
+    if record.get("unet_evals") is not None and not _number(record["unet_evals"]):
+        return "unet_evals that is not a number"
+    return None
+
+
 def run_from_records(header: dict[str, Any] | None, records: list[dict[str, Any]]) -> Run:
-    """Split `records` into scored ones and notes on the rest (errors, records with no score)."""
-    scored, notes, errors, empty = [], [], 0, 0
+    """Split `records` into scored ones and notes on the rest (errors, unusable records)."""
+    scored, notes, errors = [], [], 0
+    unusable: dict[str, int] = {}
     for record in records:
         if "error" in record:
             errors += 1
             continue
-        scores = record.get("scores")
-        if not isinstance(scores, dict) or not any(isinstance(v, (int, float)) for v in scores.values()):
-            empty += 1
+        problem = malformed(record)
+        if problem:
+            unusable[problem] = unusable.get(problem, 0) + 1
             continue
         scored.append(record)
     if errors:
         notes.append(f"{errors} error record(s) (images that could not be classified) are not in the figures.")
-    if empty:
-        notes.append(f"{empty} record(s) without any finite score are left out.")
+    for problem, count in unusable.items():
+        notes.append(f"{count} record(s) with {problem} are left out.")
     classes: list[str] = list((header or {}).get("settings", {}).get("classes") or [])
     for record in scored:
         classes += [c for c in record["scores"] if c not in classes]
@@ -111,21 +132,33 @@ def confusion_figure(labels: np.ndarray, predicted: np.ndarray, classes: list[st
     return _figure_png(figure)
 
 
-def reliability_figure(confidence: np.ndarray, correct: np.ndarray, title: str, bins: int = 10) -> bytes:
+# Matplotlib's tab10 orange: drawn by the reliability diagram only, so a rendering test can find it.
+CALIBRATED_COLOR = "#ff7f0e"
+
+
+def reliability_figure(series: list[tuple[str, np.ndarray, np.ndarray]], title: str, bins: int = 10) -> bytes:
+    """Accuracy against confidence per bin, one line per (name, confidence, correct) series: the
+    first (the calibrated probabilities) in orange, the others (the plain softmax) in gray."""
     import matplotlib.pyplot as plt
 
     edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    accuracy = [correct[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
     figure, axes = plt.subplots(figsize=(5, 5))
-    axes.bar(edges[:-1], accuracy, width=1 / bins, align="edge", edgecolor="black", label="accuracy in bin")
-    axes.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    axes.set_xlabel("confidence (probability of the predicted class)")
+    axes.plot([0, 1], [0, 1], ":", color="black", linewidth=1, label="perfect calibration")
+    for n, (name, confidence, correct) in enumerate(series):
+        which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+        used = [b for b in range(bins) if (which == b).any()]
+        centres = [confidence[which == b].mean() for b in used]
+        accuracy = [correct[which == b].mean() for b in used]
+        sizes = [20 + 180 * (which == b).mean() for b in used]
+        color = CALIBRATED_COLOR if n == 0 else "gray"
+        axes.plot(centres, accuracy, "-", color=color, linewidth=2)
+        axes.scatter(centres, accuracy, s=sizes, color=color, edgecolor="black", zorder=3, label=name)
+    axes.set_xlabel("confidence (probability of the predicted class); marker area: share of images")
     axes.set_ylabel("accuracy")
-    axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1)
-    axes.legend(loc="upper left")
-    axes.set_title(title)
+    axes.set_xlim(-0.03, 1.03)
+    axes.set_ylim(-0.03, 1.06)
+    axes.legend(loc="lower right", fontsize=8)
+    axes.set_title(title, fontsize=9)
     return _figure_png(figure)
 
 
@@ -205,18 +238,11 @@ def build_report(
             sections.append(
                 "<h2>Confusion matrix</h2>" + _img("confusion-matrix", figures["confusion-matrix"], "confusion matrix")
             )
-            if calibration is not None:
-                p, how = calibration.probabilities_of(scored.errors[known], scored.evals[known]), "calibrated"
-            else:
-                temperature = fit_temperature(scored.errors[known], y) if len(set(y.tolist())) > 1 else 1.0
-                p = softmax_of_errors(scored.errors[known], temperature)
-                how = f"temperature {temperature:.3g} fitted on these labels (no calibration file given)"
-            figures["reliability-diagram"] = reliability_figure(
-                p.max(axis=1), p.argmax(axis=1) == y, f"Reliability ({how})"
-            )
+            figures["reliability-diagram"], caption = _reliability(scored, known, calibration, notes)
             sections.append(
                 "<h2>Reliability diagram</h2>"
                 + _img("reliability-diagram", figures["reliability-diagram"], "reliability diagram")
+                + f'<p id="reliability-caption">{html.escape(caption)}</p>'
             )
             if known.sum() < len(known):
                 notes.append(f"{int((~known).sum())} scored image(s) have no label among the classes.")
@@ -233,6 +259,7 @@ def build_report(
         sections.append("<h2>Margins</h2>" + _img("margins", figures["margins"], "margins"))
         sections.append(_hardest_section(scored, predicted))
 
+    run.notes[:] = notes  # the command prints them too
     for name, data in figures.items():
         (figures_dir / f"{name}.png").write_bytes(data)
     settings = json.dumps((run.header or {}).get("settings", {}), indent=2, default=str)
@@ -249,6 +276,37 @@ def build_report(
     )
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def _reliability(scored, known: np.ndarray, calibration: Calibration | None, notes: list[str]) -> tuple[bytes, str]:
+    """The reliability diagram of the calibrated probabilities beside the plain softmax, on the
+    labelled images the calibration was not fitted on (without a calibration file, of a
+    temperature fitted on these labels), and its caption."""
+    fitted = set(calibration.fitted_paths) if calibration is not None else set()
+    measured = known & np.array([path not in fitted for path in scored.paths])
+    if calibration is not None and not measured.any():
+        notes.append("Every labelled image was used to fit the calibration: its reliability is drawn on them.")
+        measured = known
+    errors, y = scored.errors[measured], scored.labels[measured]
+    if calibration is not None:
+        p = calibration.probabilities_of(errors, scored.evals[measured])
+        where = f"{int(measured.sum())} images not used for fitting" if fitted else f"{int(measured.sum())} images"
+        how, title = "calibrated", f"Reliability on {where}"
+        mismatch = calibration.class_mismatch(scored.classes)
+        if mismatch:
+            notes.append(mismatch[0].upper() + mismatch[1:] + ".")
+    else:
+        temperature = fit_temperature(errors, y) if len(set(y.tolist())) > 1 else 1.0
+        p = softmax_of_errors(errors, temperature)
+        how = f"temperature {temperature:.3g}"
+        title = f"Reliability: temperature fitted on these {len(y)} labels (no calibration file given)"
+    plain = softmax_of_errors(errors, 1.0)
+    series = [
+        (how, p.max(axis=1), p.argmax(axis=1) == y),
+        ("plain softmax", plain.max(axis=1), plain.argmax(axis=1) == y),
+    ]
+    caption = f"{title}: {how} probabilities (orange) and the plain softmax over -errors (gray)."
+    return reliability_figure(series, title), caption
 
 
 def _hardest_section(scored, predicted: np.ndarray) -> str:
