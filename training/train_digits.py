@@ -226,6 +226,45 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * cosine)
 
 
+class LossLog:
+    """The mean training loss every `every` steps (and at the last), printed and kept."""
+
+    def __init__(self, steps: int, every: int = 250):
+        self.steps, self.every = steps, every
+        self.losses: list[float] = []
+        self.log: list[dict[str, float]] = []
+        self.start = time.time()
+
+    def add(self, step: int, loss: float, lr: float) -> None:
+        self.losses.append(loss)
+        if (step + 1) % self.every == 0 or step + 1 == self.steps:
+            mean_loss = float(np.mean(self.losses[-self.every :]))
+            elapsed = time.time() - self.start
+            self.log.append({"step": step + 1, "loss": round(mean_loss, 5), "seconds": round(elapsed, 1)})
+            print(f"step {step + 1:6d}/{self.steps}  loss {mean_loss:.4f}  lr {lr:.2e}  {elapsed:7.1f}s", flush=True)
+
+    @property
+    def seconds(self) -> float:
+        return time.time() - self.start
+
+
+def optimizer_step(
+    opt: Any, loss: torch.Tensor, params: list[torch.Tensor], step: int, cfg: Any, emas: list[tuple[EMA, Any]]
+) -> float:
+    """One AdamW step at the scheduled learning rate, with gradient clipping, then the EMA
+    updates; returns the loss value."""
+    for group in opt.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    opt.step()
+    for ema, module in emas:
+        ema.update(module)
+    return loss.item()
+
+
 def train(cfg: TrainConfig, workdir: Path, log_every: int = 250) -> dict[str, Any]:
     """Train from `cfg.seed`; returns the EMA models plus a loss log."""
     torch.manual_seed(cfg.seed)
@@ -247,9 +286,7 @@ def train(cfg: TrainConfig, workdir: Path, log_every: int = 250) -> dict[str, An
     n = x_all.shape[0]
     perm = torch.randperm(n, generator=gen)
     cursor = 0
-    losses: list[float] = []
-    log: list[dict[str, float]] = []
-    start = time.time()
+    progress = LossLog(cfg.steps, log_every)
     for step in range(cfg.steps):
         if cursor + cfg.batch_size > n:
             perm = torch.randperm(n, generator=gen)
@@ -268,31 +305,16 @@ def train(cfg: TrainConfig, workdir: Path, log_every: int = 250) -> dict[str, An
         cond = text_encoder(ids).last_hidden_state[labels]
         pred = unet(xt, t, encoder_hidden_states=cond).sample
         loss = torch.nn.functional.mse_loss(pred, eps)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), cfg.grad_clip)
-        opt.step()
-        ema_unet.update(unet)
-        ema_text.update(text_encoder)
-        losses.append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
-            mean_loss = float(np.mean(losses[-log_every:]))
-            elapsed = time.time() - start
-            log.append({"step": step + 1, "loss": round(mean_loss, 5), "seconds": round(elapsed, 1)})
-            print(
-                f"step {step + 1:6d}/{cfg.steps}  loss {mean_loss:.4f}  lr {lr_at(step, cfg):.2e}  {elapsed:7.1f}s",
-                flush=True,
-            )
+        params = list(unet.parameters()) + list(text_encoder.parameters())
+        value = optimizer_step(opt, loss, params, step, cfg, [(ema_unet, unet), (ema_text, text_encoder)])
+        progress.add(step, value, lr_at(step, cfg))
     return {
         "unet": ema_unet.shadow,
         "text_encoder": ema_text.shadow,
         "tokenizer": tokenizer,
         "scheduler": scheduler,
-        "log": log,
-        "train_seconds": time.time() - start,
+        "log": progress.log,
+        "train_seconds": progress.seconds,
     }
 
 

@@ -24,18 +24,25 @@ import json
 import platform
 import shutil
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fastgen.builtin.digits_data import CLASS_NAMES, INPUT_DESCRIPTION, SPLIT_SEED, TEMPLATE, digits_split, prompts
 from fastgen.models.sd3_text import encode_sd3_prompts, sd3_text_pipeline
 from training.engine_report import engine_accuracy
-from training.train_digits import _cast_copy, build_tokenizer, folder_size, lr_at, optimizer_and_emas, to_model_input
+from training.train_digits import (
+    LossLog,
+    _cast_copy,
+    build_tokenizer,
+    folder_size,
+    lr_at,
+    optimizer_and_emas,
+    optimizer_step,
+    to_model_input,
+)
 
 PIPELINE_CLASS = "StableDiffusion3Pipeline"
 TEXT_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
@@ -143,9 +150,7 @@ def train(cfg: FlowTrainConfig, workdir: Path, log_every: int = 250) -> dict[str
 
     n = x_all.shape[0]
     perm, cursor = torch.randperm(n, generator=gen), 0
-    losses: list[float] = []
-    log: list[dict[str, float]] = []
-    start = time.time()
+    progress = LossLog(cfg.steps, log_every)
     for step in range(cfg.steps):
         if cursor + cfg.batch_size > n:
             perm, cursor = torch.randperm(n, generator=gen), 0
@@ -170,26 +175,14 @@ def train(cfg: FlowTrainConfig, workdir: Path, log_every: int = 250) -> dict[str
             return_dict=False,
         )[0]
         loss = torch.nn.functional.mse_loss(prediction, eps - x0)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(list(transformer.parameters()) + list(texts.parameters()), cfg.grad_clip)
-        opt.step()
-        ema_transformer.update(transformer)
-        ema_texts.update(texts)
-        losses.append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
-            mean_loss = float(np.mean(losses[-log_every:]))
-            elapsed = time.time() - start
-            log.append({"step": step + 1, "loss": round(mean_loss, 5), "seconds": round(elapsed, 1)})
-            print(f"step {step + 1:6d}/{cfg.steps}  loss {mean_loss:.4f}  {elapsed:7.1f}s", flush=True)
+        params = list(transformer.parameters()) + list(texts.parameters())
+        value = optimizer_step(opt, loss, params, step, cfg, [(ema_transformer, transformer), (ema_texts, texts)])
+        progress.add(step, value, lr_at(step, cfg))
     trained = dict(models)
     trained.update(
         transformer=ema_transformer.shadow, text_encoder=ema_texts.shadow[0], text_encoder_2=ema_texts.shadow[1]
     )
-    return {"models": trained, "log": log, "train_seconds": time.time() - start}
+    return {"models": trained, "log": progress.log, "train_seconds": progress.seconds}
 
 
 def defaults(cfg: FlowTrainConfig) -> dict[str, Any]:

@@ -34,12 +34,14 @@ import torch
 
 from fastgen.builtin import numbers_data as nd
 from training.train_digits import (
+    LossLog,
     build_models,
     build_tokenizer,
     folder_size,
     load_folder,
     lr_at,
     optimizer_and_emas,
+    optimizer_step,
     save,
     tokenize,
 )
@@ -178,9 +180,7 @@ def train(
     opt, ema_unet, ema_text = optimizer_and_emas(unet, text_encoder, cfg)
     all_params = list(unet.parameters()) + list(text_encoder.parameters())
 
-    losses: list[float] = []
-    log: list[dict[str, float]] = []
-    start = time.time()
+    progress = LossLog(cfg.steps, log_every)
     for step in range(cfg.steps):
         x0, words = training_batch(pool, cfg, rng)
         t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), generator=gen)
@@ -190,24 +190,8 @@ def train(
         cond = text_encoder(prompt_ids.ids(words)).last_hidden_state
         pred = unet(xt, t, encoder_hidden_states=cond).sample
         loss = torch.nn.functional.mse_loss(pred, eps)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(all_params, cfg.grad_clip)
-        opt.step()
-        ema_unet.update(unet)
-        ema_text.update(text_encoder)
-        losses.append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
-            mean_loss = float(np.mean(losses[-log_every:]))
-            elapsed = time.time() - start
-            log.append({"step": step + 1, "loss": round(mean_loss, 5), "seconds": round(elapsed, 1)})
-            print(
-                f"step {step + 1:6d}/{cfg.steps}  loss {mean_loss:.4f}  lr {lr_at(step, cfg):.2e}  {elapsed:7.1f}s",
-                flush=True,
-            )
+        value = optimizer_step(opt, loss, all_params, step, cfg, [(ema_unet, unet), (ema_text, text_encoder)])
+        progress.add(step, value, lr_at(step, cfg))
         if snapshot_every and snapshot_dir is not None and (step + 1) % snapshot_every == 0:
             snap = {
                 "unet": ema_unet.shadow,
@@ -222,8 +206,8 @@ def train(
         "text_encoder": ema_text.shadow,
         "tokenizer": tokenizer,
         "scheduler": scheduler,
-        "log": log,
-        "train_seconds": time.time() - start,
+        "log": progress.log,
+        "train_seconds": progress.seconds,
     }
 
 

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from fastgen.models.base import DiTDenoiser, LabelUNetDenoiser, TextDenoiser, sample_hw
+from fastgen.models.flow_text import PackedTextDenoiser
 from fastgen.models.flux import FluxDenoiser
-from fastgen.models.sd3 import PackedTextDenoiser
 
 BATCH_AXIS = "batch"
 INPUT_NAMES = ("x_t", "t", "cond")

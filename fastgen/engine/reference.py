@@ -3,7 +3,8 @@
 This is the oracle every fast path is tested against. It is written to be read, not to be
 fast. It shares with the engine only the definitions of *which* sample is which (the timestep
 sequence and the seeded noise), the policies' decisions, and the adapter; every error is
-computed here from scratch (for flow-matching models by `flow_reference.flow_one_error`).
+computed here from scratch: `one_error` for DDPM-style models, `flow_one_error` for
+flow-matching ones.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from fastgen.engine.config import ScoringConfig
-from fastgen.engine.flow_reference import flow_one_error
 from fastgen.engine.result import ImageResult
 from fastgen.engine.sampling import NoiseBank, SamplePlan
 from fastgen.inputs.classes import ClassSpec
 from fastgen.models.base import Adapter
+from fastgen.models.schedules import FLOW_DEFAULTS
 
 
 def one_error(adapter: Adapter, x0, condition, t: int, eps, *, loss: str, weighting: float) -> float:
@@ -38,14 +39,50 @@ def one_error(adapter: Adapter, x0, condition, t: int, eps, *, loss: str, weight
         target = math.sqrt(abar) * eps - math.sqrt(1 - abar) * x0
     else:  # "sample"
         target = x0
+    weight = math.exp(-weighting * t / adapter.num_train_timesteps)
+    return weight * sample_loss(prediction, target, loss)
+
+
+def sample_loss(prediction, target, loss: str) -> float:
+    """The mean over C x H x W of one sample's loss."""
     if loss == "l2":
         value = ((prediction - target) ** 2).mean()
     elif loss == "l1":
         value = (prediction - target).abs().mean()
     else:
         value = F.huber_loss(prediction, target, delta=1.0)
-    weight = math.exp(-weighting * t / adapter.num_train_timesteps)
-    return weight * value.item()
+    return value.item()
+
+
+# -- flow matching (SD3, Flux) --------------------------------------------------------------------
+# Index t is the noise level s = (t + 1/2) / T; x_t = (1 - s) x0 + s eps; the target is the
+# velocity v = eps - x0; the velocity error is weighted by one of
+#   velocity: 1;   epsilon: (1 - s)^2 (the noise error, since eps_hat - eps = (1 - s)(v_hat - v));
+#   sd3: the logit-normal density exp(-logit(s)^2 / 2) / (sqrt(2 pi) s (1 - s)).
+# Nothing here is shared with the engine's schedule code (fastgen.models.schedules).
+
+
+def flow_weight(s: float, weighting: str | None) -> float:
+    weighting = weighting or FLOW_DEFAULTS["flow_weighting"]  # what None means
+    if weighting == "velocity":
+        return 1.0
+    if weighting == "epsilon":
+        return (1.0 - s) ** 2
+    if weighting == "sd3":
+        logit = math.log(s / (1.0 - s))
+        return math.exp(-0.5 * logit * logit) / (math.sqrt(2.0 * math.pi) * s * (1.0 - s))
+    raise ValueError(f"unknown flow weighting {weighting!r}")
+
+
+def flow_one_error(adapter: Adapter, x0, condition, t: int, eps, *, loss: str, weighting: str | None) -> float:
+    """w(s) * mean loss between the predicted and the true velocity, for one sample."""
+    s = (t + 0.5) / adapter.num_train_timesteps
+    x_t = (1.0 - s) * x0 + s * eps
+    with torch.no_grad():
+        prediction = adapter.denoiser(
+            x_t[None].to(adapter.dtype), torch.tensor([t], device=adapter.device), condition[None]
+        )[0].float()
+    return flow_weight(s, weighting) * sample_loss(prediction, eps - x0, loss)
 
 
 def class_sample_errors(errors: dict, prompts: list[int], n: int, aggregate: str) -> list[float]:

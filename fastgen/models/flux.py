@@ -18,10 +18,9 @@ from typing import Any
 import torch
 
 from fastgen.inputs.classes import ClassSpec
-from fastgen.models.base import Adapter
+from fastgen.models.flow_text import FlowTextAdapter, PackedTextDenoiser, check_flow_scheduler, pack_conditions
 from fastgen.models.loading import ModelLoadError, load_component, require_components
 from fastgen.models.schedules import FlowSchedule, flow_shift
-from fastgen.models.sd3 import PackedTextDenoiser, check_flow_scheduler, encode_flow_latents, pack_conditions
 
 COMPONENTS = ("transformer", "scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 FLUX_MAX_SEQUENCE_LENGTH = 512  # diffusers' default for Flux pipelines
@@ -86,55 +85,57 @@ def flux_text_pipeline(parts: dict[str, Any]):
     return FluxPipeline(vae=None, **parts)
 
 
-class FluxAdapter(Adapter):
+class FluxAdapter(FlowTextAdapter):
     kind = "flux"
+    SETTINGS = ("max_sequence_length", "resolution", "guidance")
 
     def __init__(self, model, index, folder: Path | None, *, device, dtype, load: dict, conditioning=None):
         super().__init__(device=device, dtype=dtype)
         self.name = str(model)
         require_components(index, folder, COMPONENTS, "Flux", str(model))
-        parts: dict[str, Any] = {}
-        for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
-            is_encoder = name.startswith("text_encoder")
-            part = load_component(model, index, name, dtype=dtype if is_encoder else None, **load)
-            parts[name] = part.to(self.device).eval() if is_encoder else part
-        transformer = load_component(model, index, "transformer", dtype=dtype, **load).to(self.device).eval()
+        self._take_conditioning(conditioning)
+        parts = self._load_parts(model, index, tuple(n for n in COMPONENTS if n != "scheduler"), load)
         scheduler = load_component(model, index, "scheduler", **load)
         check_flow_scheduler(scheduler, str(model))
-        self.vae = load_component(model, index, "vae", dtype=dtype, **load).to(self.device).eval()
-        self.text_pipeline = flux_text_pipeline({**parts, "transformer": transformer, "scheduler": scheduler})
+        self.vae, transformer = parts.pop("vae"), parts["transformer"]
+        self.text_pipeline = flux_text_pipeline({**parts, "scheduler": scheduler})
         self.tokenizer = parts["tokenizer_2"]  # T5's: its length is the condition's
-        self.conditioning = dict(conditioning or {})
-        # Settings the caller gave, over the model's fastgen.json "conditioning" (load_adapter).
-        setting = lambda key, default: self.conditioning.get(key, default)
-        vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        height, width = (int(v) for v in setting("resolution", FLUX_RESOLUTION))
-        if height % (2 * vae_scale) or width % (2 * vae_scale):
-            raise ValueError(
-                f"Flux resolution {height}x{width} must be a multiple of {2 * vae_scale} on both sides "
-                "(the VAE's scale times the 2x2 packing)"
-            )
-        latent_hw = (height // vae_scale, width // vae_scale)
-        guidance = setting("guidance", None)
-        distilled = bool(transformer.config.guidance_embeds)
-        if guidance is not None and not distilled:
-            raise ValueError(
-                f"guidance={guidance} was asked of {self.name!r}, whose transformer has no guidance input "
-                "(guidance_embeds is false: not a guidance-distilled checkpoint); leave guidance unset"
-            )
-        if distilled and guidance is None:
-            guidance = FLUX_GUIDANCE
-        self.guidance = None if guidance is None else float(guidance)
-        self.max_sequence_length = int(setting("max_sequence_length", FLUX_MAX_SEQUENCE_LENGTH))
+        latent_hw = self._latent_hw()
+        self.guidance = self._guidance(bool(transformer.config.guidance_embeds))
+        self.max_sequence_length = int(self.conditioning.get("max_sequence_length", FLUX_MAX_SEQUENCE_LENGTH))
         tokens = (latent_hw[0] // 2) * (latent_hw[1] // 2)
         self.schedule = FlowSchedule(
             int(scheduler.config.num_train_timesteps), shift=flow_shift(dict(scheduler.config), tokens)
         )
         self.prediction_type = self.schedule.prediction_type
         self.denoiser = FluxDenoiser(transformer, self.schedule.num_train_timesteps, latent_hw, self.guidance)
-        self.image_hw, self.image_channels = (height, width), int(self.vae.config.in_channels)
         self._x0_shape = (int(self.vae.config.latent_channels), *latent_hw)
         check_flux_latents(self)
+
+    def _latent_hw(self) -> tuple[int, int]:
+        """The latent size of the scoring resolution (`resolution`, default 1024 x 1024)."""
+        vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        height, width = (int(v) for v in self.conditioning.get("resolution", FLUX_RESOLUTION))
+        if height % (2 * vae_scale) or width % (2 * vae_scale):
+            raise ValueError(
+                f"Flux resolution {height}x{width} must be a multiple of {2 * vae_scale} on both sides "
+                "(the VAE's scale times the 2x2 packing)"
+            )
+        self.image_hw, self.image_channels = (height, width), int(self.vae.config.in_channels)
+        return height // vae_scale, width // vae_scale
+
+    def _guidance(self, distilled: bool) -> float | None:
+        """The guidance input of a guidance-distilled checkpoint (default: the pipeline's 3.5);
+        asking it of another is refused."""
+        guidance = self.conditioning.get("guidance")
+        if guidance is not None and not distilled:
+            raise ValueError(
+                f"guidance={guidance} was asked of {self.name!r}, whose transformer has no guidance input "
+                "(guidance_embeds is false: not a guidance-distilled checkpoint); leave guidance unset"
+            )
+        if distilled:
+            return float(FLUX_GUIDANCE if guidance is None else guidance)
+        return None
 
     def conditioning_settings(self) -> dict[str, Any]:
         return {
@@ -146,14 +147,6 @@ class FluxAdapter(Adapter):
     @property
     def text_length(self) -> int:
         return self.max_sequence_length  # T5's tokens are Flux's whole text sequence
-
-    @property
-    def condition_shape(self) -> tuple[int, ...]:
-        return (self.text_length * self.denoiser.text_width + self.denoiser.pooled_width,)
-
-    @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        return encode_flow_latents(self.vae, pixels, device=self.device, dtype=self.dtype)
 
     @torch.no_grad()
     def encode_conditions(self, classes: ClassSpec) -> torch.Tensor:
