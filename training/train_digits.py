@@ -369,6 +369,17 @@ def _cast_copy(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return module
 
 
+def cpu_name() -> str:
+    """The CPU model, and whether it has native bf16 (AVX512-BF16), as /proc/cpuinfo says."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    bf16 = "with AVX512-BF16" if "avx512_bf16" in text else "no AVX512-BF16"
+    return f"{names[0] if names else platform.machine()} ({bf16})"
+
+
 def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 

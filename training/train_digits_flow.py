@@ -37,6 +37,7 @@ from training.train_digits import (
     LossLog,
     _cast_copy,
     build_tokenizer,
+    cpu_name,
     folder_size,
     lr_at,
     optimizer_and_emas,
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         result = {
             "command": command,
             "threads": torch.get_num_threads(),
-            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}",
+            "machine": f"{platform.machine()}, {cpu_name()}, torch {torch.__version__}",
             "train_seconds": round(trained["train_seconds"], 1),
             "config": asdict(cfg),
             "transformer_params": sum(p.numel() for p in models["transformer"].parameters()),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -37,6 +36,7 @@ from training.train_digits import (
     LossLog,
     build_models,
     build_tokenizer,
+    cpu_name,
     folder_size,
     load_folder,
     lr_at,
@@ -516,16 +516,6 @@ def write_training_md(out: Path, cfg: NumbersConfig, result: dict[str, Any]) -> 
     (out / "TRAINING.md").write_text("\n".join(lines), encoding="utf-8")
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _config_from_json(data: dict[str, Any]) -> NumbersConfig:
     data = dict(data)
     for key in ("block_out_channels", "down_block_types", "up_block_types"):
@@ -605,7 +595,7 @@ def main(argv: list[str] | None = None) -> None:
         result = {
             "command": command,
             "threads": torch.get_num_threads(),
-            "machine": f"{_cpu_name()}, {torch.get_num_threads()} of {os.cpu_count()} cores, torch {torch.__version__}",
+            "machine": f"{cpu_name()}, {torch.get_num_threads()} of {os.cpu_count()} cores, torch {torch.__version__}",
             "train_seconds": round(trained["train_seconds"], 1),
             "config": asdict(cfg),
             "n_train": len(pool_train.images),
