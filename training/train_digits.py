@@ -41,7 +41,11 @@ PIPELINE_CLASS = "PixelTextToImage"
 
 
 @dataclass
-class TrainConfig:
+class OptimizerConfig:
+    """What every embedded model's training shares: AdamW with warm-up and cosine decay to
+    `final_lr_fraction`, weight decay on the denoiser's matrices, EMA weights, gradient
+    clipping. Each model's config subclasses it and sets its own defaults."""
+
     seed: int = 0
     steps: int = 3000
     batch_size: int = 128
@@ -51,6 +55,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     ema_decay: float = 0.999
     grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig(OptimizerConfig):
     # Augmentation: probability of shifting a training image by one pixel (padding with
     # background), and of replacing its prompt by the empty prompt.
     shift_prob: float = 0.0

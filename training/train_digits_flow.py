@@ -35,6 +35,7 @@ from fastgen.models.sd3_text import encode_sd3_prompts, sd3_text_pipeline
 from training.engine_report import engine_accuracy
 from training.train_digits import (
     LossLog,
+    OptimizerConfig,
     _cast_copy,
     build_tokenizer,
     cpu_name,
@@ -50,16 +51,9 @@ TEXT_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 
 
 @dataclass
-class FlowTrainConfig:
-    seed: int = 0
+class FlowTrainConfig(OptimizerConfig):
     steps: int = 5000
-    batch_size: int = 128
     lr: float = 5e-4
-    warmup_steps: int = 200
-    final_lr_fraction: float = 0.05
-    weight_decay: float = 0.01
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
     # Text encoders (two CLIPs, as SD3 has; no T5).
     text_hidden: int = 32
     text_layers: int = 2

@@ -34,6 +34,7 @@ import torch
 from fastgen.builtin import numbers_data as nd
 from training.train_digits import (
     LossLog,
+    OptimizerConfig,
     build_models,
     build_tokenizer,
     cpu_name,
@@ -50,16 +51,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
-class NumbersConfig:
-    seed: int = 0
+class NumbersConfig(OptimizerConfig):
     steps: int = 4500
     batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int = 200
-    final_lr_fraction: float = 0.05
-    weight_decay: float = 0.01
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
     # Prompts: full number with p_full, units masked ("four two any") with p_mask1, tens and
     # units masked ("four any any") otherwise.
     p_full: float = 0.6
