@@ -80,6 +80,11 @@ def sample_hw(sample_size: Any) -> tuple[int, int]:
     return int(sample_size), int(sample_size)
 
 
+def vae_scale(vae: Any) -> int:
+    """Pixels per latent cell along each side: the VAE halves the size once per block after the first."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def sample_side(sample_size: Any) -> int:
     """A square model config's `sample_size` as one side length (see `sample_hw` for any shape)."""
     height, width = sample_hw(sample_size)

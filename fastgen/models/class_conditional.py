@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from fastgen.inputs.classes import ClassSpec
-from fastgen.models.base import Adapter, DiTDenoiser, LabelUNetDenoiser, sample_hw
+from fastgen.models.base import Adapter, DiTDenoiser, LabelUNetDenoiser, sample_hw, vae_scale
 from fastgen.models.loading import load_component, present, require_components
 
 
@@ -52,7 +52,7 @@ class ClassConditionalAdapter(Adapter):
                 raise ValueError(f"UNet2DModel of {model!r} has no class embedding (num_class_embeds)")
         self._x0_shape = (channels, height, width)
         if self.vae is not None:
-            scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            scale = vae_scale(self.vae)
             self.image_hw = (height * scale, width * scale)
             self.image_channels = int(self.vae.config.in_channels)
             self.scaling_factor = float(self.vae.config.scaling_factor)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from fastgen.inputs.classes import ClassSpec
+from fastgen.models.base import vae_scale
 from fastgen.models.flow_text import FlowTextAdapter, PackedTextDenoiser, check_flow_scheduler, pack_conditions
 from fastgen.models.loading import ModelLoadError, load_component, require_components
 from fastgen.models.schedules import FlowSchedule, flow_shift
@@ -114,15 +115,15 @@ class FluxAdapter(FlowTextAdapter):
 
     def _latent_hw(self) -> tuple[int, int]:
         """The latent size of the scoring resolution (`resolution`, default 1024 x 1024)."""
-        vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        scale = vae_scale(self.vae)
         height, width = (int(v) for v in self.conditioning.get("resolution", FLUX_RESOLUTION))
-        if height % (2 * vae_scale) or width % (2 * vae_scale):
+        if height % (2 * scale) or width % (2 * scale):
             raise ValueError(
-                f"Flux resolution {height}x{width} must be a multiple of {2 * vae_scale} on both sides "
+                f"Flux resolution {height}x{width} must be a multiple of {2 * scale} on both sides "
                 "(the VAE's scale times the 2x2 packing)"
             )
         self.image_hw, self.image_channels = (height, width), int(self.vae.config.in_channels)
-        return height // vae_scale, width // vae_scale
+        return height // scale, width // scale
 
     def _guidance(self, distilled: bool) -> float | None:
         """The guidance input of a guidance-distilled checkpoint (default: the pipeline's 3.5);

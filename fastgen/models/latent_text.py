@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from fastgen.models.base import sample_hw
+from fastgen.models.base import sample_hw, vae_scale
 from fastgen.models.loading import load_component, require_components
 from fastgen.models.prompts import TextConditionedAdapter
 
@@ -26,8 +26,8 @@ class LatentTextAdapter(TextConditionedAdapter):
         self.vae = load_component(model, index, "vae", dtype=dtype, **load).to(device).eval()
         unet = self._load_text_and_unet(model, index, load)
         latent_h, latent_w = sample_hw(unet.config.sample_size)
-        vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.image_hw = (latent_h * vae_scale, latent_w * vae_scale)
+        scale = vae_scale(self.vae)
+        self.image_hw = (latent_h * scale, latent_w * scale)
         self.image_channels = int(self.vae.config.in_channels)
         self._x0_shape = (int(unet.config.in_channels), latent_h, latent_w)
         self.scaling_factor = float(self.vae.config.scaling_factor)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from fastgen.inputs.classes import ClassSpec
-from fastgen.models.base import sample_hw
+from fastgen.models.base import sample_hw, vae_scale
 from fastgen.models.flow_text import FlowTextAdapter, PackedTextDenoiser, check_flow_scheduler, pack_conditions
 from fastgen.models.loading import ModelLoadError, load_component, present, require_components
 from fastgen.models.schedules import FlowSchedule, flow_shift
@@ -70,7 +70,7 @@ class SD3Adapter(FlowTextAdapter):
         self.denoiser = SD3Denoiser(transformer, self.schedule.num_train_timesteps)
         self._x0_shape = (int(config.in_channels), height, width)
         if self.vae is not None:
-            scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            scale = vae_scale(self.vae)
             self.image_hw, self.image_channels = (height * scale, width * scale), int(self.vae.config.in_channels)
         else:
             self.image_hw, self.image_channels = (height, width), int(config.in_channels)
