@@ -95,13 +95,13 @@ def build_tokenizer(folder: Path, max_length: int):
     return CLIPTokenizer.from_pretrained(str(folder))
 
 
-def build_models(cfg: TrainConfig, tokenizer, sample_size: int | tuple[int, int] = 8) -> tuple[Any, Any, Any]:
-    """Fresh (unet, text_encoder, scheduler) for `cfg` on one-channel images of `sample_size`
-    (a side or (H, W)); weights drawn from torch's RNG."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def clip_text_config(cfg: Any, tokenizer, **extra: Any):
+    """A CLIP text encoder's config from a training config's text sizes (`text_hidden`,
+    `text_intermediate`, `text_layers`, `text_heads`, `max_length`) and the tokenizer's special
+    tokens; `extra` adds fields such as `projection_dim`."""
+    from transformers import CLIPTextConfig
 
-    text_config = CLIPTextConfig(
+    return CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.text_hidden,
         intermediate_size=cfg.text_intermediate,
@@ -111,8 +111,17 @@ def build_models(cfg: TrainConfig, tokenizer, sample_size: int | tuple[int, int]
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
-    text_encoder = CLIPTextModel(text_config)
+
+
+def build_models(cfg: TrainConfig, tokenizer, sample_size: int | tuple[int, int] = 8) -> tuple[Any, Any, Any]:
+    """Fresh (unet, text_encoder, scheduler) for `cfg` on one-channel images of `sample_size`
+    (a side or (H, W)); weights drawn from torch's RNG."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    text_encoder = CLIPTextModel(clip_text_config(cfg, tokenizer))
     unet = UNet2DConditionModel(
         sample_size=sample_size,
         in_channels=1,

@@ -38,6 +38,7 @@ from training.train_digits import (
     OptimizerConfig,
     _cast_copy,
     build_tokenizer,
+    clip_text_config,
     cpu_name,
     folder_size,
     lr_at,
@@ -82,23 +83,10 @@ class FlowTrainConfig(OptimizerConfig):
 def build_models(cfg: FlowTrainConfig, tokenizer) -> dict[str, Any]:
     """Fresh transformer, two text encoders and scheduler for `cfg` (torch's RNG draws the weights)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection
 
     def text_encoder():
-        return CLIPTextModelWithProjection(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=cfg.text_hidden,
-                intermediate_size=cfg.text_intermediate,
-                num_hidden_layers=cfg.text_layers,
-                num_attention_heads=cfg.text_heads,
-                max_position_embeddings=cfg.max_length,
-                projection_dim=cfg.projection_dim,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
+        return CLIPTextModelWithProjection(clip_text_config(cfg, tokenizer, projection_dim=cfg.projection_dim))
 
     inner = cfg.num_attention_heads * cfg.attention_head_dim
     transformer = SD3Transformer2DModel(
