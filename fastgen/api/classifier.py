@@ -351,7 +351,7 @@ class DiffusionClassifier:
             isinstance(images, (str, Path))
             or not isinstance(images, (Sequence, torch.Tensor))
             or isinstance(images, torch.Tensor)
-            and images.dim() == 3
+            and images.dim() in (2, 3)  # one grey HW image or one CHW image, as for numpy arrays
         ):
             images = [images]
         results: list[Any] = [None] * len(images)
