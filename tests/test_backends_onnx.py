@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import errors_of, file_lines, small_classifier
+from helpers import assert_same_predictions, errors_of, file_lines, small_classifier
 
 from fastgen.backends.onnxruntime_backend import OnnxRuntimeBackend, choose_providers
 from fastgen.backends.spec import adapter_spec
@@ -27,7 +27,7 @@ SLOW = os.environ.get("FASTGEN_SLOW_TESTS", "") not in ("", "0")
 def _assert_matches_eager(results, eager):
     assert np.isfinite(errors_of(eager)).all() and errors_of(eager).std(axis=1).min() > 0
     np.testing.assert_allclose(errors_of(results), errors_of(eager), rtol=0, atol=1e-4)
-    assert [r.prediction for r in results] == [r.prediction for r in eager]
+    assert_same_predictions(results, eager, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

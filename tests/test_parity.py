@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import errors_of, small_classifier
+from helpers import assert_same_predictions, errors_of, small_classifier
 
 KINDS = ["latent-text", "latent-text-v", "pixel-text", "dit", "label-unet"]
 
 
 def _assert_same(results, reference):
     np.testing.assert_allclose(errors_of(results), errors_of(reference), rtol=0, atol=1e-5)
-    assert [r.prediction for r in results] == [r.prediction for r in reference]
+    assert_same_predictions(results, reference, atol=1e-5)
     assert [r.unet_evals for r in results] == [r.unet_evals for r in reference]
 
 
