@@ -21,6 +21,11 @@ How Pillow images are read, by mode:
   / 255; anything else, NaN or infinity is refused;
 * files are turned upright by their EXIF orientation first, as viewers show them.
 
+Arrays and tensors: uint8 / 255 or float in [0, 1]; numpy arrays are HW or HWC, tensors HW or
+CHW, with 1 (grey), 2 (grey, alpha), 3 (RGB) or 4 (RGBA) channels. An alpha channel is composited
+on white exactly as a PIL image's is (`_on_white`, in float), so one image gives the same pixels
+whichever form it comes in.
+
 A file over `max_pixels` pixels (default 100 million) is refused from its header, before it is
 decoded: a 190 KB PNG can declare 14000 x 14000 pixels.
 """
@@ -169,13 +174,19 @@ def _has_transparency(image: Image.Image) -> bool:
     return image.mode in ALPHA_MODES or image.info.get("transparency") is not None
 
 
-def _on_white(image: Image.Image, name: str) -> Image.Image:
-    """Composite transparent pixels on white, as viewers show them."""
-    rgba = image.convert("RGBA")
-    if rgba.getchannel("A").getextrema() == (0, 0):
+def _has_alpha(tensor: torch.Tensor) -> bool:
+    """Grey or RGB pixels carry an alpha channel last when they have 2 or 4 channels."""
+    return tensor.shape[0] in (2, 4)
+
+
+def _on_white(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """[colour..., alpha] in [0, 1] -> the colour composited on white, as viewers show
+    transparent pixels. PIL images, arrays and tensors all go through here, so one image gives the
+    same pixels in any form; contiguous so that later steps see the same layout for every form."""
+    colour, alpha = tensor[:-1], tensor[-1:]
+    if not alpha.any():
         log.warning("%s is fully transparent: it is classified as a blank white image", name)
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba)
+    return (colour * alpha + (1 - alpha)).contiguous()
 
 
 def _int32_to_unit(values: np.ndarray, name: str) -> np.ndarray:
@@ -203,9 +214,10 @@ def _float_to_unit(values: np.ndarray, name: str) -> np.ndarray:
 
 
 def _eight_bit(image: Image.Image, target: str, name: str) -> np.ndarray:
-    """L or RGB values / 255, through RGB for modes Pillow cannot convert directly (LAB -> L)."""
+    """L or RGB values / 255, through RGB for modes Pillow cannot convert directly (LAB -> L). An
+    image with transparency keeps its alpha (LA for grey images, else RGBA) for `_on_white`."""
     if _has_transparency(image):
-        image = _on_white(image, name)
+        target = "LA" if image.mode in ("L", "LA") else "RGBA"
     try:
         try:
             converted = image.convert(target)
@@ -220,7 +232,8 @@ def _eight_bit(image: Image.Image, target: str, name: str) -> np.ndarray:
 
 
 def pil_to_array(image: Image.Image, channels: int, name: str = "PIL image") -> np.ndarray:
-    """float32 [H, W, 1 or 3] in [0, 1], by the mode rules of this module's docstring."""
+    """float32 [H, W, C] in [0, 1], by the mode rules of this module's docstring: 1 or 3 channels,
+    or 2 or 4 with alpha last for an image with transparency."""
     if image.mode in SIXTEEN_BIT_MODES:
         array = np.asarray(image).astype(np.float32) / 65535.0
     elif image.mode == "I":
@@ -243,12 +256,12 @@ def _pil_to_tensor(image: Image.Image, channels: int, name: str = "PIL image") -
             f"{name} (mode {image.mode!r}, {image.size[0]}x{image.size[1]}) cannot be converted "
             f"({type(error).__name__}: {error}); save it as 8-bit RGB or grayscale"
         ) from None
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
-    return _match_channels(tensor, channels)
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
 
 
 def _array_to_tensor(array: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
-    """HW, HWC (numpy) or CHW / HW (tensor) arrays; uint8 in [0, 255] or float in [0, 1]."""
+    """HW, HWC (numpy) or CHW / HW (tensor) arrays; uint8 in [0, 255] or float in [0, 1]; an alpha
+    channel (2 or 4 channels) is kept, last."""
     is_numpy = isinstance(array, np.ndarray)
     tensor = torch.from_numpy(np.ascontiguousarray(array)) if is_numpy else array.detach().cpu()
     if tensor.dim() == 2:
@@ -257,10 +270,10 @@ def _array_to_tensor(array: np.ndarray | torch.Tensor, name: str) -> torch.Tenso
         tensor = tensor.permute(2, 0, 1)
     elif tensor.dim() != 3:
         raise ImageError(f"{name} has shape {tuple(array.shape)}; expected HW, HWC or CHW")
-    if tensor.shape[0] not in (1, 3, 4):
+    if tensor.shape[0] not in (1, 2, 3, 4):
         raise ImageError(
-            f"{name} has {tensor.shape[0]} channels (shape {tuple(array.shape)}); expected 1, 3 "
-            "or 4 (numpy arrays are HWC, tensors CHW)"
+            f"{name} has {tensor.shape[0]} channels (shape {tuple(array.shape)}); expected 1, 2, 3 "
+            "or 4 (grey, grey + alpha, RGB, RGBA; numpy arrays are HWC, tensors CHW)"
         )
     if tensor.dtype == torch.uint8:
         tensor = tensor.float() / 255.0
@@ -276,7 +289,7 @@ def _array_to_tensor(array: np.ndarray | torch.Tensor, name: str) -> torch.Tenso
         tensor = tensor.clamp(0, 1)
     else:
         raise ImageError(f"{name} has dtype {tensor.dtype}; expected uint8 or floating point")
-    return tensor[:3]
+    return tensor
 
 
 def _match_channels(tensor: torch.Tensor, channels: int) -> torch.Tensor:
@@ -328,12 +341,22 @@ def resize_center_crop(tensor: torch.Tensor, size: int | tuple[int, int]) -> tor
 
 
 def _to_tensor(image: ImageInput, channels: int, max_pixels: int, name: str) -> torch.Tensor:
+    """Any input -> float32 [channels, h, w] in [0, 1], transparency composited on white."""
+    tensor = _decoded(image, channels, max_pixels, name)
+    if _has_alpha(tensor):
+        tensor = _on_white(tensor, name)
+    return _match_channels(tensor, channels)
+
+
+def _decoded(image: ImageInput, channels: int, max_pixels: int, name: str) -> torch.Tensor:
+    """Any input -> float32 [C, h, w] in [0, 1]: 1 or 3 channels (`channels` picks how a PIL
+    image is converted) and an alpha channel last if it has one."""
     if isinstance(image, (str, Path)):
         return _pil_to_tensor(open_image(image, max_pixels=max_pixels), channels, name)
     if isinstance(image, Image.Image):
         return _pil_to_tensor(upright(image, name), channels, name)
     if isinstance(image, (np.ndarray, torch.Tensor)):
-        return _match_channels(_array_to_tensor(image, name), channels)
+        return _array_to_tensor(image, name)
     raise ImageError(
         f"unsupported image type {type(image).__name__}; pass a PIL image, a file path, a "
         "numpy array (HWC) or a tensor (CHW)"
