@@ -17,6 +17,47 @@ if not torch.cuda.is_available():
 
 from fastgen.testing import make_dit, make_flux, make_label_unet, make_latent_text, make_pixel_text, make_sd3
 
+# Tests whose results depend on the CPU's arithmetic: reduced precision, compiled graphs, the
+# self-test and the kernels. `.ci/run` runs them a second time with torch held to AVX2
+# (`-m precision`), so a machine with native bf16 also checks the machines without it.
+PRECISION_SENSITIVE = {
+    "test_selftest.py",
+    "test_backends_torch.py",
+    "test_kernels.py",
+    "test_kernel_dispatch.py",
+    "test_gpu_paths_kernels.py",
+    "test_parity.py",
+    "test_classify_options.py",
+    "test_builtin_digits.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in PRECISION_SENSITIVE:
+            item.add_marker(pytest.mark.precision)
+
+
+def pytest_report_header(config):
+    """Name the CPU kind the run checks: the instruction set torch uses and native bf16."""
+    model = flags = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line
+    except OSError:
+        pass
+    native_bf16 = "avx512_bf16" in flags.split()
+    isa = torch.backends.cpu.get_cpu_capability()
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "none")
+    return (
+        f"cpu: {model or 'unknown'}; native bf16 (AVX512-BF16): {'yes' if native_bf16 else 'no'}; "
+        f"torch kernels: {isa}; ONEDNN_MAX_CPU_ISA: {limit}; threads: {torch.get_num_threads()}"
+    )
+
+
 _real_connect = socket.socket.connect
 
 
