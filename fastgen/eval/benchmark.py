@@ -109,15 +109,36 @@ def reset_peak_memory(device: torch.device, pids: tuple[int, ...] = ()) -> None:
             pass
 
 
-def _resident_peak(pid: int | str) -> int | None:
+def _status_kib(pid: int | str, fields: tuple[str, ...]) -> dict[str, int] | None:
+    """Fields of /proc/PID/status given in kB (VmHWM, RssFile, ...), in KiB; None off Linux."""
     try:
         with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+            lines = [line.split() for line in handle]
     except OSError:
         return None
-    return None
+    return {line[0].rstrip(":"): int(line[1]) for line in lines if line and line[0].rstrip(":") in fields}
+
+
+def _own_peak() -> int:
+    """This process's peak resident set since the last reset, in bytes."""
+    status = _status_kib("self", ("VmHWM",))
+    if status and "VmHWM" in status:
+        return status["VmHWM"] * 1024
+    import resource  # no /proc: the lifetime peak, which ru_maxrss gives in bytes on macOS, KiB elsewhere
+
+    peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return peak if platform.system() == "Darwin" else peak * 1024
+
+
+def _worker_private_peak(pid: int) -> int:
+    """A worker process's peak resident set less the file-backed and shared-memory pages it holds
+    after the run: libraries and tensor buffers that this process maps too and whose pages
+    `_own_peak` has already counted once."""
+    status = _status_kib(pid, ("VmHWM", "RssFile", "RssShmem"))
+    if not status or "VmHWM" not in status:
+        return 0
+    shared = status.get("RssFile", 0) + status.get("RssShmem", 0)
+    return max(status["VmHWM"] - shared, 0) * 1024
 
 
 def has_own_allocator(denoise: Any) -> bool:
@@ -129,27 +150,29 @@ def has_own_allocator(denoise: Any) -> bool:
 def memory_measure(device: torch.device, denoise: Any = None) -> str:
     """What `peak_memory` reports for this device and denoiser, recorded next to the figure."""
     if device.type != "cuda":
-        return "peak resident set, this process plus worker processes"
+        if worker_pids(denoise):
+            return (
+                "peak resident set of this process, plus each worker process's peak resident set less the "
+                "file-backed and shared-memory pages it holds after the run (each shared page counted once)"
+            )
+        return "peak resident set of this process"
     if has_own_allocator(denoise):
         return "device memory in use after the run (every allocator, CUDA context included), or torch's peak if higher"
     return "torch allocator peak"
 
 
 def peak_memory(device: torch.device, pids: tuple[int, ...] = (), denoise: Any = None) -> int:
-    """Peak device memory on GPU (see `memory_measure`); on CPU the peak resident memory of this
-    process plus that of each of `pids` (the backend's worker processes), in bytes."""
+    """Peak memory in bytes since `reset_peak_memory`, as `memory_measure` describes it: device
+    memory on GPU; on CPU this process's peak resident set plus the private part of the peak of
+    each of `pids` (the backend's worker processes). Summing the workers' whole resident sets would
+    count every page of torch's libraries and of the shared batch buffers once per process."""
     if device.type == "cuda":
         allocated = int(torch.cuda.max_memory_allocated(device))
         if has_own_allocator(denoise):
             free, total = torch.cuda.mem_get_info(device)  # arenas are not returned: their peak stays in use
             return max(allocated, int(total - free))
         return allocated
-    own = _resident_peak("self")
-    if own is None:
-        import resource
-
-        own = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-    return own + sum(_resident_peak(pid) or 0 for pid in pids)
+    return _own_peak() + sum(_worker_private_peak(pid) for pid in pids)
 
 
 def worker_pids(denoise) -> tuple[int, ...]:
@@ -234,7 +257,8 @@ def engine_run(clf: DiffusionClassifier, pixels: list[torch.Tensor]) -> RunStats
 # -- the hardware limit -------------------------------------------------------------------------
 def flops_per_eval(clf: DiffusionClassifier, *, prefix_only: bool = False) -> float:
     """FLOPs of one full denoiser row (or, with `prefix_only`, of its class-independent prefix,
-    0 when it has none), counted by torch.utils.flop_counter on a batch of 2."""
+    0 when it has none), counted by torch.utils.flop_counter on a batch of 2, with attention
+    counted the same whichever SDPA kernel runs (see `attention_flop_formulas`)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     device = clf.adapter.device
@@ -244,9 +268,35 @@ def flops_per_eval(clf: DiffusionClassifier, *, prefix_only: bool = False) -> fl
     denoiser = clf.adapter.denoiser
     if prefix_only and not getattr(denoiser, "shares_prefix", False):
         return 0.0
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    counter = FlopCounterMode(display=False, custom_mapping=attention_flop_formulas())
+    with torch.inference_mode(), counter:
         denoiser.split.prefix(x, t) if prefix_only else denoiser(x, t, cond)
     return counter.get_total_flops() / 2
+
+
+# SDPA kernels torch's FLOP counter has no formula for: it counts the GPU kernels and the math
+# path's matmuls, but not the CPU kernels, which would leave attention out of every CPU figure.
+_UNCOUNTED_ATTENTION_KERNELS = (
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_fused_attention_overrideable",
+)
+
+
+def attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """The two matmuls of attention, Q K^T and softmax(.) V, as the math path runs them: the
+    softmax, scaling and masking are not matmuls and the counter counts them on no path."""
+    batch, heads, queries, depth = query_shape
+    keys, value_depth = key_shape[-2], value_shape[-1]
+    return 2 * batch * heads * queries * keys * (depth + value_depth)
+
+
+def attention_flop_formulas() -> dict:
+    """`custom_mapping` for FlopCounterMode: `attention_flops` for each SDPA kernel this torch has
+    and the counter does not know."""
+    from torch.utils.flop_counter import flop_registry
+
+    kernels = (getattr(torch.ops.aten, name, None) for name in _UNCOUNTED_ATTENTION_KERNELS)
+    return {kernel: attention_flops for kernel in kernels if kernel is not None and kernel not in flop_registry}
 
 
 def executed_flops_per_row(full: float, prefix: float, rows: int, distinct_inputs: int) -> float:
@@ -288,7 +338,8 @@ def latency(clf: DiffusionClassifier, pixels: list[torch.Tensor]) -> dict:
     p50, p90, p99 = np.percentile(times, [50, 90, 99])
     return {
         "p50_s": float(p50), "p90_s": float(p90), "p99_s": float(p99), "images": len(times),
-        "peak_memory_bytes": peak_memory(device, worker_pids(clf.denoise)),
+        "peak_memory_bytes": peak_memory(device, worker_pids(clf.denoise), clf.denoise),
+        "memory_measure": memory_measure(device, clf.denoise),
     }  # fmt: skip
 
 
@@ -319,16 +370,16 @@ def side_by_side(
         runs_a.append(reference_style(clf_a, pixels))
         runs_b.append(engine_run(clf_b, pixels))
     n = len(pixels)
-    agreement = float(np.mean([a == b for a, b in zip(runs_a[-1].predictions, runs_b[-1].predictions)]))
+    agreed = agreement(runs_a[-1].predictions, runs_b[-1].predictions)
     speedups = [b.summary(n)["images_per_s"] / a.summary(n)["images_per_s"] for a, b in zip(runs_a, runs_b)]
     return {
         "reference_style": runs_a[-1].summary(n),
         "fastgen": {**runs_b[-1].summary(n), "warmup_seconds": warmup.seconds},
         "speedup": float(np.median(speedups)),
         "speedup_runs": spread(speedups),
-        "agreement": agreement,
+        "agreement": agreed,
         "images": n,
-        "predictions_agree_on": int(round(agreement * n)),
+        "predictions_agree_on": int(round(agreed * n)),
     }
 
 
@@ -353,26 +404,51 @@ def utilisation(clf: DiffusionClassifier, engine_summary: dict) -> dict:
 
 
 def policy_table(
-    make_clf: Callable[..., DiffusionClassifier], pixels: list[torch.Tensor], policies: dict
+    make_clf: Callable[..., DiffusionClassifier],
+    pixels: list[torch.Tensor],
+    policies: dict,
+    *,
+    reference_samples: int | None = None,
 ) -> list[dict]:
-    """UNet evaluations per image and agreement with exhaustive scoring, per policy."""
-    rows, reference = [], None
+    """UNet evaluations per image, predictions, and agreement with an exhaustive reference, per
+    policy. The reference is exhaustive scoring with `reference_samples` per class (default: twice
+    the most any policy draws) on the next noise seed, so that no row is compared with itself: the
+    exhaustive row's agreement shows how far its own sampling noise moves the predictions, and the
+    adaptive rows' how much further pruning moves them."""
+    rows, most_samples, seed = [], 1, 0
     for name, (policy, options) in policies.items():
         clf = make_clf(policy=policy, policy_options=options)
-        device = clf.adapter.device
-        reset_peak_memory(device, worker_pids(clf.denoise))
-        start = time.perf_counter()
-        results = clf.classify(pixels)
-        seconds = time.perf_counter() - start
-        memory = peak_memory(device, worker_pids(clf.denoise))
-        predictions = [r.prediction_index for r in results]
-        reference = predictions if reference is None else reference
-        rows.append({
-            "policy": name,
-            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
-            "unet_evals_per_image": float(np.mean([r.unet_evals for r in results])),
-            "agreement_with_exhaustive": float(np.mean([a == b for a, b in zip(predictions, reference)])),
-            "images_per_s": len(pixels) / seconds,
-            "peak_memory_bytes": memory,
-        })  # fmt: skip
+        most_samples, seed = max(most_samples, clf.policy.max_samples), clf.seed
+        rows.append(_policy_row(name, options, clf, pixels))
+    n_samples = reference_samples or 2 * most_samples
+    reference_clf = make_clf(policy="exhaustive", policy_options={"n_samples": n_samples}, seed=seed + 1)
+    reference = [r.prediction_index for r in reference_clf.classify(pixels)]
+    described = {"policy": "exhaustive", "n_samples": n_samples, "seed": seed + 1, "predictions": reference}
+    for row in rows:
+        row["agreement_with_exhaustive"] = agreement(row["predictions"], reference)
+        row["agreement_reference"] = described
     return rows
+
+
+def _policy_row(name: str, options: dict, clf: DiffusionClassifier, pixels: list[torch.Tensor]) -> dict:
+    device = clf.adapter.device
+    reset_peak_memory(device, worker_pids(clf.denoise))
+    start = time.perf_counter()
+    results = clf.classify(pixels)
+    seconds = time.perf_counter() - start
+    return {
+        "policy": name,
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
+        "unet_evals_per_image": float(np.mean([r.unet_evals for r in results])),
+        "predictions": [r.prediction_index for r in results],
+        "images_per_s": len(pixels) / seconds,
+        "peak_memory_bytes": peak_memory(device, worker_pids(clf.denoise), clf.denoise),
+        "memory_measure": memory_measure(device, clf.denoise),
+    }
+
+
+def agreement(predictions: list[int], reference: list[int]) -> float:
+    """The share of images on which two runs predict the same class."""
+    if len(predictions) != len(reference):
+        raise ValueError(f"{len(predictions)} predictions cannot be compared with {len(reference)}")
+    return float(np.mean([a == b for a, b in zip(predictions, reference)]))
