@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -79,7 +80,7 @@ def test_find_images_walks_folders_and_globs(tmp_path):
     for name in ("a/1.png", "a/b/2.jpg", "a/notes.txt", "3.PNG"):
         (tmp_path / name).write_bytes(b"x")
     found = find_images([str(tmp_path / "a"), str(tmp_path / "*.PNG")])
-    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/1.png", "a/b/2.jpg", "3.PNG"]
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["3.PNG", "a/1.png", "a/b/2.jpg"]
     with pytest.raises(FileNotFoundError, match="no image file"):
         find_images([str(tmp_path / "zzz*.png")])
 
@@ -225,3 +226,32 @@ def test_a_broken_exif_block_costs_nothing_and_its_warning_names_the_file(tmp_pa
     with caplog.at_level(logging.WARNING, logger="fastgen.inputs.images"):
         assert load_pixels(path, size=10, channels=3).shape == (3, 10, 10)
     assert "broken-exif.jpg" in caplog.text and "EXIF" in caplog.text
+
+
+# -- finding image files: folders, globs, order ------------------------------------------------------
+def _tree(root, names):
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+
+
+def test_a_glob_that_matches_folders_searches_them_and_keeps_only_images(tmp_path):
+    _tree(tmp_path, ["data/cat/1.png", "data/cat/notes.txt", "data/dog/deep/2.JPG", "data/readme.md", "data/3.webp"])
+    found = find_images([str(tmp_path / "data" / "*")])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "data/3.webp",
+        "data/cat/1.png",
+        "data/dog/deep/2.JPG",
+    ]
+    assert find_images([str(tmp_path / "data" / "*.md")]) == []  # a match, but no image
+
+
+def test_the_list_is_sorted_over_all_inputs_and_each_file_listed_once(tmp_path, monkeypatch):
+    _tree(tmp_path, ["b/2.png", "b/1.png", "a/9.png", "c/0.png", "labels.csv"])
+    monkeypatch.chdir(tmp_path)
+    inputs = ["c", str(tmp_path / "b"), "b/1.png", "a", "./b/../a/9.png", "labels.csv", "*/0.png", "[ab]"]
+    found = find_images(inputs)
+    expected = ["a/9.png", str(tmp_path / "b/1.png"), str(tmp_path / "b/2.png"), "c/0.png", "labels.csv"]
+    assert [str(p) for p in found] == expected  # each as first named; an explicit non-image stays
+    backwards = find_images(list(reversed(inputs)))
+    assert [os.path.abspath(p) for p in backwards] == [os.path.abspath(p) for p in found]

@@ -3,12 +3,16 @@ is, and transparency is composited on white whether it comes as a PIL image, an 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from helpers import file_lines
 from PIL import Image
 
 from fastgen import DiffusionClassifier
+from fastgen.commands.main import main
 from fastgen.inputs.images import ImageError, load_pixels
 
 
@@ -76,3 +80,18 @@ def test_a_transparent_image_with_a_white_stroke_is_white_in_every_form():
     for kind, image in _every_form(stroke).items():
         pixels = load_pixels(image, size=8, channels=1)
         assert torch.allclose(pixels, torch.ones(1, 8, 8)), kind  # the alpha was dropped: mean 0.125
+
+
+def test_the_command_line_classifies_a_quoted_glob_of_folders(tmp_path, capsys):
+    rng = np.random.default_rng(11)
+    for name in ("cat/a.png", "cat/b.png", "dog/deep/c.png"):
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, size=(8, 8), dtype=np.uint8)).save(tmp_path / "data" / name)
+    (tmp_path / "data" / "dog" / "notes.txt").write_text("not an image")
+    out = tmp_path / "out.jsonl"
+    code = main(["classify", str(tmp_path / "data" / "*"), "--model", "builtin:digits", "--classes", "zero,one",
+                 "--policy", "exhaustive", "--n-samples", "2", "--device", "cpu", "--no-progress", "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    _, records = file_lines(out)
+    assert sorted(Path(r["path"]).name for r in records) == ["a.png", "b.png", "c.png"]
+    assert all("prediction" in r for r in records)

@@ -33,8 +33,10 @@ decoded: a 190 KB PNG can declare 14000 x 14000 pixels.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import math
+import os
 import threading
 import warnings
 from collections.abc import Iterator
@@ -391,22 +393,40 @@ def load_pixels(
 
 
 def find_images(inputs: list[str]) -> list[Path]:
-    """Expand files, folders (recursively) and glob patterns into a sorted, de-duplicated list."""
-    found: list[Path] = []
+    """Expand files, folders and glob patterns into one list of image files, sorted by absolute
+    path over all inputs (the order of a job does not depend on the order of its arguments) and
+    de-duplicated (a file named twice, in any form, is listed once, as first named).
+
+    A folder, named or matched by a glob, gives its image files (by extension, `IMAGE_SUFFIXES`)
+    at any depth; a glob keeps only image files; a file named explicitly is kept whatever its
+    extension, so that one which is no image ends as its own error. Paths are returned as named
+    (a relative input gives relative paths). An input that is no file, no folder and no glob with a
+    match raises FileNotFoundError."""
+    named: dict[str, Path] = {}
     for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        elif path.is_file():
-            found.append(path)
-        else:
-            matches = (
-                sorted(Path().glob(item))
-                if not path.is_absolute()
-                else sorted(Path(path.anchor).glob(str(path.relative_to(path.anchor))))
-            )
-            if not matches:
-                raise FileNotFoundError(f"no image file, folder or glob match for {item!r}")
-            found += [p for p in matches if p.is_file()]
-    unique = list(dict.fromkeys(found))
-    return unique
+        for path in _expand(item):
+            named.setdefault(os.path.abspath(path), path)
+    return [named[key] for key in sorted(named)]
+
+
+def _expand(item: str) -> list[Path]:
+    path = Path(item)
+    if path.is_dir():
+        return _images_under(path)
+    if path.is_file():
+        return [path]
+    matches = [Path(match) for match in glob.glob(item, recursive=True)]
+    if not matches:
+        raise FileNotFoundError(f"no image file, folder or glob match for {item!r}")
+    found: list[Path] = []
+    for match in matches:  # a matched folder is searched like a named one; other files must be images
+        found += _images_under(match) if match.is_dir() else [match] if _is_image_file(match) else []
+    return found
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if _is_image_file(path)]
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
