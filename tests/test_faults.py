@@ -134,7 +134,7 @@ def test_non_finite_batches_are_recomputed_in_fp32(clean, images, caplog, value)
         results = clf.classify(images[:4])
     assert faulty.poisoned_calls > 0
     _assert_same(results, reference)
-    assert "recomputing the batch in fp32" in caplog.text
+    assert "recomputing those rows in fp32" in caplog.text
     assert clf.guard.has_fp32
 
 

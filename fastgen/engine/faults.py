@@ -3,9 +3,10 @@
 * A CUDA out-of-memory error in a denoiser call splits the rows in halves and retries. The
   smallest size that had to be used is remembered (per dtype), so later batches go straight to
   chunks that fit instead of failing again.
-* A batch whose rows come back non-finite (fp16 overflow) is recomputed by the engine in fp32
+* Rows of a batch that come back non-finite (fp16 overflow) are recomputed by the engine in fp32
   through `DenoiseGuard.fp32_denoiser()`, an fp32 copy of the plain torch denoiser made the first
-  time it is needed. Non-finite rows are never averaged into a score.
+  time it is needed. Only those rows: the finite rows of the batch, other images' included, keep
+  their values. Non-finite rows are never averaged into a score.
 
 Neither changes a row's value: each row depends only on its own (image, prompt, sample), so
 running a batch in pieces gives the same errors as running it whole.

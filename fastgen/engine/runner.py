@@ -212,27 +212,31 @@ class Engine:
             inputs.target_b, inputs.weight, self.config.loss,
         ).cpu()  # fmt: skip
 
-    def _recompute_in_fp32(self, inputs: _BatchInputs, errors: torch.Tensor) -> torch.Tensor:
-        bad = int((~torch.isfinite(errors)).sum())
+    def _recompute_in_fp32(self, batch: Batch, errors: torch.Tensor) -> torch.Tensor:
+        """`errors` with its non-finite rows recomputed in fp32. Only those rows: the finite rows
+        keep their values, so an image's errors never depend on which neighbours overflowed."""
+        bad = torch.nonzero(~torch.isfinite(errors)).flatten()
         log.warning(
-            "%d of %d denoiser rows were non-finite at %s (overflow); recomputing the batch in fp32",
-            bad, errors.shape[0], self.dtype,
+            "%d of %d denoiser rows were non-finite at %s (overflow); recomputing those rows in fp32",
+            bad.numel(), errors.shape[0], self.dtype,
         )  # fmt: skip
-        errors = self._batch_errors(inputs, as_denoiser(self.guard.fp32_denoiser()), torch.float32)
-        if not torch.isfinite(errors).all():
+        rows = Batch(batch.slot[bad], batch.prompt[bad], batch.sample[bad], segments=[])
+        redone = self._batch_errors(self._batch_inputs(rows), as_denoiser(self.guard.fp32_denoiser()), torch.float32)
+        if not torch.isfinite(redone).all():
             raise FloatingPointError(
                 "the denoiser returned non-finite values even in fp32; the model or its inputs "
                 "are broken (no score was computed from these rows)"
             )
+        errors = errors.clone()
+        errors[bad] = redone
         return errors
 
     @torch.inference_mode()
     def _run_batch(self, batch: Batch) -> None:
-        inputs = self._batch_inputs(batch)
-        errors = self._batch_errors(inputs, self.denoise, self.dtype)
+        errors = self._batch_errors(self._batch_inputs(batch), self.denoise, self.dtype)
         if not torch.isfinite(errors).all():
-            # Never average a non-finite row into a score: redo the whole batch in fp32.
-            errors = self._recompute_in_fp32(inputs, errors)
+            # Never average a non-finite row into a score: redo those rows in fp32.
+            errors = self._recompute_in_fp32(batch, errors)
         for job, first, end in batch.segments:
             job.prompt_errors[batch.prompt[first:end], batch.sample[first:end]] = errors[first:end]
             job.pending -= end - first
