@@ -61,12 +61,12 @@ def _wrapped_model(denoiser: nn.Module) -> nn.Module:
 
 
 def config_hash(denoiser: nn.Module) -> str:
-    """Hash of the wrapped diffusers model's class and config (plus the wrapper's settings)."""
+    """Hash of the wrapped diffusers model's class and config; the wrapper's own settings are
+    keyed apart (`ExportKey.settings`), in full."""
     model = _wrapped_model(denoiser)
     config = dict(getattr(model, "config", {}))
     config = {k: v for k, v in config.items() if not k.startswith("_")}  # drops _name_or_path etc.
-    extra = {"latent_channels": getattr(denoiser, "latent_channels", None)}
-    return _sha([type(denoiser).__name__, type(model).__name__, config, extra])[:16]
+    return _sha([type(denoiser).__name__, type(model).__name__, config])[:16]
 
 
 @torch.no_grad()
@@ -114,6 +114,9 @@ class ExportKey:
     versions: dict[str, str] = field(default_factory=dict)
     batch_sizes: tuple[int, int, int] | None = None  # the engine's (min, opt, max) profile
     compute_capability: str = "none"
+    # What the wrapper bakes into the graph (`fastgen.export.settings`), as JSON data.
+    settings: dict[str, Any] = field(default_factory=dict)
+    opset: int | None = None
 
     def digest(self) -> str:
         return _sha(asdict(self))[:16]
@@ -140,6 +143,15 @@ class ExportKey:
             data["batch_sizes"] = tuple(data["batch_sizes"])
         return cls(**data)
 
+    @classmethod
+    def parse(cls, data: Any) -> ExportKey | None:
+        """The key a meta.json holds, or None when it holds none this version can read
+        (hand-edited, truncated, or written by a version with other fields)."""
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError):
+            return None
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a part."""
@@ -164,8 +176,25 @@ class ExportCache:
     def lookup(self, key: ExportKey) -> Path | None:
         """The folder of a complete export with exactly this key, or None."""
         folder = self.folder(key)
+        return folder if self.key_of(folder) == key else None
+
+    def key_of(self, folder: Path) -> ExportKey | None:
+        """The key of the complete export in `folder`; None for anything else (no folder, no
+        meta.json, or one that cannot be read or parsed)."""
+        meta = self.meta(folder)
+        return None if meta is None else ExportKey.parse(meta.get("key"))
+
+    @staticmethod
+    def meta(folder: Path) -> dict[str, Any] | None:
+        """The meta.json of `folder` as a dict, or None when it is missing or unreadable."""
         meta = _read_meta(folder)
-        return folder if meta is not None and ExportKey.from_dict(meta["key"]) == key else None
+        return meta if isinstance(meta, dict) else None
+
+    def record(self, folder: Path, **facts: Any) -> None:
+        """Add `facts` to the meta.json of a published export (atomically: readers see the old
+        meta or the new one)."""
+        meta = {**(self.meta(folder) or {}), **facts}
+        atomic_write_bytes(folder / META, json.dumps(meta, indent=2, default=str).encode())
 
     def find_engine(self, key: ExportKey, batch_size: int) -> Path | None:
         """A complete export equal to `key` but for its profile, whose profile covers
@@ -174,10 +203,9 @@ class ExportCache:
         best: tuple[int, Path] | None = None
         model_dir = self.root / key.model_slug
         for folder in sorted(model_dir.glob(f"{key.format}-*")) if model_dir.is_dir() else []:
-            meta = _read_meta(folder)
-            if meta is None:
+            found = self.key_of(folder)
+            if found is None:
                 continue
-            found = ExportKey.from_dict(meta["key"])
             low, opt, high = found.batch_sizes or (0, 0, 0)
             if found.without_profile() == wanted and low <= batch_size <= high:
                 rank = abs(opt - batch_size)
@@ -201,16 +229,28 @@ class ExportCache:
             facts = builder(tmp) or {}
             meta = {"key": asdict(key), "built_s": round(time.time() - started, 3), **facts}
             (tmp / META).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if self.lookup(key) is None:  # not a concurrent build that won the race
-                    raise
-                log.info("another process published %s first; keeping its copy", final)
+            self._publish(tmp, final, key)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return final
+
+    def _publish(self, tmp: Path, final: Path, key: ExportKey) -> None:
+        """Rename `tmp` to `final`. A concurrent build that published first wins; a broken
+        export under the final name (its meta.json missing or unreadable, so never loaded) is
+        replaced: left there, it would block every rebuild."""
+        for attempt in range(2):
+            try:
+                os.rename(tmp, final)
+                return
+            except OSError:
+                if self.lookup(key) is not None:
+                    log.info("another process published %s first; keeping its copy", final)
+                    return
+                if attempt or not (final.exists() or final.is_symlink()):
+                    raise
+                log.warning("replacing %s: its %s is missing or unreadable", final, META)
+                _discard(final)
 
 
 def _process_alive(pid: int) -> bool:
@@ -243,8 +283,20 @@ def remove_stale_builds(folder: Path, *, now: float | None = None) -> list[Path]
     return removed
 
 
-def _read_meta(folder: Path) -> dict[str, Any] | None:
+def _discard(path: Path) -> None:
+    """Remove a broken export: first renamed aside (so the final name is free at once, and a
+    crash mid-removal leaves a `.tmp-*` leftover, cleaned up as such), then deleted. A symbolic
+    link is removed as a link: whatever it points to, outside the cache perhaps, is left alone."""
+    aside = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    os.rename(path, aside)
+    if aside.is_symlink() or not aside.is_dir():
+        aside.unlink()
+    else:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _read_meta(folder: Path) -> Any:
     try:
         return json.loads((folder / META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
         return None

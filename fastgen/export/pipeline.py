@@ -26,6 +26,7 @@ from fastgen.export.cache import (
     weights_fingerprint,
 )
 from fastgen.export.onnx_export import (
+    DEFAULT_OPSET,
     ONNX_FILE,
     export_onnx,
     max_relative_difference,
@@ -33,6 +34,7 @@ from fastgen.export.onnx_export import (
     parity_tolerance,
     verify_onnx,
 )
+from fastgen.export.settings import denoiser_settings
 from fastgen.export.tensorrt_build import PLAN_FILE, build_engine, import_tensorrt
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def onnx_key(denoiser: nn.Module, spec: IOSpec, *, model: str, exporter: str) -> ExportKey:
+    """Everything the ONNX export of `denoiser` depends on. The export itself takes its opset
+    from the key, so the two cannot disagree."""
     packages = ("onnx", "onnxscript") if exporter == "dynamo" else ("onnx",)
     return ExportKey(
         model=_model_id(model),
@@ -63,6 +67,8 @@ def onnx_key(denoiser: nn.Module, spec: IOSpec, *, model: str, exporter: str) ->
         io_spec=_sha(spec.as_dict())[:16],
         exporter=exporter,
         versions=library_versions(*packages),
+        settings=denoiser_settings(denoiser),
+        opset=DEFAULT_OPSET,
     )
 
 
@@ -96,12 +102,12 @@ def ensure_onnx(
     found = cache.lookup(key)
     if found is not None:
         log.info("ONNX export found in the cache: %s", found)
-        if verify and "parity_max_rel_diff" not in _read_meta(found):
-            verify_onnx(found / ONNX_FILE, denoiser, spec)
+        if verify and not _verified(found):
+            cache.record(found, parity_max_rel_diff=verify_onnx(found / ONNX_FILE, denoiser, spec))
         return ExportResult(found / ONNX_FILE, key, built=False)
 
     def build(folder: Path) -> dict:
-        facts = export_onnx(denoiser, spec, folder / ONNX_FILE, exporter=exporter)
+        facts = export_onnx(denoiser, spec, folder / ONNX_FILE, exporter=exporter, opset=key.opset)
         if verify:
             facts["parity_max_rel_diff"] = verify_onnx(folder / ONNX_FILE, denoiser, spec)
         return facts
@@ -146,9 +152,14 @@ def ensure_engine(
     source = onnx_key(denoiser, spec, model=str(model), exporter=exporter)
     key = engine_key(source, batch_sizes=batch_sizes, device=device)
     found = cache.lookup(key) or (cache.find_engine(key, batch_sizes[1]) if any_covering_profile else None)
-    if found is not None:
+    found_key = None if found is None else cache.key_of(found)
+    if found_key is not None:
         log.info("TensorRT engine found in the cache: %s", found)
-        return ExportResult(found / PLAN_FILE, ExportKey.from_dict(_meta_key(found)), built=False)
+        if verify and not _verified(found):
+            # built with verify=False: checked now, once, before it is ever used verified
+            worst = verify_engine(found / PLAN_FILE, denoiser, spec, found_key.batch_sizes, cached=True)
+            cache.record(found, parity_max_rel_diff=worst)
+        return ExportResult(found / PLAN_FILE, found_key, built=False)
     onnx = engine_source(denoiser, spec, model=model, cache=cache, exporter=exporter)
     timing = cache.root / f"timing-{key.compute_capability}-trt{key.versions['tensorrt']}.cache"
 
@@ -169,8 +180,21 @@ def ensure_engine(
     return ExportResult(folder / PLAN_FILE, key, built=True)
 
 
-def verify_engine(plan: Path, denoiser: nn.Module, spec: IOSpec, batch_sizes: tuple[int, int, int]) -> float:
-    """Engine vs torch on seeded inputs at the profile's min and max batch sizes."""
+def _verified(folder: Path) -> bool:
+    """Whether the export in `folder` was checked against torch (at build, or on a later hit)."""
+    return "parity_max_rel_diff" in _read_meta(folder)
+
+
+def _read_meta(folder: Path) -> dict:
+    """An export's meta.json; empty when missing or unreadable."""
+    return ExportCache.meta(folder) or {}
+
+
+def verify_engine(
+    plan: Path, denoiser: nn.Module, spec: IOSpec, batch_sizes: tuple[int, int, int], *, cached: bool = False
+) -> float:
+    """Engine vs torch on seeded inputs at the profile's min and max batch sizes. `cached`: the
+    engine is already in the cache (built unverified), where a failure leaves it."""
     from fastgen.backends.tensorrt_backend import TensorRTBackend
 
     device, dtype = next(denoiser.parameters()).device, module_dtype(denoiser)
@@ -183,21 +207,16 @@ def verify_engine(plan: Path, denoiser: nn.Module, spec: IOSpec, batch_sizes: tu
         worst = max(worst, max_relative_difference(backend(*inputs), want))  # inf on NaN output
     tolerance = parity_tolerance(dtype, gpu=True)
     if not worst <= tolerance:
+        fate = (
+            f"it was built unverified and is not used; delete {plan.parent} to rebuild it"
+            if cached
+            else "the engine was not cached"
+        )
         raise RuntimeError(
             f"TensorRT engine {plan} differs from torch: max relative difference {worst:.3g} > "
-            f"{tolerance:.3g}; the engine was not cached. Try dtype fp32, or report the model"
+            f"{tolerance:.3g}; {fate}. Try dtype fp32, or report the model"
         )
     return worst
-
-
-def _read_meta(folder: Path) -> dict:
-    import json
-
-    return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-
-
-def _meta_key(folder: Path) -> dict:
-    return _read_meta(folder)["key"]
 
 
 def export_model(
