@@ -103,8 +103,8 @@ def test_worker_processes_match_eager(process_classifiers, eager_results, kind):
     clf = process_classifiers[kind]
     assert clf.denoise.shares_prefix == (kind == "pixel-text")
     _assert_matches_eager(clf.classify(images), eager[kind])
-    # a second run reuses the grown shared-memory buffers and gives the same errors
-    np.testing.assert_array_equal(errors_of(clf.classify(images)), errors_of(clf.classify(images)))
+    # a second run reuses the grown shared-memory buffers and still gives eager's errors
+    _assert_matches_eager(clf.classify(images), eager[kind])
 
 
 def test_a_dead_worker_process_is_named_not_waited_on(model_dirs, eager_results):
