@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fastgen import DiffusionClassifier, FixedStages, PairedTest, ScoringConfig
+from fastgen import DiffusionClassifier, Exhaustive, FixedStages, PairedTest, ScoringConfig
 
 
 def test_config_round_trips_through_json():
@@ -49,3 +49,27 @@ def test_classifier_reads_and_replaces_its_config(model_dirs):
         model_dirs["pixel-text"], classes=["cat", "dog"], device="cpu", config=clf.config
     )
     assert same.config == clf.config
+
+
+def test_unknown_settings_and_policy_options_are_refused_naming_the_valid_ones():
+    with pytest.raises(ValueError, match="maxsamples does not apply to policy 'paired', which takes alpha"):
+        ScoringConfig.build(policy_options={"maxsamples": 30})
+    with pytest.raises(ValueError, match="alfa does not apply to policy 'paired'"):
+        ScoringConfig.from_dict({"policy": {"name": "paired", "alfa": 0.1}, "seed": 1})
+    with pytest.raises(ValueError, match="ScoringConfig has no setting 'sed'; the settings are loss, timesteps"):
+        ScoringConfig.from_dict({"policy": {"name": "paired"}, "sed": 1})
+    with pytest.raises(ValueError, match="fastgen.json \"scoring\" has no setting 'weigthing'"):
+        ScoringConfig.build(model_defaults={"scoring": {"weigthing": 2.0}})
+    with pytest.raises(ValueError, match="alfa does not apply to policy 'paired' \\(in the model's fastgen.json\\)"):
+        ScoringConfig.build(model_defaults={"policy": {"name": "paired", "alfa": 0.1}})
+
+
+def test_updated_changes_only_what_is_given():
+    config = ScoringConfig.build(policy="paired", policy_options={"alpha": 0.01}, seed=4)
+    tighter = config.updated(policy_options={"max_samples": 60})
+    assert tighter.policy == PairedTest(alpha=0.01, max_samples=60) and tighter.seed == 4
+    exhaustive = config.updated(policy="exhaustive", policy_options={"n_samples": 7}, loss="l1")
+    assert exhaustive == config.replace(policy=Exhaustive(7), loss="l1")
+    assert config.updated() == config
+    with pytest.raises(ValueError, match="max_sample does not apply to policy 'paired'"):
+        config.updated(policy_options={"max_sample": 60})

@@ -101,3 +101,29 @@ def test_exhaustive_is_the_default_shape_of_results(model_dirs, images):
     result = _clf(model_dirs["pixel-text"], Exhaustive(6)).classify(images[1])[0]
     assert result.n_samples.tolist() == [6] * 10 and np.isfinite(result.errors).all()
     assert result.prediction == TEN_CLASSES[int(np.argmin(result.errors))]
+
+
+@pytest.mark.parametrize(
+    "name, options, unknown",
+    [
+        ("paired", {"max_sample": 50}, "max_sample"),
+        ("paired", {"n_samples": 50}, "n_samples"),  # another policy's option
+        ("exhaustive", {"alpha": 0.1, "min_samples": 4}, "alpha, min_samples"),
+        ("stages", {"to_kep": (2, 1)}, "to_kep"),
+    ],
+)
+def test_options_a_policy_does_not_take_are_refused_naming_the_valid_ones(name, options, unknown):
+    from fastgen.engine.policies import POLICIES, PolicyOptionError, policy_options
+
+    with pytest.raises(PolicyOptionError, match=f"{unknown} do(es)? not apply to policy '{name}'") as refused:
+        make_policy(name, **options)
+    assert refused.value.valid == policy_options(POLICIES[name]) and ", ".join(refused.value.valid) in str(
+        refused.value
+    )
+
+
+def test_options_left_as_none_are_the_defaults_and_a_ready_policy_takes_none():
+    assert make_policy("paired", max_samples=None, n_samples=None) == PairedTest()
+    assert make_policy("paired", max_samples=50) == PairedTest(max_samples=50)
+    with pytest.raises(ValueError, match="cannot change the ready-made policy"):
+        make_policy(Exhaustive(3), n_samples=5)

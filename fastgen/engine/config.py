@@ -15,7 +15,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastgen.engine.policies import Policy, describe_policy, make_policy
+from fastgen.engine.policies import Policy, PolicyOptionError, describe_policy, make_policy
 from fastgen.engine.sampling import TIMESTEP_MODES
 from fastgen.inputs.classes import AGGREGATES
 from fastgen.losses import check_loss
@@ -72,17 +72,30 @@ class ScoringConfig:
     ) -> ScoringConfig:
         """A config from a policy name and options, falling back to a model's `fastgen.json`
         policy when no policy is named and to its `scoring` settings (such as fitted
-        `timestep_weights`) for settings left as None; `settings` are the other fields."""
+        `timestep_weights`) for settings left as None; `settings` are the other fields. An
+        unknown setting or policy option, given here or in the model's file, is a ValueError
+        that names the valid ones."""
         defaults = model_defaults or {}
-        options = dict(policy_options or {})
-        default_policy = dict(defaults.get("policy") or {})
-        if policy is None and default_policy:
-            policy = default_policy.pop("name", None)
-            options = {**default_policy, **options}
-        chosen = make_policy(policy, **options)
+        scoring = dict(defaults.get("scoring") or {})
+        _check_setting_names(settings, "ScoringConfig")
+        _check_setting_names(scoring, 'the model\'s fastgen.json "scoring"')
+        chosen = _policy_with_model_default(policy, policy_options, defaults.get("policy"))
         given = {k: v for k, v in settings.items() if v is not None}
-        from_model = {k: v for k, v in (defaults.get("scoring") or {}).items() if settings.get(k) is None}
+        from_model = {k: v for k, v in scoring.items() if settings.get(k) is None}
         return cls(policy=chosen, **{**from_model, **given})
+
+    def updated(
+        self, *, policy: str | Policy | None = None, policy_options: dict[str, Any] | None = None, **settings: Any
+    ) -> ScoringConfig:
+        """This config with the settings given (not None) changed, checked like `build`: a policy
+        named here takes `policy_options` over its own defaults; options alone change this
+        config's policy. (`replace` is the plain field copy, for setting a field to None.)"""
+        _check_setting_names(settings, "ScoringConfig")
+        if policy is None and policy_options:
+            described = describe_policy(self.policy)
+            policy, policy_options = described.pop("name"), {**described, **policy_options}
+        chosen = self.policy if policy is None else make_policy(policy, **(policy_options or {}))
+        return self.replace(policy=chosen, **{k: v for k, v in settings.items() if v is not None})
 
     def replace(self, **changes: Any) -> ScoringConfig:
         return dataclasses.replace(self, **changes)
@@ -99,6 +112,42 @@ class ScoringConfig:
         policy = dict(values.pop("policy", None) or {})
         name = policy.pop("name", None)
         return cls.build(policy=name, policy_options=policy, **values)
+
+
+def setting_names() -> tuple[str, ...]:
+    """The settings besides the policy (which has its own name and options)."""
+    return tuple(f.name for f in dataclasses.fields(ScoringConfig) if f.name != "policy")
+
+
+def _check_setting_names(settings: dict[str, Any], where: str) -> None:
+    unknown = sorted(k for k in settings if k not in setting_names())
+    if unknown:
+        raise ValueError(
+            f"{where} has no setting {', '.join(map(repr, unknown))}; the settings are {', '.join(setting_names())}, "
+            "and policy with policy_options"
+        )
+
+
+def _policy_with_model_default(
+    policy: str | Policy | None, options: dict[str, Any] | None, model_policy: dict[str, Any] | None
+) -> Policy:
+    """The policy named with its options; when none is named, the model's own (its `fastgen.json`
+    "policy") with `options` over the file's. Options that do not apply are refused, naming
+    where they came from."""
+    options = dict(options or {})
+    from_file = dict(model_policy or {})
+    if policy is not None or not from_file:
+        return make_policy(policy, **options)
+    name = from_file.pop("name", None)
+    try:
+        return make_policy(name, **{**from_file, **options})
+    except PolicyOptionError as error:
+        from_caller = [k for k in error.unknown if k in options]
+        if from_caller:
+            whose, hint = f"the model's default policy ({error.policy})", "name the policy whose options they are"
+            raise PolicyOptionError(from_caller, error.policy, error.valid, whose=whose, hint=hint) from None
+        whose = f"policy {error.policy!r} (in the model's fastgen.json)"
+        raise PolicyOptionError(error.unknown, error.policy, error.valid, whose=whose) from None
 
 
 def _check_band_weights(weights: Any) -> tuple[float, ...] | None:

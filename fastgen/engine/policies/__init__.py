@@ -29,16 +29,42 @@ def policy_options(policy: type[Policy] | Policy) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(policy) if not f.name.startswith("_"))
 
 
+class PolicyOptionError(ValueError):
+    """Options a policy does not take: named, with the ones it does take, so that a caller (the
+    command line) can restate them in its own terms (flags)."""
+
+    def __init__(
+        self, unknown: list[str], policy: str, valid: tuple[str, ...], *, whose: str | None = None, hint: str = ""
+    ):
+        self.unknown, self.policy, self.valid = list(unknown), policy, tuple(valid)
+        whose = whose or f"policy {policy!r}"
+        super().__init__(
+            f"{', '.join(self.unknown)} {'does' if len(self.unknown) == 1 else 'do'} not apply to {whose}, "
+            f"which takes {', '.join(self.valid) or 'no options'}" + (f"; {hint}" if hint else "")
+        )
+
+
 def make_policy(name: str | Policy | None = None, **options: Any) -> Policy:
-    """Build a policy from its registry name and its options; options another policy takes
-    (or left as None) are ignored, so one set of command-line options serves every policy."""
+    """Build a policy from its registry name and its options. An option left as None means the
+    policy's default; an option the policy does not take is a `PolicyOptionError` (a misspelt
+    one would otherwise be dropped without a word)."""
+    given = {k: v for k, v in options.items() if v is not None}
     if isinstance(name, Policy):
+        if given:
+            raise ValueError(
+                f"policy options {sorted(given)} cannot change the ready-made policy {name!r}: build it with "
+                "them, or name the policy by its registry name"
+            )
         return name
     name = name or DEFAULT_POLICY
     if name not in POLICIES:
         raise ValueError(f"policy must be one of {tuple(POLICIES)}, got {name!r}")
     cls = POLICIES[name]
-    return cls(**{k: options[k] for k in policy_options(cls) if options.get(k) is not None})
+    valid = policy_options(cls)
+    unknown = [k for k in given if k not in valid]
+    if unknown:
+        raise PolicyOptionError(unknown, name, valid)
+    return cls(**given)
 
 
 def policy_name(policy: Policy) -> str:
@@ -61,6 +87,7 @@ __all__ = [
     "LabelTreePolicy",
     "PairedTest",
     "Policy",
+    "PolicyOptionError",
     "describe_policy",
     "make_policy",
     "paired_p_values",
