@@ -13,7 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastgen.jobs.local import prepare_output
-from fastgen.jobs.results_file import ResultsFileError, path_key, read_results, repair_tail, scan_results
+from fastgen.jobs.results_file import (
+    ResultsFileError,
+    outcome_of,
+    path_key,
+    read_results,
+    repair_tail,
+    scan_results,
+)
 
 
 def _records(n: int, seed: int) -> list[dict]:
@@ -44,7 +51,8 @@ def test_a_garbage_line_in_the_middle_loses_nothing_and_names_its_line(tmp_path,
     with caplog.at_level(logging.WARNING, logger="fastgen.jobs.results_file"):
         contents = prepare_output(out)
     assert out.read_bytes() == before  # nothing cut, nothing rewritten
-    assert list(contents.records.values()) == records
+    assert list(read_results(out).values()) == records
+    assert list(contents.records.values()) == [outcome_of(r) for r in records]
     assert contents.bad_lines == [6]
     assert "line 6 not a fastgen record" in caplog.text
 

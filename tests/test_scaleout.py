@@ -2,7 +2,9 @@
 
 Multi-process runs launch the real torchrun (`python -m torch.distributed.run`, gloo on CPU) as a
 subprocess; their output must equal a one-process run line for line after sorting, and a run
-stopped midway must finish on re-run without recomputing any image it had finished.
+stopped midway must finish on re-run without recomputing any image it had finished. A run is
+stopped midway without racing its end: its processes are frozen (SIGSTOP) once a record appears,
+checked to be unfinished, sent the signal and only then let go on.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from PIL import Image
 
 from fastgen.commands.main import main as cli_main
 from fastgen.jobs.distributed import Ranks, launched_ranks, shard
-from fastgen.jobs.results_file import find_parts, is_header, merge_parts, part_path
+from fastgen.jobs.parts import find_parts, merge_parts, part_path
+from fastgen.jobs.results_file import is_header, results_header
 
 N_IMAGES = 48
 # One image's rows (3 classes x 16 samples) fill exactly one batch, so every batch holds the same
@@ -83,17 +86,43 @@ def _complete_lines(path: Path) -> list[str]:
     return good
 
 
+def _child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (torchrun's workers)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            after_name = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, ...
+        except (OSError, IndexError):
+            continue  # a process that ended meanwhile
+        if int(after_name[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
 def _start_and_stop(
-    command: list[str], watch: Callable[[], list[Path]] | Path, sig: int
+    command: list[str], watch: Callable[[], list[Path]] | Path, sig: int, *, workers: bool = False
 ) -> subprocess.CompletedProcess:
-    """Start `command`, send `sig` once a first complete line appears in a watched file."""
+    """Start `command`; once a first complete line appears in a watched file, freeze the process
+    (or, with `workers`, its child processes), check that at least two images are still to do, send
+    `sig` and let it go on: the signal is then handled midway through the run, never after it."""
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             files = watch() if callable(watch) else [watch]
             if any(_complete_lines(f) for f in files):
-                proc.send_signal(sig)
+                targets = _child_pids(proc.pid) if workers else [proc.pid]
+                for pid in targets:
+                    os.kill(pid, signal.SIGSTOP)
+                files = watch() if callable(watch) else [watch]
+                finished = sum(len(_complete_lines(f)) for f in files)
+                if finished >= N_IMAGES - 1:  # frozen: this cannot change while we look
+                    for pid in targets:
+                        os.kill(pid, signal.SIGCONT)
+                    pytest.fail(f"the run had finished {finished} of {N_IMAGES} images before it could be stopped")
+                for pid in targets:
+                    os.kill(pid, sig)  # pending until the process runs again
+                    os.kill(pid, signal.SIGCONT)
                 break
             time.sleep(0.005)
         stdout, stderr = proc.communicate(timeout=120)
@@ -124,21 +153,26 @@ def test_shards_are_disjoint_complete_and_balanced():
     assert [len(s) for s in shards] == [4, 4, 3]
 
 
+def _jsonl(*objects: dict) -> str:
+    return "".join(json.dumps(o) + "\n" for o in objects)
+
+
 def test_merge_parts_keeps_each_record_once_and_repairs_truncation(tmp_path):
+    header = results_header("builtin:digits", {"classes": ["cat", "dog"], "seed": 0})
     out = tmp_path / "r.jsonl"
-    out.write_text(json.dumps({"path": "/a.png", "prediction": "cat"}) + "\n")
+    out.write_text(_jsonl(header, {"path": "/a.png", "prediction": "cat"}))
     part0 = part_path(out, 0, 2)
     part0.write_text(
-        json.dumps({"path": "/a.png", "prediction": "cat"}) + "\n"
-        + json.dumps({"path": "/b.png", "prediction": "dog"}) + "\n"
+        _jsonl(header, {"path": "/a.png", "prediction": "cat"}, {"path": "/b.png", "prediction": "dog"})
         + '{"path": "/c.png", "predic'  # a crash mid-line
     )  # fmt: skip
-    # a part of an earlier run at another world size counts too
-    part_path(out, 2, 3).write_text(json.dumps({"path": "/d.png", "prediction": "cat"}) + "\n")
-    assert merge_parts(out) == 2
+    # a part of an earlier run at another world size counts too, even one from before parts had
+    # headers: the header of `out` covers it
+    part_path(out, 2, 3).write_text(_jsonl({"path": "/d.png", "prediction": "cat"}))
+    assert merge_parts(out, header) == 2
     assert find_parts(out) == []
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["path"] for r in records] == ["/a.png", "/b.png", "/d.png"]
+    header_back, records = file_lines(out)
+    assert header_back == header and [r["path"] for r in records] == ["/a.png", "/b.png", "/d.png"]
 
 
 # -- the real launcher -----------------------------------------------------------------------------
@@ -158,8 +192,8 @@ def test_two_ranks_write_the_same_lines_as_one_process(model_dirs, image_folder,
 def test_stopped_two_rank_run_resumes_without_recomputing(model_dirs, image_folder, one_process_lines, tmp_path):
     out = tmp_path / "results.jsonl"
     args = _args(model_dirs["pixel-text"], image_folder, out)
-    # SIGTERM to torchrun, as a scheduler would send: it stops both workers midway.
-    stopped = _start_and_stop(_torchrun(2, args), lambda: find_parts(out), signal.SIGTERM)
+    # SIGTERM to both workers, as a scheduler sends it to every process of a job: they stop midway.
+    stopped = _start_and_stop(_torchrun(2, args), lambda: [out, *find_parts(out)], signal.SIGTERM, workers=True)
     assert stopped.returncode != 0
     parts = find_parts(out)
     assert parts and file_lines(out)[1] == [], "the run finished before it could be stopped"
@@ -174,11 +208,14 @@ def test_stopped_two_rank_run_resumes_without_recomputing(model_dirs, image_fold
     assert sorted(lines) == one_process_lines and find_parts(out) == []
 
 
-def test_ctrl_c_leaves_a_valid_resumable_file(model_dirs, image_folder, one_process_lines, tmp_path, capsys):
+@pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_leaves_a_valid_resumable_file(
+    model_dirs, image_folder, one_process_lines, tmp_path, capsys, sig, exit_code
+):
     out = tmp_path / "results.jsonl"
     args = _args(model_dirs["pixel-text"], image_folder, out)
-    stopped = _start_and_stop([sys.executable, "-m", "fastgen", *args], out, signal.SIGINT)
-    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    stopped = _start_and_stop([sys.executable, "-m", "fastgen", *args], out, sig)
+    assert stopped.returncode == exit_code, stopped.stderr[-3000:]
     assert "run the same command again to resume" in stopped.stderr
     data = out.read_bytes()
     assert data.endswith(b"\n")

@@ -36,25 +36,24 @@ def run(args: argparse.Namespace) -> int:
     from fastgen.inputs.images import find_images
     from fastgen.jobs import distributed
     from fastgen.jobs.local import classify_files
-    from fastgen.jobs.results_file import check_not_foreign, check_writable
+    from fastgen.jobs.output_lock import hold_output
 
     paths = find_images(args.images)
     if not paths:
         raise ValueError("no image files found in the given inputs")
-    if args.out is not None:  # refuse a bad --out before spending time on loading the model
-        check_writable(args.out)
-        check_not_foreign(args.out)
-    # A bad calibration file is refused before the model is loaded.
-    calibration = Calibration.load(args.calibration) if args.calibration is not None else None
-
-    def build(device: str | None = None):
-        clf = classifier_from_args(args, device=device) if device is not None else classifier_from_args(args)
-        clf.use_calibration(calibration)
-        return clf
-
     ranks = distributed.launched_ranks()
     progress = not args.no_progress
-    with distributed.sigterm_as_interrupt():
+    # One run per --out: its lock is held from before anything reads the file (and before the
+    # model is loaded) to the end; under torchrun rank 0 holds it.
+    with distributed.sigterm_as_interrupt(), hold_output(args.out if ranks is None else None):
+        # A bad calibration file is refused before the model is loaded.
+        calibration = Calibration.load(args.calibration) if args.calibration is not None else None
+
+        def build(device: str | None = None):
+            clf = classifier_from_args(args, device=device) if device is not None else classifier_from_args(args)
+            clf.use_calibration(calibration)
+            return clf
+
         if ranks is not None:  # under torchrun: this rank's shard; rank 0 merges and reports
             summary = distributed.classify_files_distributed(
                 lambda device: build(str(device)), paths, out=args.out, ranks=ranks,

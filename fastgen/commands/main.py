@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -65,12 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # a disk that fills up or goes away mid-run: one line, not a traceback
         print(f"fastgen {args.command}: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         # Every finished image is already a synced line; the file ends after the last of them.
         out = getattr(args, "out", None)
         where = f"finished images are saved in {out}; " if out else ""
         print(f"fastgen {args.command}: interrupted; {where}run the same command again to resume", file=sys.stderr)
-        return 130
+        # 128 + the signal, as a shell reports it: 130 for Ctrl-C (SIGINT), 143 for SIGTERM,
+        # which `fastgen.jobs.distributed.sigterm_as_interrupt` raises as a KeyboardInterrupt
+        # carrying its `signum`.
+        return 128 + int(getattr(interrupt, "signum", signal.SIGINT))
 
 
 if __name__ == "__main__":

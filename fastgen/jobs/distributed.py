@@ -1,16 +1,19 @@
 """Scale-out on torch.distributed: `torchrun --nproc-per-node N -m fastgen classify ... --out F`.
 
 Each rank classifies a deterministic shard of the images and appends its records to its own part
-file next to the output (`F.part-RRRRR-of-WWWWW`) through the same durable writer a one-process
-run uses. When every rank is done, rank 0 merges the parts into `F` and deletes them.
+file next to the output (`F.part-RRRRR-of-WWWWW`, started with the job's header) through the same
+durable writer a one-process run uses. When every rank is done, rank 0 merges the parts into `F`
+and deletes them. Rank 0 holds `F`'s lock (`fastgen.jobs.output_lock`) for the whole job, taken
+before anything reads `F` and before the model is loaded.
 
 Resuming works at any world size, with or without torchrun: before anything is computed, rank 0
 checks `F` (a file that is not fastgen's, or whose header names other settings, is refused), cuts
 an interrupted last line there, merges the part files of an interrupted run (whatever its world
 size) and appends the job's header when `F` lacks it; only images absent from `F` (or, with
-`--retry-failed`, whose latest record is an error) are sharded. Part files hold records only: the
-header of `F` covers them. The process group is used for barriers and sums of counts only: no
-home-made protocol.
+`--retry-failed`, whose latest record is an error) are sharded; part files of another job are
+refused (`fastgen.jobs.parts`). The process group is used for barriers and sums of counts only:
+no home-made protocol. Whatever rank 0 fails at on the output (the lock is taken, the file is
+refused, the disk fails), every other rank learns it at the next sum and stops too.
 """
 
 from __future__ import annotations
@@ -36,9 +39,12 @@ from fastgen.jobs.local import (
     labelled_accuracy,
     needs_computing,
     prepare_output,
+    read_outcomes,
     write_results,
 )  # fmt: skip
-from fastgen.jobs.results_file import ResultsWriter, merge_parts, part_path, path_key, read_results
+from fastgen.jobs.output_lock import OutputLock, claim_output
+from fastgen.jobs.parts import merge_parts, open_part
+from fastgen.jobs.results_file import path_key
 
 if TYPE_CHECKING:
     from fastgen.api import DiffusionClassifier
@@ -110,16 +116,25 @@ def sum_over_ranks(values: Sequence[int], device: torch.device) -> list[int]:
     return [int(v) for v in tensor.cpu()]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM ended the run; `signum` gives the exit code a shell expects, 128 + 15."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signal.Signals(signum).name}")
+        self.signum = signum
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM (what torchrun and schedulers send) ends a run like Ctrl-C:
-    the results writer closes after its last complete line instead of dying mid-write."""
+    """Within the block, SIGTERM (what torchrun and schedulers send) ends a run like Ctrl-C,
+    raising `Terminated`: the results writer closes after its last complete line instead of
+    dying mid-write."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+        raise Terminated(signum)
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
@@ -128,20 +143,30 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+_DONE, _REFUSED, _FAILED = 0, 1, 2  # what rank 0 tells the other ranks about its step
+
+
 def on_main(ranks: Ranks, device: torch.device, step: Callable[[], object]) -> None:
-    """Run `step` on rank 0 only; a ValueError it raises (a refused output file) is raised on
-    rank 0 and reported on every other rank, instead of leaving them waiting at a barrier."""
-    refusal: ValueError | None = None
+    """Run `step` on rank 0 only. Whatever it raises is raised on rank 0 and reported on every
+    other rank after the sum that ends the step, instead of leaving them waiting at the next
+    barrier: a ValueError (a refused output file) as a ValueError, anything else (a failing
+    disk, an interrupt) as an OSError."""
+    failure: BaseException | None = None
+    status = _DONE
     if ranks.is_main:
         try:
             step()
         except ValueError as error:
-            refusal = error
-    (refused,) = sum_over_ranks([refusal is not None], device)  # also the barrier after `step`
-    if refusal is not None:
-        raise refusal
-    if refused:
+            failure, status = error, _REFUSED
+        except BaseException as error:  # re-raised below, once the others know
+            failure, status = error, _FAILED
+    (status,) = sum_over_ranks([status], device)  # also the barrier after `step`
+    if failure is not None:
+        raise failure
+    if status == _REFUSED:
         raise ValueError("rank 0 refused the output file; its error message says why")
+    if status == _FAILED:
+        raise OSError("rank 0 failed to prepare the output file; its error message says why")
 
 
 # -- the distributed `classify` ----------------------------------------------------------------------
@@ -165,27 +190,34 @@ def classify_files_distributed(
         raise ValueError("--out is required under torchrun: each rank writes a part file next to it")
     rank_dev = rank_device(device, ranks)
     init_process_group(ranks, rank_dev)
+    lock: list[OutputLock] = []  # rank 0's, once taken
     try:
+        # Rank 0 takes the output's lock before anything reads it or a model is loaded.
+        on_main(ranks, rank_dev, lambda: lock.append(claim_output(out)))
         clf = build_classifier(rank_dev)
+        header = job_header(clf)
         # Rank 0 alone checks the output against this job's settings, repairs it and merges an
         # interrupted run's parts (of any world size); every rank learns whether it refused the
         # file before computing anything.
-        on_main(ranks, rank_dev, lambda: prepare_output(out, job_header(clf), force=force))
-        done = read_results(out)
+        on_main(ranks, rank_dev, lambda: prepare_output(out, header, force=force))
+        done = read_outcomes(out)
         todo = [
             p for p in sorted(paths, key=path_key) if needs_computing(done.get(path_key(p)), retry_failed=retry_failed)
         ]
-        writer = ResultsWriter(part_path(out, ranks.rank, ranks.world_size))
+        del done  # rank 0 reads the file again at the end; the others need nothing of it
+        writer = open_part(out, ranks.rank, ranks.world_size, header)
         new = write_results(clf, shard(todo, ranks), writer, progress=progress and ranks.is_main)
         computed, failed = sum_over_ranks([len(new) - count_failed(new), count_failed(new)], rank_dev)
         if not ranks.is_main:
             return None
-        merge_parts(out)
+        merge_parts(out, header)
         summary = JobSummary(len(paths), len(paths) - len(todo), computed, failed)
-        latest = read_results(out)
+        latest = read_outcomes(out)
         summary.errors_in_output = count_failed(latest)
         if labels_from_folders:
             labelled_accuracy(summary, paths, latest)
         return summary
     finally:
+        for held in lock:
+            held.release()
         dist.destroy_process_group()

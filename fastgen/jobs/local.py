@@ -4,6 +4,11 @@ Used by `fastgen classify`; images already in the output file are skipped, so re
 finished or interrupted job computes only what is missing. The file starts with a header of the
 job's settings, and a resume with other settings is refused unless forced. Images whose latest
 record is an error are redone on request (`retry_failed`).
+
+Of every finished image, done before or in this run, the job keeps only its path key and its
+`Outcome` (failed or not, its prediction): enough for the counts and the accuracy, and a few
+hundred bytes however many classes are scored. The caller holds the output's lock
+(`fastgen.jobs.output_lock`).
 """
 
 from __future__ import annotations
@@ -18,14 +23,16 @@ from typing import Any
 from tqdm import tqdm
 
 from fastgen.api import DiffusionClassifier
+from fastgen.jobs.parts import check_parts, find_parts, merge_parts
 from fastgen.jobs.results_file import (
+    Outcome,
     ResultsContents,
     ResultsWriter,
     check_same_job,
     check_writable,
     error_record,
-    is_error,
-    merge_parts,
+    header_differences,
+    outcome_of,
     path_key,
     repair_tail,
     result_record,
@@ -58,63 +65,79 @@ def job_header(clf: DiffusionClassifier) -> dict[str, Any]:
 
 def write_results(
     clf: DiffusionClassifier, paths: Sequence[Path], writer: ResultsWriter, *, progress: bool = True
-) -> dict[str, dict]:
-    """Classify `paths`, one durable record per image as it finishes; the records by path key.
+) -> dict[str, Outcome]:
+    """Classify `paths`, one durable record per image as it finishes (its path absolute); the
+    outcomes by path key.
 
     The writer is closed however the loop ends, so an interrupted run (Ctrl-C) leaves a file
     that ends after its last complete line."""
-    records: dict[str, dict] = {}
+    outcomes: dict[str, Outcome] = {}
     bar = tqdm(total=len(paths), disable=not progress, unit="img", file=sys.stderr)
     try:
-        for key, outcome in clf.classify_stream((str(p), p) for p in paths):
+        for key, outcome in clf.classify_stream((path_key(p), p) for p in paths):
             failed = isinstance(outcome, Exception)
             record = error_record(key, outcome) if failed else result_record(key, outcome)
             if not failed and clf.calibration is not None:
                 record["probabilities"] = clf.probabilities(outcome)
             writer.write(record)
-            records[path_key(key)] = record
+            outcomes[key] = outcome_of(record)
             bar.update(1)
     finally:
         bar.close()
         writer.close()
-    return records
+    return outcomes
 
 
-def count_failed(records: dict[str, dict]) -> int:
-    return sum(is_error(r) for r in records.values())
+def count_failed(outcomes: dict[str, Outcome]) -> int:
+    return sum(o.failed for o in outcomes.values())
 
 
-def needs_computing(record: dict | None, *, retry_failed: bool) -> bool:
+def needs_computing(outcome: Outcome | None, *, retry_failed: bool) -> bool:
     """An image is computed when it has no record, or when its latest record is an error and
     failed images are retried."""
-    return record is None or (retry_failed and is_error(record))
+    return outcome is None or (retry_failed and outcome.failed)
 
 
-def labelled_accuracy(summary: JobSummary, paths: Sequence[Path], done: dict[str, dict]) -> None:
+def labelled_accuracy(summary: JobSummary, paths: Sequence[Path], done: dict[str, Outcome]) -> None:
     """Fill the summary's accuracy, the label of an image being its parent folder's name."""
-    scored = [(p, done.get(path_key(p), {})) for p in paths]
-    scored = [(p, r) for p, r in scored if "prediction" in r]
-    summary.labelled = len(scored)
-    summary.accuracy = sum(r["prediction"] == folder_label(p) for p, r in scored) / len(scored) if scored else None
+    labelled = correct = 0
+    for path in paths:
+        outcome = done.get(path_key(path))
+        if outcome is not None and outcome.prediction is not None:
+            labelled += 1
+            correct += outcome.prediction == folder_label(path)
+    summary.labelled = labelled
+    summary.accuracy = correct / labelled if labelled else None
+
+
+def read_outcomes(out: Path) -> dict[str, Outcome]:
+    """The `Outcome` of each image's latest record in `out`, by path key."""
+    return scan_results(out, keep=outcome_of).records
 
 
 def prepare_output(out: Path, header: dict[str, Any] | None = None, *, force: bool = False) -> ResultsContents:
-    """Make `out` ready for appending and return what it already holds.
+    """Make `out` ready for appending and return what it already holds (its records as
+    `Outcome`s).
 
     Everything that can refuse the file runs before anything is changed: an unwritable path, a
-    file that is not fastgen's, and (with a `header`) a file of a job with other settings unless
-    `force`. Then an interrupted last line is cut, the parts of an interrupted torchrun run are
-    merged, and `header` is appended unless the file's last header already matches it."""
+    file that is not fastgen's, and (with a `header`) a file or a part file of a job with other
+    settings unless `force`. Then an interrupted last line is cut, the parts of an interrupted
+    torchrun run are merged, and `header` is appended unless the file's last header matches it."""
     check_writable(out)
-    contents = scan_results(out)
-    same_job = header is None or check_same_job(out, contents, header, force=force)
+    contents = scan_results(out, keep=outcome_of)
+    if header is not None:
+        check_same_job(out, contents, header, force=force)
+    parts = find_parts(out)
+    check_parts(out, parts, contents.header, header, force=force)
     repair_tail(out, contents)
-    merge_parts(out)  # part files of an interrupted torchrun run belong to the file's job
-    if not same_job:
-        writer = ResultsWriter(out)
-        writer.write(header)
-        writer.close()
-    return scan_results(out)
+    if parts:
+        merge_parts(out, header, force=force)
+        contents = scan_results(out, keep=outcome_of)
+    if header is not None and (contents.header is None or header_differences(contents.header, header)):
+        with ResultsWriter(out) as writer:
+            writer.write(header)
+        contents.header = header
+    return contents
 
 
 def classify_files(
@@ -133,7 +156,7 @@ def classify_files(
     wins); `force` resumes a file whose header has other settings."""
     header = job_header(clf)
     if out is None:
-        done: dict[str, dict] = {}
+        done: dict[str, Outcome] = {}
         writer = ResultsWriter(None, stream=sys.stdout)
         writer.write(header)
     else:
@@ -142,9 +165,9 @@ def classify_files(
     todo = [p for p in paths if needs_computing(done.get(path_key(p)), retry_failed=retry_failed)]
     new = write_results(clf, todo, writer, progress=progress)
     failed = count_failed(new)
-    latest = {**done, **new}
     summary = JobSummary(len(paths), len(paths) - len(todo), len(new) - failed, failed)
-    summary.errors_in_output = count_failed(latest)
+    done.update(new)  # the latest outcome of every image, without a second copy
+    summary.errors_in_output = count_failed(done)
     if labels_from_folders:
-        labelled_accuracy(summary, paths, latest)
+        labelled_accuracy(summary, paths, done)
     return summary

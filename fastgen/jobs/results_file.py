@@ -4,6 +4,9 @@
     {"path": "/abs/a.png", "prediction": "seven", "scores": {"zero": 0.41, ...}, "unet_evals": 212}
     {"path": "/abs/b.png", "error": "image file '/abs/b.png' cannot be decoded (...); ..."}
 
+Records hold absolute, normalised paths (`path_key`), so a resume matches them from any working
+directory. Files written before that hold paths as typed; see `record_key` for how those resolve.
+
 The file is only ever appended to. Each line is flushed and fsynced as it is written, so a crash
 loses at most the line being written. Reading never drops or rewrites a valid record:
 
@@ -20,15 +23,20 @@ check that it continues the same job. A header may also appear further down: whe
 before headers existed is resumed, or a resume is forced with other settings, the new settings are
 appended as a header before the records they produce. Files without any header (written before
 headers existed) stay readable and resumable.
+
+Files are read line by line, and a job keeps of each record only its `Outcome` (failed or not,
+and the prediction), so a job's memory does not grow with the scores of the images it finished.
 """
 
 from __future__ import annotations
 
-import glob
+import functools
+import hashlib
 import json
 import logging
 import math
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -50,8 +58,23 @@ class ResultsFileError(ValueError):
 
 
 def path_key(path: str | Path) -> str:
-    """Paths are matched across runs by their absolute form, whatever form was typed."""
+    """Paths are written and matched across runs in their absolute, normalised form (`.` and `..`
+    folded; symbolic links kept, as the user named the file), whatever form was typed."""
     return os.path.abspath(str(path))
+
+
+def record_key(path: str, folder: Path) -> str:
+    """The path key of a record's `path` in a results file in `folder`.
+
+    Files written before records held absolute paths hold them as typed, relative to the working
+    directory of the run that wrote them, which the file does not say. Such a path is taken
+    relative to the results file's own folder when that names an existing file (the run wrote its
+    output beside its inputs, or was resumed from another directory), else relative to the
+    current directory: how such files always resumed."""
+    if os.path.isabs(path):
+        return path_key(path)
+    beside = folder / path
+    return path_key(beside) if beside.exists() else path_key(path)
 
 
 def is_header(obj: Any) -> bool:
@@ -78,21 +101,45 @@ def results_header(model: str, settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What a job keeps of an image's latest record: whether it failed, and its prediction."""
+
+    failed: bool
+    prediction: str | None = None
+
+
+@functools.cache
+def _shared_outcome(failed: bool, prediction: str | None) -> Outcome:
+    return Outcome(failed, prediction)
+
+
+def outcome_of(record: dict[str, Any]) -> Outcome:
+    """The record's `Outcome`, one shared object per (failed, prediction): a set of finished
+    images costs its path keys, not a copy of every image's scores."""
+    prediction = record.get("prediction")
+    return _shared_outcome(is_error(record), prediction if isinstance(prediction, str) else None)
+
+
+def record_digest(record: dict[str, Any]) -> bytes:
+    """A short fingerprint that tells a record from another one of the same path."""
+    return hashlib.blake2b(json.dumps(record).encode(), digest_size=16).digest()
+
+
+def _whole(record: dict[str, Any]) -> dict[str, Any]:
+    return record
+
+
 @dataclass
 class ResultsContents:
     """What a results file holds, as read without changing it."""
 
     header: dict[str, Any] | None = None  # the last header: the settings of the records after it
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # latest record per path key
+    records: dict[str, Any] = field(default_factory=dict)  # path key -> what `scan_results` kept of its latest record
     record_lines: int = 0
     bad_lines: list[int] = field(default_factory=list)  # 1-based; kept in the file, ignored
     cut_from: int | None = None  # byte offset of an unterminated last line that is no record
     missing_newline: bool = False  # the last line is a whole record or header without its "\n"
-
-    @property
-    def error_keys(self) -> list[str]:
-        """Paths whose latest record is an error."""
-        return [key for key, record in self.records.items() if is_error(record)]
 
 
 def _parse_line(line: bytes) -> Any:
@@ -120,19 +167,23 @@ def _starts_like_ours(complete: list[bytes], tail: bytes) -> bool:
     return tail.startswith(_OUR_LINE_STARTS)
 
 
-def check_not_foreign(path: Path) -> None:
-    """Refuse a file that is not fastgen's from its first line alone: cheap enough to run before
-    a model is loaded."""
-    if not path.is_file():
-        return
-    with path.open("rb") as handle:
-        head = handle.readline()
+def _check_first_line(path: Path, head: bytes) -> None:
+    """Refuse `path` unless its first line (`head`, with its newline if it has one) is fastgen's."""
     if head.endswith(b"\n"):
         complete, tail = [head[:-1]], b""
     else:
         complete, tail = [], head
     if head and not _starts_like_ours(complete, tail):
         _refuse_foreign(path, head.rstrip(b"\n"))
+
+
+def check_not_foreign(path: Path) -> None:
+    """Refuse a file that is not fastgen's from its first line alone: cheap enough to run before
+    a model is loaded."""
+    if not path.is_file():
+        return
+    with path.open("rb") as handle:
+        _check_first_line(path, handle.readline())
 
 
 def _warn_bad_lines(path: Path, bad_lines: list[int]) -> None:
@@ -146,41 +197,55 @@ def _warn_bad_lines(path: Path, bad_lines: list[int]) -> None:
     )  # fmt: skip
 
 
-def scan_results(path: Path, *, strict: bool = True) -> ResultsContents:
-    """Read `path` without changing it. With `strict`, a file whose first line is not fastgen's
-    raises `ResultsFileError` (part files of a torchrun run are read with `strict=False`)."""
+def _lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """(1-based number, byte offset, bytes with their newline) of each line, one at a time."""
+    with path.open("rb") as handle:
+        offset = 0
+        for number, line in enumerate(handle, start=1):
+            yield number, offset, line
+            offset += len(line)
+
+
+def read_objects(path: Path) -> Iterator[dict[str, Any]]:
+    """The headers and records of `path` in file order, unusable lines left out; one at a time."""
+    for _, _, line in _lines(path):
+        obj = _parse_line(line) if line.strip() else None
+        if is_header(obj) or is_record(obj):
+            yield obj
+
+
+def scan_results(path: Path, *, strict: bool = True, keep: Callable[[dict[str, Any]], Any] = _whole) -> ResultsContents:
+    """Read `path`, line by line, without changing it; `records` maps each path key to
+    `keep(latest record)` (the whole record unless told). With `strict`, a file whose first line
+    is not fastgen's raises `ResultsFileError` (part files are read with `strict=False`)."""
     contents = ResultsContents()
     if not path.exists():
         return contents
     if path.is_dir():
         raise ResultsFileError(f"{path} is a folder; pass a file path such as {path / 'results.jsonl'}")
-    data = path.read_bytes()
-    if not data:
-        return contents
-    *complete, tail = data.split(b"\n")
-    if strict and not _starts_like_ours(complete, tail):
-        _refuse_foreign(path, complete[0] if complete else tail)
-    for number, line in enumerate(complete, start=1):
-        if not line.strip():
-            continue  # a blank line describes nothing
-        _take_line(contents, _parse_line(line), number)
-    if tail:
-        parsed = _parse_line(tail)
+    for number, offset, line in _lines(path):
+        if number == 1 and strict:
+            _check_first_line(path, line)
+        if line.endswith(b"\n"):
+            if line.strip():  # a blank line describes nothing
+                _take_line(contents, _parse_line(line), number, path.parent, keep)
+            continue
+        parsed = _parse_line(line)  # an unterminated last line
         if is_record(parsed) or is_header(parsed):
-            _take_line(contents, parsed, len(complete) + 1)
+            _take_line(contents, parsed, number, path.parent, keep)
             contents.missing_newline = True
         else:
-            contents.cut_from = len(data) - len(tail)
+            contents.cut_from = offset
     if contents.bad_lines:
         _warn_bad_lines(path, contents.bad_lines)
     return contents
 
 
-def _take_line(contents: ResultsContents, obj: Any, number: int) -> None:
+def _take_line(contents: ResultsContents, obj: Any, number: int, folder: Path, keep: Callable) -> None:
     if is_header(obj):
         contents.header = obj
     elif is_record(obj):
-        contents.records[path_key(obj["path"])] = obj
+        contents.records[record_key(obj["path"], folder)] = keep(obj)
         contents.record_lines += 1
     else:
         contents.bad_lines.append(number)
@@ -311,6 +376,12 @@ class ResultsWriter:
         if self.path is not None:
             self._handle.close()
 
+    def __enter__(self) -> ResultsWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 def result_record(path: str, result) -> dict[str, Any]:
     return {
@@ -329,44 +400,3 @@ def result_record(path: str, result) -> dict[str, Any]:
 
 def error_record(path: str, error: Exception) -> dict[str, Any]:
     return {"path": path, "error": str(error)}
-
-
-# -- part files ---------------------------------------------------------------------------------
-def part_path(out: Path, rank: int, world_size: int) -> Path:
-    return out.with_name(f"{out.name}.part-{rank:05d}-of-{world_size:05d}")
-
-
-def find_parts(out: Path) -> list[Path]:
-    """Part files of any world size next to `out`."""
-    pattern = glob.escape(out.name) + ".part-*-of-*"
-    return sorted(p for p in out.parent.glob(pattern) if p.is_file())
-
-
-def merge_parts(out: Path) -> int:
-    """Append to `out` every record of the part files that `out` lacks, then delete the parts.
-
-    Safe to interrupt at any point: the parts go only after the appended lines are synced, and a
-    re-run skips records `out` already holds. Returns the number of records appended.
-    """
-    parts = find_parts(out)
-    if not parts:
-        return 0
-    contents = scan_results(out)  # refuses an `out` that is not fastgen's, before any change
-    repair_tail(out, contents)
-    done = contents.records
-    added = 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a", encoding="utf-8") as handle:
-        for part in parts:
-            for key, record in scan_results(part, strict=False).records.items():
-                # A record `out` already holds is skipped; a newer one (a retried image) is not.
-                if done.get(key) != record:
-                    handle.write(json.dumps(record, allow_nan=False) + "\n")
-                    done[key] = record
-                    added += 1
-        handle.flush()
-        os.fsync(handle.fileno())  # once for the whole merge: a per-line sync is for live writes
-    for part in parts:
-        part.unlink()
-    log.info("merged %d records from %d part files into %s", added, len(parts), out)
-    return added
