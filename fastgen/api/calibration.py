@@ -7,8 +7,10 @@ so fastgen fits one of two maps on labelled results and saves it as a small JSON
 * **Platt** (adaptive runs, whose denoiser budget varies per image): the top class's probability is
   sigmoid(w_margin * margin + w_evals * log(UNet evaluations) + b), where margin is the gap between
   the two lowest errors relative to the lowest; the rest of the mass is shared among the other
-  classes in proportion to their temperature-scaled softmax. An adaptive policy spends more calls
-  on hard images, so the budget itself says how sure the run was.
+  classes in proportion to their temperature-scaled softmax (a lone class gets 1). An adaptive
+  policy spends more calls on hard images, so the budget itself says how sure the run was.
+
+Either way a result's probabilities sum to 1.
 
 **Pruned classes** (null scores) were dropped because they were worse than the classes kept. Each
 gets its partial error (its mean error over the samples it had when dropped, `partial_scores` in
@@ -84,6 +86,19 @@ def softmax_of_errors(errors: np.ndarray, temperature: float) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
+def _softmax_of_others(errors: np.ndarray, top: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(-errors / T) over every class but `top` (0 there), per row: the temperature-scaled
+    softmax renormalised over the others, computed on its own so that it sums to 1 even where
+    the full softmax gives the others no mass at all (underflow)."""
+    logits = -errors / temperature
+    logits[np.arange(len(top)), top] = -np.inf
+    if errors.shape[1] == 1:
+        return np.zeros_like(errors)
+    logits = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
 def margins(errors: np.ndarray) -> np.ndarray:
     """(second lowest - lowest error) / lowest: how clearly the winner won, scale-free."""
     two = np.sort(errors, axis=1)[:, :2] if errors.shape[1] > 1 else np.concatenate([errors, errors], axis=1)
@@ -120,19 +135,19 @@ class Calibration:
         )
 
     def probabilities_of(self, errors: np.ndarray, evals: np.ndarray) -> np.ndarray:
-        """[N, K] probabilities for errors [N, K] (pruned classes already filled in)."""
+        """[N, K] probabilities for errors [N, K] (pruned classes already filled in); each row
+        sums to 1."""
         p = softmax_of_errors(errors, self.temperature)
         if self.method != "platt" or self.platt is None:
             return p
         w = self.platt
         z = w["margin"] * margins(errors) + w["log_evals"] * np.log(np.maximum(evals, 1)) + w["bias"]
-        top_p = 1 / (1 + np.exp(-z))
         top = errors.argmin(axis=1)
-        rest = p.copy()
-        rest[np.arange(len(top)), top] = 0
-        rest_sum = np.maximum(rest.sum(axis=1, keepdims=True), 1e-300)
-        out = rest / rest_sum * (1 - top_p)[:, None]
-        out[np.arange(len(top)), top] = top_p
+        rows = np.arange(len(top))
+        # With one class there is no other class to give the rest of the mass to: it is certain.
+        top_p = 1 / (1 + np.exp(-z)) if errors.shape[1] > 1 else np.ones(len(top))
+        out = _softmax_of_others(errors, top, self.temperature) * (1 - top_p)[:, None]
+        out[rows, top] = top_p
         return out
 
     def probabilities(
