@@ -52,7 +52,9 @@ def test_classifier_reads_and_replaces_its_config(model_dirs):
 
 
 def test_unknown_settings_and_policy_options_are_refused_naming_the_valid_ones():
-    with pytest.raises(ValueError, match="maxsamples does not apply to policy 'paired', which takes alpha"):
+    with pytest.raises(
+        ValueError, match="maxsamples does not apply to the default policy \\(paired\\), which takes alpha"
+    ):
         ScoringConfig.build(policy_options={"maxsamples": 30})
     with pytest.raises(ValueError, match="alfa does not apply to policy 'paired'"):
         ScoringConfig.from_dict({"policy": {"name": "paired", "alfa": 0.1}, "seed": 1})

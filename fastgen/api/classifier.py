@@ -5,6 +5,7 @@ Both validate their arguments, then hand the work to the engine.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ from fastgen.builtin import BUILTIN_PREFIX
 from fastgen.engine.config import ScoringConfig
 from fastgen.engine.denoiser import Denoiser
 from fastgen.engine.faults import DenoiseGuard, fp32_copy
-from fastgen.engine.policies import Policy
+from fastgen.engine.policies import Policy, make_policy
 from fastgen.engine.reference import reference_classify
 from fastgen.engine.result import ImageResult
 from fastgen.engine.runner import Engine
@@ -104,8 +105,9 @@ class DiffusionClassifier:
     """A diffusion model turned zero-shot classifier over a fixed set of classes.
 
     Prompt (or label) conditions are computed once here and reused for every image. Every
-    scoring setting lives in `config` (a frozen `ScoringConfig`); `policy`, `loss`, `seed` and
-    `batch_size` read it, and setting `batch_size` swaps in a config with the new value.
+    scoring setting lives in `config` (a frozen `ScoringConfig`), the one source of truth:
+    `policy`, `loss`, `seed` and `batch_size` read it, and assigning `config` (or `batch_size`)
+    applies the new settings to everything derived from them before the next image is scored.
     """
 
     def __init__(
@@ -114,38 +116,74 @@ class DiffusionClassifier:
         classes: ClassSpec,
         *,
         config: ScoringConfig | None = None,
+        policy: str | Policy | None = None,
+        policy_options: dict[str, Any] | None = None,
         encode_batch_size: int = 16,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         invert: bool | str | None = None,
         **settings: Any,
     ):
-        """`settings` (`policy`, `loss`, `timesteps`, `weighting`, `seed`, `batch_size`) are
-        another way to give the fields of `config`, for callers that build no config."""
+        """`policy` (a registry name or a `Policy`) with `policy_options`, and `settings` (the
+        other fields of `ScoringConfig`: `loss`, `timesteps`, `weighting`, `seed`, `aggregate`,
+        `batch_size`, ...) are another way to give `config`, or change it. The classes' own
+        `aggregate` is used unless one is given; a given one must agree with it."""
         self.adapter = adapter
         self.classes = classes
-        base = config if config is not None else ScoringConfig(aggregate=classes.aggregate)
-        self.config = with_schedule_defaults(base.replace(**settings) if settings else base, adapter.schedule)
         self.encode_batch_size = _check_positive("encode_batch_size", encode_batch_size)
         self.max_pixels = _check_positive("max_pixels", max_pixels)
         self.polarity = polarity_rule(invert, declared_polarity(adapter.defaults, adapter.name), adapter.name)
         # Set by `from_pretrained(calibration=...)`: adds `probabilities` to results lines.
         self.calibration: Calibration | None = None
         self.denoise: Denoiser = adapter.denoiser
-        # OOM splitting and the fp32 recompute of overflowed batches (from the plain torch module,
+        # OOM splitting and the fp32 recompute of overflowed rows (from the plain torch module,
         # whatever fast path `denoise` is later set to); kept across classify calls.
         self.guard = DenoiseGuard(lambda: fp32_copy(adapter.denoiser))
-        # The policy bound to these classes, and what it scores: the classes, then any extra
-        # units it asks for (a label tree's inner nodes), all encoded once here.
-        self.bound_policy = self.config.policy.bind(classes.names)
-        self.units = classes.with_units(self.bound_policy.extra_units())
-        if len(self.units) > len(classes) and classes.labels is not None:
+        base = config if config is not None else ScoringConfig(aggregate=classes.aggregate)
+        chosen = base.updated(policy=policy, policy_options=policy_options, **settings)
+        if chosen.aggregate != classes.aggregate:
+            given = "aggregate=" if settings.get("aggregate") is not None else "config.aggregate"
+            raise ValueError(
+                f"{given} is {chosen.aggregate!r} but the classes' aggregate is {classes.aggregate!r}; "
+                "give one of them, or make them agree"
+            )
+        self._config: ScoringConfig | None = None
+        self.config = chosen
+
+    @property
+    def config(self) -> ScoringConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: ScoringConfig) -> None:
+        """Apply `config` whole: the policy bound to the classes, the units it scores (and their
+        conditions, encoded again only when they change), the timesteps and the noise; the
+        classes take its `aggregate`. Nothing changes when the config is refused."""
+        if not isinstance(config, ScoringConfig):
+            raise TypeError(f"config must be a ScoringConfig, got {type(config).__name__}")
+        config = with_schedule_defaults(config, self.adapter.schedule)
+        classes = dataclasses.replace(self.classes, aggregate=config.aggregate)
+        bound_policy = config.policy.bind(classes.names)
+        units = classes.with_units(bound_policy.extra_units())
+        if len(units) > len(classes) and classes.labels is not None:
             raise ValueError("a label-tree policy scores prompts of inner nodes: it needs a text-conditioned model")
+        conditions = self._conditions_for(units)
+        plan = SamplePlan.for_config(self.adapter.schedule, config)
+        same_noise = self._config is not None and self._config.seed == config.seed
+        noise = (
+            self.noise if same_noise else NoiseBank(self.adapter.x0_shape, seed=config.seed, device=self.adapter.device)
+        )
+        self._config, self.classes, self.bound_policy, self.units = config, classes, bound_policy, units
+        self.conditions, self.plan, self.noise = conditions, plan, noise
+
+    def _conditions_for(self, units: ClassSpec) -> torch.Tensor:
+        """The units' encoded prompts (or labels): the ones already encoded when they are the same."""
+        if self._config is not None and (units.prompts, units.labels) == (self.units.prompts, self.units.labels):
+            return self.conditions
         with torch.no_grad():
-            self.conditions = adapter.encode_conditions(self.units)
-        if torch.is_floating_point(self.conditions) and not torch.isfinite(self.conditions).all():
+            conditions = self.adapter.encode_conditions(units)
+        if torch.is_floating_point(conditions) and not torch.isfinite(conditions).all():
             raise FloatingPointError("the text encoder produced non-finite prompt embeddings")
-        self.plan = SamplePlan.for_config(adapter.schedule, self.config)
-        self.noise = NoiseBank(adapter.x0_shape, seed=self.config.seed, device=adapter.device)
+        return conditions
 
     @property
     def policy(self) -> Policy:
@@ -165,7 +203,6 @@ class DiffusionClassifier:
 
     @batch_size.setter
     def batch_size(self, value: int) -> None:
-        # The only setting that changes no score, so conditions and bound policy stay valid.
         self.config = self.config.replace(batch_size=value)
 
     @classmethod
@@ -175,7 +212,7 @@ class DiffusionClassifier:
         *,
         classes: ClassSpec | str | Path | Sequence[str] | dict[str, int] | None = None,
         templates: Sequence[str] | str | None = None,
-        aggregate: str = "mean",
+        aggregate: str | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         policy: str | Policy | None = None,
@@ -213,6 +250,10 @@ class DiffusionClassifier:
         `weighting`, and `conditioning` for their model settings (`max_sequence_length`; Flux also
         `resolution` (H, W) and `guidance`), over the model's own fastgen.json.
 
+        `aggregate` (how several prompts of a class combine: `mean` or `min`) defaults to the
+        `aggregate` of `classes` when they are a `ClassSpec` (a different one given here is
+        refused), else to the model's `fastgen.json` `scoring`, else `mean`.
+
         `max_pixels` refuses image files with more pixels, from their header, as an `ImageError`.
         `invert` matches images to the ink polarity the model declares (`fastgen.inputs.polarity`):
         None (default) is `"auto"` for a model that declares one (an image whose background has
@@ -232,7 +273,10 @@ class DiffusionClassifier:
                 seed=seed, batch_size=batch_size, weighting=weighting, flow_timesteps=flow_timesteps,
                 flow_weighting=flow_weighting,
             )  # fmt: skip
+            if policy is not None:  # its options (a misspelt one is an error), before the load
+                make_policy(policy, **(policy_options or {}))
         _check_positive("max_pixels", max_pixels)
+        aggregate = _aggregate_of(classes, aggregate)
         adapter = load_adapter(
             model,
             device=resolve_device(device),
@@ -409,6 +453,18 @@ def classify(
     """Load `model`, classify `images` among `classes`, return one result per image. Classes,
     their prompt templates and the policy default to the model's own (see `from_pretrained`)."""
     return DiffusionClassifier.from_pretrained(model, classes=classes, **options).classify(images)
+
+
+def _aggregate_of(classes: Any, aggregate: str | None) -> str | None:
+    """The explicit `aggregate`, or a `ClassSpec`'s own; a conflict between the two is refused."""
+    if not isinstance(classes, ClassSpec):
+        return aggregate
+    if aggregate is not None and aggregate != classes.aggregate:
+        raise ValueError(
+            f"aggregate={aggregate!r} conflicts with the aggregate {classes.aggregate!r} of the given ClassSpec; "
+            "leave aggregate unset to use the ClassSpec's, or build the ClassSpec with the one you want"
+        )
+    return classes.aggregate
 
 
 def _check_positive(name: str, value: Any) -> int:

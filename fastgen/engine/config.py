@@ -136,15 +136,16 @@ def _policy_with_model_default(
     where they came from."""
     options = dict(options or {})
     from_file = dict(model_policy or {})
-    if policy is not None or not from_file:
+    if policy is not None:
         return make_policy(policy, **options)
     name = from_file.pop("name", None)
+    default = "the model's default policy" if model_policy else "the default policy"
     try:
         return make_policy(name, **{**from_file, **options})
     except PolicyOptionError as error:
         from_caller = [k for k in error.unknown if k in options]
         if from_caller:
-            whose, hint = f"the model's default policy ({error.policy})", "name the policy whose options they are"
+            whose, hint = f"{default} ({error.policy})", "name the policy whose options they are"
             raise PolicyOptionError(from_caller, error.policy, error.valid, whose=whose, hint=hint) from None
         whose = f"policy {error.policy!r} (in the model's fastgen.json)"
         raise PolicyOptionError(error.unknown, error.policy, error.valid, whose=whose) from None
