@@ -17,14 +17,25 @@ gathers per row and runs the suffix. Only the distinct inputs travel, not the ga
 Workers are started with `spawn` (a forked copy of a process that has run torch kernels can
 deadlock on their thread pools); so, as for any `multiprocessing` code, a script that uses
 `processes=` must create the classifier under `if __name__ == "__main__":`. Workers stop when
-the backend is closed or collected.
+the backend is closed or collected, and when the parent process dies however it dies (on Linux the
+kernel signals them; everywhere they notice their parent is gone within `_PARENT_POLL_SECONDS`
+while idle). Ctrl-C is the parent's to handle: workers ignore SIGINT, so one message is printed.
+
+A call returns or raises only once every worker has answered it, so a failed chunk leaves the
+pool idle and its shared buffers in step for the next call.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import itertools
 import logging
+import os
 import queue
+import signal
+import sys
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +48,9 @@ log = logging.getLogger(__name__)
 
 # How long to wait for a worker's answer before checking that every worker is still alive.
 _POLL_SECONDS = 1.0
+# How long an idle worker waits for a request before checking that its parent is still alive.
+_PARENT_POLL_SECONDS = 1.0
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def chunk_bounds(rows: int, n: int) -> list[tuple[int, int]]:
@@ -96,12 +110,46 @@ def _entries(module: nn.Module, compile_kwargs: dict[str, Any] | None) -> dict[s
     return entries
 
 
-def _serve(index: int, module: nn.Module, compile_kwargs: dict[str, Any] | None, requests, responses) -> None:
+def _die_with_parent(parent_pid: int, use_signal: bool) -> None:
+    """Have Linux send this worker SIGTERM when its parent dies. The signal comes when the parent
+    *thread* that started the worker ends, so it is asked for only when that was the main thread;
+    the parent-pid poll in `_next_request` covers the rest (and other systems)."""
+    if use_signal and sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):  # no usable libc: the poll still applies
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the signal was asked for
+        os._exit(0)
+
+
+def _next_request(requests, parent_pid: int):
+    """The next request; the worker exits once its parent is gone (reparented workers would
+    otherwise wait on their queue forever)."""
+    while True:
+        try:
+            return requests.get(timeout=_PARENT_POLL_SECONDS)
+        except queue.Empty:
+            if os.getppid() != parent_pid:
+                os._exit(0)  # no cleanup to wait for: nobody reads the answers any more
+
+
+def _serve(
+    index: int,
+    module: nn.Module,
+    compile_kwargs: dict[str, Any] | None,
+    requests,
+    responses,
+    parent_pid: int,
+    death_signal: bool,
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to report
+    _die_with_parent(parent_pid, death_signal)
     torch.set_num_threads(1)
     entries = _entries(module.eval(), compile_kwargs)
     inputs, outputs = _SharedBuffers(), _SharedBuffers()
     while True:
-        request = requests.get()
+        request = _next_request(requests, parent_pid)
         if request is None:
             return
         call, entry, described = request
@@ -122,15 +170,18 @@ class WorkerProcesses:
         self.n = n
         self._responses = context.Queue()
         self._requests = [context.Queue() for _ in range(n)]
+        # The parent's pid and whether the kernel may signal its death (see `_die_with_parent`).
+        parent = (os.getpid(), threading.current_thread() is threading.main_thread())
         self._processes = [
             context.Process(
-                target=_serve, args=(i, module, compile_kwargs, self._requests[i], self._responses),
+                target=_serve, args=(i, module, compile_kwargs, self._requests[i], self._responses, *parent),
                 name=f"fastgen-worker-{i}", daemon=True,
             )
             for i in range(n)
         ]  # fmt: skip
-        for process in self._processes:
-            process.start()
+        with _sigint_ignored():
+            for process in self._processes:
+                process.start()
         self._inputs = [_SharedBuffers() for _ in range(n)]
         self._outputs = [_SharedBuffers() for _ in range(n)]
         self._calls = itertools.count()
@@ -141,14 +192,33 @@ class WorkerProcesses:
         return tuple(p.pid for p in self._processes if p.pid is not None)
 
     def _call(self, entry: str, chunks: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+        """Each chunk on its worker; waits for every answer, then raises the first error if any."""
         call = next(self._calls)
         for worker, chunk in enumerate(chunks):
             described = [self._inputs[worker].put(f"in{i}", v) for i, v in enumerate(chunk)]
             self._requests[worker].put((call, entry, described))
         outputs: dict[int, torch.Tensor] = {}
-        while len(outputs) < len(chunks):
+        errors: dict[int, Exception] = {}
+        while len(outputs) + len(errors) < len(chunks):
+            answer_call, worker, answer = self._next_answer()
+            if isinstance(answer, Exception):
+                if answer_call == call:
+                    errors[worker] = answer
+                continue
+            # Even an answer to an abandoned call (one interrupted by Ctrl-C) may carry the
+            # worker's grown output buffer, which every later answer refers to.
+            output = self._outputs[worker].take(*answer)
+            if answer_call == call:
+                outputs[worker] = output.clone()
+        if errors:
+            raise errors[min(errors)]
+        return [outputs[i] for i in range(len(chunks))]
+
+    def _next_answer(self) -> tuple[int, int, Any]:
+        """The next (call, worker, answer); raises once a worker has died, which would never answer."""
+        while True:
             try:
-                answer_call, worker, answer = self._responses.get(timeout=_POLL_SECONDS)
+                return self._responses.get(timeout=_POLL_SECONDS)
             except queue.Empty:
                 dead = [p.name for p in self._processes if not p.is_alive()]
                 if dead:
@@ -157,13 +227,6 @@ class WorkerProcesses:
                         f"{', '.join(dead)} stopped (exit codes {codes}); the batch cannot finish. Rerun, "
                         "or split batches with threads= instead of processes="
                     ) from None
-                continue
-            if answer_call != call:
-                continue  # a late answer to a call that already failed
-            if isinstance(answer, Exception):
-                raise answer
-            outputs[worker] = self._outputs[worker].take(*answer).clone()
-        return [outputs[i] for i in range(len(chunks))]
 
     def __call__(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None
@@ -193,6 +256,22 @@ class WorkerProcesses:
 
     def close(self) -> None:
         self._finalizer()
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while workers start: an ignored signal stays ignored across exec, so a
+    Ctrl-C while they import torch (seconds) does not print a traceback from each of them. Only
+    the main thread may set handlers; elsewhere the workers ignore SIGINT once started."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _stop(requests, processes) -> None:
