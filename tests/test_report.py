@@ -247,3 +247,52 @@ def test_report_command_prints_its_notes(tmp_path, capsys):
     assert main(["report", str(results), "--out", str(tmp_path / "r.html")]) == 0
     err = capsys.readouterr().err
     assert "No labels" in err and "1 error record(s)" in err
+
+
+def test_report_refuses_an_existing_out_file_and_leaves_it_as_it_was(tmp_path, capsys):
+    results = synthetic_results(tmp_path / "run", n=10)
+    mine = tmp_path / "mine.html"
+    mine.write_bytes(b"<p>my own page</p>\n")
+    assert main(["report", str(results), "--out", str(mine)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fastgen report: error: --out ") and "--force" in err[0]
+    assert mine.read_bytes() == b"<p>my own page</p>\n" and not (tmp_path / "mine_figures").exists()
+    assert main(["report", str(results), "--out", str(mine), "--force"]) == 0
+    assert 'id="unet-evals"' in mine.read_text()
+
+
+def test_report_refuses_a_figures_folder_with_files_in_it(tmp_path, capsys):
+    results = synthetic_results(tmp_path / "run", n=10)
+    figures = tmp_path / "page_figures"
+    figures.mkdir()
+    (figures / "margins.png").write_bytes(b"my own figure")
+    assert main(["report", str(results), "--out", str(tmp_path / "page.html")]) == 2
+    assert "its figures folder" in capsys.readouterr().err and not (tmp_path / "page.html").exists()
+    assert [p.name for p in figures.iterdir()] == ["margins.png"]
+    assert (figures / "margins.png").read_bytes() == b"my own figure"
+
+
+def test_report_default_out_is_never_overwritten_either(tmp_path, capsys):
+    results = synthetic_results(tmp_path / "run", n=10)
+    assert main(["report", str(results)]) == 0
+    page = results.with_suffix(".html")
+    written = page.read_bytes()
+    assert main(["report", str(results), "--labels-from-folders"]) == 2
+    assert "the default --out" in capsys.readouterr().err and page.read_bytes() == written
+
+
+def test_report_calibration_without_labels_is_refused(tmp_path, capsys):
+    results = synthetic_results(tmp_path / "run", n=10)
+    calibration = tmp_path / "c.json"
+    Calibration("temperature", 0.01, classes=CLASSES).save(calibration)
+    assert main(["report", str(results), "--calibration", str(calibration)]) == 2
+    assert "needs labels: add --labels-from-folders" in capsys.readouterr().err
+    assert not results.with_suffix(".html").exists()
+
+
+def test_calibrate_force_replaces_its_out_file(tmp_path, capsys):
+    results = synthetic_results(tmp_path)
+    out = tmp_path / "calibration.json"
+    out.write_text("my notes")
+    assert main(["calibrate", str(results), "--labels-from-folders", "--out", str(out), "--force"]) == 0
+    assert Calibration.load(out).method == "platt"

@@ -11,6 +11,9 @@ import json
 import sys
 from pathlib import Path
 
+from fastgen.commands.outputs import check_new_file
+from fastgen.commands.types import open_probability, seed_value
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", type=Path, help="a results .jsonl written by fastgen classify")
@@ -18,9 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--labels-from-folders", action="store_true", required=True,
         help="each image's label is its parent folder name (the only label source so far)",
     )  # fmt: skip
-    parser.add_argument("--out", type=Path, required=True, help="the calibration .json to write (never overwritten)")
-    parser.add_argument("--fit-fraction", type=float, default=0.5, help="share of labelled records fitted on (seeded)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fit / held-out split")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="the calibration .json to write (an existing file only with --force)"
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
+    parser.add_argument(
+        "--fit-fraction", type=open_probability, default=0.5, help="share of labelled records fitted on (seeded)"
+    )
+    parser.add_argument("--seed", type=seed_value, default=0, help="seed of the fit / held-out split; 0..2**32-1")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON last")
 
 
@@ -28,10 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from fastgen.api.calibration import fit_calibration, scored_records
     from fastgen.eval.report import folder_labels, load_run
 
-    if not 0 < args.fit_fraction < 1:
-        raise ValueError(f"--fit-fraction must be between 0 and 1, got {args.fit_fraction}")
-    if args.out.exists():
-        raise ValueError(f"--out {args.out} exists; fastgen never overwrites a file: choose another name")
+    check_new_file(args.out, "--out", force=args.force)
     if not args.results.is_file():
         raise ValueError(f"results file {args.results} does not exist")
     run_ = load_run(args.results)

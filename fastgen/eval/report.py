@@ -197,6 +197,12 @@ def _img(name: str, data: bytes, alt: str) -> str:
     return f'<figure><img id="{name}" alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}"></figure>'
 
 
+def figures_folder(out: str | Path) -> Path:
+    """Where `build_report` writes the PNG figures of the page `out`: `<out stem>_figures/` beside it."""
+    out = Path(out)
+    return out.with_name(out.stem + "_figures")
+
+
 def build_report(
     run: Run,
     out: str | Path,
@@ -210,7 +216,7 @@ def build_report(
     matplotlib = require("matplotlib", extra="report", purpose="the HTML report's figures")
     matplotlib.use("Agg")  # files only: no display needed
     out = Path(out)
-    figures_dir = out.with_name(out.stem + "_figures")
+    figures_dir = figures_folder(out)
     figures_dir.mkdir(parents=True, exist_ok=True)
     figures: dict[str, bytes] = {}
     sections: list[str] = []
