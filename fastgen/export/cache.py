@@ -1,10 +1,12 @@
 """Where exported ONNX files and TensorRT engines live, and what they are keyed on.
 
 An export is only valid for the exact thing it was built from, so its key holds everything it
-is tied to: the model name, a hash of its config, a fingerprint of its weights, the dtype, the
-I/O spec, the exporter, and for engines the shape profile, the GPU's compute capability and the
-library versions. Each export is a folder `<root>/<model>/<format>-<dtype>-...-<digest>/` with
-`meta.json` (the full key) next to the files.
+is tied to: the model name, a hash of its config, a fingerprint of its weights, the settings the
+denoiser wrapper bakes into the graph (`fastgen.export.settings`: Flux's guidance, ...), the
+dtype, the I/O spec, the exporter and opset, the library versions, and for engines the shape
+profile and the GPU's compute capability. Each export is a folder
+`<root>/<model>/<format>-<dtype>-...-<digest>/` with `meta.json` (the full key) next to the files;
+a folder whose meta.json is missing or unreadable is a miss, replaced by the next build.
 
 Builds write into a temporary sibling folder and rename it into place only once complete, so a
 crash or a kill mid-build leaves a `.tmp-*` folder that is never loaded, never a half engine
