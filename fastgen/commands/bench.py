@@ -6,19 +6,28 @@ import argparse
 import json
 import sys
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from fastgen.api import DTYPES, DiffusionClassifier, default_device, parse_dtype
 from fastgen.backends.presets import fastest_settings
-from fastgen.commands.options import add_backend_options
-from fastgen.commands.types import positive_int
+from fastgen.builtin import BUILTIN_PREFIX
+from fastgen.commands.options import (
+    EXPORT_BACKENDS,
+    add_backend_options,
+    backend_options_from_pairs,
+    check_backend_args,
+)
+from fastgen.commands.outputs import check_empty_folder, check_folder
+from fastgen.commands.types import positive_int, seed_value
 from fastgen.eval import benchmark
 
 
 def _images(model: str, clf: DiffusionClassifier, n: int, seed: int) -> tuple[list[torch.Tensor], np.ndarray | None]:
-    if model in ("builtin:digits", "builtin:numbers"):
+    """The embedded models' held-out images; seeded random images of the model's size for any other."""
+    if model.startswith(BUILTIN_PREFIX):
         from fastgen.eval.demo import demo_task, load_demo_data
 
         data = load_demo_data(n, demo_task(model))
@@ -44,7 +53,8 @@ def _classifier(args: argparse.Namespace, model: str, **overrides) -> DiffusionC
 
 def engine_settings(args: argparse.Namespace, device: torch.device, x0_shape: tuple[int, ...]) -> dict:
     """`from_pretrained` arguments for (b): the device's fastest settings unless `--backend`
-    names one; `--engine-dtype`, `--batch-size` and `--backend-option` override either."""
+    names one; `--engine-dtype`, `--batch-size`, `--backend-option` and `--export-dir` override
+    either."""
     if args.backend in (None, "fastest"):
         settings = fastest_settings(device, x0_shape=x0_shape)
     elif args.backend == "eager":
@@ -52,10 +62,16 @@ def engine_settings(args: argparse.Namespace, device: torch.device, x0_shape: tu
     else:
         settings = {"dtype": parse_dtype(args.dtype), "batch_size": 256, "backend": args.backend, "backend_options": {}}
     options = dict(settings["backend_options"] or {})
-    options.update(dict(args.backend_options or []))
+    options.update(backend_options_from_pairs(args.backend_options))
     if options and settings["backend"] is None:
         raise ValueError("--backend-option needs a backend: --backend torch, onnxruntime or tensorrt")
+    if args.export_dir is not None and settings["backend"] not in EXPORT_BACKENDS:
+        raise ValueError(
+            f"--export-dir is the export cache of --backend {' or '.join(EXPORT_BACKENDS)}; (b) runs on "
+            f"{settings['backend'] or 'eager torch'} here (--backend {args.backend or 'fastest'}), which exports nothing"
+        )
     settings["backend_options"] = options or None
+    settings["export_dir"] = args.export_dir
     if args.engine_dtype:
         settings["dtype"] = parse_dtype(args.engine_dtype)
     if args.batch_size:
@@ -72,7 +88,8 @@ def measure(args: argparse.Namespace) -> dict:
     clf = _classifier(args, model, batch_size=32)
     engine = engine_settings(args, clf.adapter.device, clf.adapter.x0_shape)
     engine_clf = _classifier(args, model, **engine)
-    pixels, _ = _images(args.model, clf, args.n_images, args.seed)
+    # The model as loaded decides the images: random ones of its size for --sd2-random.
+    pixels, _ = _images(model, clf, args.n_images, args.seed)
     report = {
         "benchmark": "side_by_side",
         "command": "fastgen bench " + " ".join(sys.argv[2:]),
@@ -85,12 +102,14 @@ def measure(args: argparse.Namespace) -> dict:
             "engine_batch_size": engine["batch_size"],
             "engine_backend": engine["backend"] or "eager",
             "engine_backend_options": engine["backend_options"] or {},
+            "engine_export_dir": str(engine["export_dir"]) if engine["export_dir"] else None,
             "engine_backend_settings": _describe(engine_clf.denoise),
             "engine_dtype": str(engine_clf.adapter.dtype),
             "engine_scoring": engine_clf.config.as_dict(),
             "reference_rows_per_batch": 32,
             "dtype": str(clf.adapter.dtype),
             "images": len(pixels),
+            "image_source": "held-out digits" if model.startswith(BUILTIN_PREFIX) else "seeded random",
             "seed": args.seed,
             "repeats": args.repeats,
         },
@@ -101,7 +120,7 @@ def measure(args: argparse.Namespace) -> dict:
         latency_clf = _classifier(args, model, policy=None, policy_options=None)
         report["latency"] = {
             "policy": type(latency_clf.policy).__name__,
-            **benchmark.latency(latency_clf, pixels[: args.latency_images]),
+            **benchmark.latency(latency_clf, pixels[: args.latency_images or DEFAULT_LATENCY_IMAGES]),
         }
     if not args.skip_policies:
         n = args.n_samples
@@ -143,8 +162,11 @@ def print_table(report: dict) -> None:
         )
 
 
+DEFAULT_LATENCY_IMAGES = 16
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="builtin:digits")
+    parser.add_argument("--model", default=None, help="hub id, folder or builtin:NAME (default: builtin:digits)")
     parser.add_argument("--classes", default=None)
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", choices=DTYPES, default=None)
@@ -159,10 +181,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # (b)'s engine: `fastest` (the default: fastgen.backends.presets.fastest_settings for the
     # device), `eager`, or a backend; --backend-option takes exactly what `classify` takes.
     add_backend_options(parser, backends=("fastest", "eager"))
-    parser.add_argument("--engine-dtype", default=None, help="dtype of (b) (default: the fastest settings' or --dtype)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--latency-images", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--engine-dtype", choices=DTYPES, default=None, help="dtype of (b) (default: the fastest settings' or --dtype)"
+    )
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs of (a) and (b) each")
+    parser.add_argument(
+        "--latency-images", type=positive_int, default=None,
+        help=f"images timed one by one (default: {DEFAULT_LATENCY_IMAGES}, at most --n-images)",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=seed_value, default=0, help="0..2**32-1")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-policies", action="store_true")
     parser.add_argument(
@@ -171,8 +198,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse, before any model loads, options that would be ignored or cannot combine."""
+    if args.sd2_random:
+        if args.model is not None:
+            raise ValueError("--sd2-random builds the model it benchmarks: leave --model out")
+        check_sd2_folder(Path(args.sd2_random))
+    args.model = args.model or "builtin:digits"  # None only so that --sd2-random can tell it was not given
+    if args.latency_images is not None:
+        if args.skip_latency:
+            raise ValueError("--latency-images does not apply with --skip-latency")
+        if args.latency_images > args.n_images:
+            raise ValueError(f"--latency-images {args.latency_images} is more than --n-images {args.n_images}")
+    check_folder(args.export_dir, "--export-dir")
+    if args.backend not in (None, "fastest"):  # `fastest` is known only once the device is: engine_settings checks it
+        options = backend_options_from_pairs(args.backend_options)
+        if args.backend == "eager" and options:
+            raise ValueError("--backend-option needs a backend: --backend eager runs the model as loaded")
+        check_backend_args(args.backend, args.export_dir, options)
+
+
+def check_sd2_folder(folder: Path) -> None:
+    """A folder of an earlier --sd2-random build is reused; anything else must be new or empty."""
+    if not (folder / "model_index.json").is_file():
+        check_empty_folder(folder, "--sd2-random", force_option=False)
+
+
 def run(args: argparse.Namespace) -> int:
-    parse_dtype(args.dtype)
+    check_args(args)
     report = measure(args)
     print_table(report)
     if args.json:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from fastgen.commands.options import add_model_options, classifier_from_args
+from fastgen.commands.outputs import check_empty_folder
 from fastgen.commands.types import positive_int_or_all
 
 
@@ -28,10 +29,13 @@ def run(args: argparse.Namespace) -> int:
     from fastgen.eval.demo import DEFAULT_N_IMAGES_BY_TASK, demo_task, run_demo, run_shift_table
 
     task = demo_task(args.model)
-    if args.report is not None and args.report.exists() and any(args.report.iterdir()):
-        raise ValueError(f"--report {args.report} is not empty; fastgen writes its report into a new or empty folder")
+    if args.report is not None:
+        if args.shifts:  # the report is of the held-out images as they are, not of the shifted copies
+            raise ValueError("--report does not apply to --shifts: run the demo without --shifts for its report")
+        check_empty_folder(args.report, "--report", force_option=False)
     n_images = DEFAULT_N_IMAGES_BY_TASK[task] if args.n_images == 0 else args.n_images
     clf = classifier_from_args(args)
+    check_classes_are_labels(list(clf.classes.names), task)
     policy = type(clf.policy).__name__
     if args.shifts:
         rows = run_shift_table(clf, n_images, task)
@@ -70,13 +74,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_classes_are_labels(classes: list[str], task: str) -> None:
+    """Refuse classes that name no label of the held-out images: no image could be right."""
+    from fastgen.eval.demo import label_names
+
+    names = label_names(task)
+    known = set(names)
+    unknown = [c for c in classes if c not in known]
+    if unknown:
+        shown = ", ".join(repr(c) for c in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise ValueError(
+            f"--classes: {shown} name no held-out {task} label; the demo's labels are named "
+            f"{', '.join(names[:3])} ... {names[-1]} (any order, any subset)"
+        )
+
+
 def write_report(clf, n_images: int | None, task: str, folder: Path) -> None:
     """The demo's images as files, classified into `folder/results.jsonl`, and its report."""
     from fastgen.eval.demo import write_demo_images
     from fastgen.eval.report import build_report, folder_labels, load_run
     from fastgen.jobs.local import classify_files
 
-    paths = write_demo_images(n_images, task, folder / "images", list(clf.classes.names))
+    paths = write_demo_images(n_images, task, folder / "images")
     results = folder / "results.jsonl"
     classify_files(clf, paths, out=results, labels_from_folders=True, progress=False)
     run_ = load_run(results)

@@ -13,6 +13,29 @@ from pathlib import Path
 
 from fastgen.optional import installed_version
 
+# The import names reported, each with the pip distributions that install it: a GPU build is
+# published under its own name (onnxruntime-gpu, tensorrt-cu12) and is just as good.
+DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
+    "fastgen": ("fastgen",),
+    "torch": ("torch",),
+    "diffusers": ("diffusers",),
+    "transformers": ("transformers",),
+    "triton": ("triton", "pytorch-triton"),
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu11"),
+}
+
+
+def package_version(package: str) -> str:
+    """The installed version of `package` under any of its distribution names; a build with
+    another name says which (`1.19.2 (onnxruntime-gpu)`)."""
+    for distribution in DISTRIBUTIONS.get(package, (package,)):
+        version = installed_version(distribution)
+        if version is not None:
+            return version if distribution == package else f"{version} ({distribution})"
+    return "not installed"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true")
@@ -45,12 +68,11 @@ def torch_cuda_build() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    packages = ("fastgen", "torch", "diffusers", "transformers", "triton", "onnx", "onnxruntime", "tensorrt")
     gpus = nvidia_gpus()
     info = {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        **{p: installed_version(p) or "not installed" for p in packages},
+        **{p: package_version(p) for p in DISTRIBUTIONS},
         "torch_cuda": torch_cuda_build(),
         "devices": gpus or ["cpu"],
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),

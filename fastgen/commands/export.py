@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from fastgen.api import DTYPES
 from fastgen.backends.spec import check_batch_sizes
+from fastgen.commands.outputs import check_folder
 from fastgen.export.onnx_export import EXPORTERS
 from fastgen.export.pipeline import FORMATS
 
@@ -20,15 +22,19 @@ def _batch_sizes(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+DEFAULT_BATCH_SIZES = (1, 64, 64)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="builtin:digits", help="hub id, folder or builtin:NAME")
     parser.add_argument("--format", choices=FORMATS, default="onnx")
     parser.add_argument(
-        "--dtype", default=None, help="fp32, fp16 or bf16 (default fp32): the graph's and engine's precision"
+        "--dtype", choices=DTYPES, default=None, help="the graph's and engine's precision (default fp32)"
     )
     parser.add_argument(
-        "--batch-sizes", type=_batch_sizes, default=(1, 64, 64), metavar="MIN,OPT,MAX",
-        help="TensorRT shape profile (an ONNX file has a dynamic batch axis and ignores it)",
+        "--batch-sizes", type=_batch_sizes, default=None, metavar="MIN,OPT,MAX",
+        help=f"--format tensorrt: the engine's shape profile (default {','.join(map(str, DEFAULT_BATCH_SIZES))}); "
+        "an ONNX file has a dynamic batch axis",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="cache folder (default: ~/.cache/fastgen/exports)")
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
@@ -43,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
     from fastgen.export.pipeline import export_model
     from fastgen.models import load_adapter
 
+    if args.batch_sizes is not None and args.format == "onnx":
+        raise ValueError("--batch-sizes is a TensorRT shape profile; an ONNX export has a dynamic batch axis: "
+                         "leave it out or add --format tensorrt")  # fmt: skip
+    check_folder(args.out, "--out")
     adapter = load_adapter(
         args.model,
         device=args.device or default_device(),
@@ -51,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
     )
     result = export_model(
-        adapter, format=args.format, batch_sizes=args.batch_sizes, out=args.out,
+        adapter, format=args.format, batch_sizes=args.batch_sizes or DEFAULT_BATCH_SIZES, out=args.out,
         exporter=args.exporter, verify=not args.no_verify,
     )  # fmt: skip
     verb = "built" if result.built else "found in the cache (nothing built)"

@@ -8,11 +8,14 @@ checked by argparse types, so an error names the option the user typed.
 from __future__ import annotations
 
 import argparse
+import inspect
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from fastgen.api import DTYPES
 from fastgen.backends import BACKENDS
+from fastgen.commands.outputs import check_folder
 from fastgen.commands.types import (
     finite_float,
     int_in,
@@ -23,6 +26,7 @@ from fastgen.commands.types import (
 )
 from fastgen.engine.policies import POLICIES, policy_options
 from fastgen.engine.sampling import TIMESTEP_MODES
+from fastgen.export.loading import EXPORT_OPTIONS
 from fastgen.inputs.classes import AGGREGATES
 from fastgen.inputs.images import DEFAULT_MAX_PIXELS
 from fastgen.inputs.polarity import INVERT_MODES
@@ -116,6 +120,52 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     policy.add_argument("--node-samples", type=int_in(2), help="tree: samples per inner-node round")
 
 
+def _sequence_options() -> frozenset[str]:
+    """Backend options whose value is a sequence (`providers`, `batch_sizes`), read from the
+    backends' signatures so that a new backend's list option is collected without an edit here."""
+    names = set()
+    for cls in BACKENDS.values():
+        for name, parameter in inspect.signature(cls.__init__).parameters.items():
+            if str(parameter.annotation).startswith(("list[", "tuple[", "Sequence[")):
+                names.add(name)
+    return frozenset(names)
+
+
+SEQUENCE_OPTIONS = _sequence_options()
+# Backends that run an exported file, kept in an export cache (`--export-dir`).
+EXPORT_BACKENDS = tuple(EXPORT_OPTIONS)
+
+
+def backend_options_from_pairs(pairs: Iterable[tuple[str, Any]] | None) -> dict[str, Any]:
+    """`--backend-option` pairs as one dict. A sequence option collects its values in order, so
+    `providers=A,B` and `providers=A` then `providers=B` both give ('A', 'B'), and `providers=A`
+    alone gives ('A',), never the characters of A. Any other option given twice is refused: one
+    of its values would be ignored."""
+    options: dict[str, Any] = {}
+    for key, value in pairs or []:
+        if key in SEQUENCE_OPTIONS:
+            options[key] = (*options.get(key, ()), *(value if isinstance(value, tuple) else (value,)))
+        elif key in options:
+            raise ValueError(f"--backend-option {key}= is given twice ({options[key]!r} and {value!r}): give it once")
+        else:
+            options[key] = value
+    return options
+
+
+def check_backend_args(backend: str | None, export_dir: Path | None, backend_options: dict[str, Any]) -> None:
+    """Refuse, before any model loads, `--backend-option` without a backend to take it, and
+    `--export-dir` without a backend that exports (it would be ignored)."""
+    check_folder(export_dir, "--export-dir")
+    if backend is None and backend_options:
+        raise ValueError(f"--backend-option needs a backend: add --backend {' or '.join(BACKENDS)}")
+    if export_dir is not None and backend not in EXPORT_BACKENDS:
+        chosen = f"--backend {backend}, which exports nothing" if backend else "no --backend"
+        raise ValueError(
+            f"--export-dir is the export cache of --backend {' or '.join(EXPORT_BACKENDS)}; with {chosen} "
+            "it would be ignored: add one of those backends or leave --export-dir out"
+        )
+
+
 def add_backend_options(parser: argparse.ArgumentParser, *, backends: tuple[str, ...] = ()) -> None:
     """`--backend` (the registry's names, plus `backends`), `--export-dir`, `--backend-option`."""
     group = parser.add_argument_group("denoiser backend")
@@ -126,7 +176,8 @@ def add_backend_options(parser: argparse.ArgumentParser, *, backends: tuple[str,
     group.add_argument("--export-dir", type=Path, help="export cache (default: ~/.cache/fastgen/exports)")
     group.add_argument(
         "--backend-option", type=parse_option, action="append", dest="backend_options", metavar="KEY=VALUE",
-        help="e.g. compile=true, cuda_graphs=true, exporter=torchscript, batch_sizes=1,32,64 (repeatable)",
+        help="e.g. compile=true, cuda_graphs=true, exporter=torchscript, batch_sizes=1,32,64 (repeatable; a list "
+        "option such as providers= takes commas or repeats)",
     )  # fmt: skip
 
 
@@ -181,6 +232,8 @@ def classifier_from_args(args: argparse.Namespace, *, device: str | None = None)
     from fastgen.api import DiffusionClassifier
     from fastgen.engine.policies import policy_name
 
+    backend_options = backend_options_from_pairs(args.backend_options)
+    check_backend_args(args.backend, args.export_dir, backend_options)
     clf = DiffusionClassifier.from_pretrained(
         args.model,
         classes=args.classes,
@@ -203,7 +256,7 @@ def classifier_from_args(args: argparse.Namespace, *, device: str | None = None)
         local_files_only=args.local_files_only or None,
         allow_pickle=args.allow_pickle,
         backend=args.backend,
-        backend_options=dict(args.backend_options or []),
+        backend_options=backend_options,
         export_dir=args.export_dir,
     )
     if args.policy is None and policy_name(clf.policy) in POLICIES:

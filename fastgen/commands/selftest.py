@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from fastgen.commands.outputs import check_folder
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    check_folder(args.export_dir, "--export-dir")
     try:
         on_cpu = torch.device(args.device).type == "cpu" if args.device else not torch.cuda.is_available()
     except (RuntimeError, TypeError):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fastgen.api import DiffusionClassifier
-from fastgen.builtin.digits_data import digits_split
+from fastgen.builtin.digits_data import CLASS_NAMES, digits_split
 from fastgen.eval.shifts import standard_shifts
 
 DEFAULT_N_IMAGES = 100
@@ -31,6 +31,21 @@ class DemoData:
     test_x: np.ndarray  # float [n, 8, 8] (digits) or [n, 8, 24] (numbers) in [0, 1]
     test_y: np.ndarray  # class indices: the digit, or the number
     task: str = "digits"
+
+    @property
+    def label_names(self) -> list[str]:
+        return label_names(self.task)
+
+
+def label_names(task: str) -> list[str]:
+    """The class name of each label index, as the embedded model names it: `zero` ... `nine`
+    for digits, `zero zero seven` ... for numbers. Results are matched to labels by these names,
+    so a classifier's classes may come in any order."""
+    if task == "numbers":
+        from fastgen.builtin.numbers_data import class_names
+
+        return class_names()
+    return list(CLASS_NAMES)
 
 
 def demo_task(model: str) -> str:
@@ -75,15 +90,16 @@ def baseline_accuracy(data: DemoData, test_x: np.ndarray) -> float:
     return float(model.score(test_x.reshape(len(test_x), -1), data.test_y))
 
 
-def fastgen_run(clf: DiffusionClassifier, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Classify float images [n, H, W]; the label of class i is i (its position in the
-    classifier's class list: the digits' or the numbers' default classes)."""
+def fastgen_run(clf: DiffusionClassifier, images: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str, float]:
+    """Classify float images [n, H, W] whose labels are indices into `names`; a prediction is
+    right when it is the label's name (whatever the classifier's class order). `predictions`
+    are label indices too (-1 for a class that names no label)."""
     tensors = [torch.from_numpy(image[None].astype(np.float32)) for image in images]
-    names = list(clf.classes.names)
+    index = {name: i for i, name in enumerate(names)}
     start = time.perf_counter()
     results = clf.classify(tensors)
     seconds = time.perf_counter() - start
-    predictions = np.array([names.index(r.prediction) for r in results])
+    predictions = np.array([index.get(r.prediction, -1) for r in results])
     return {
         "accuracy": float((predictions == labels).mean()),
         "images": len(images),
@@ -96,7 +112,7 @@ def fastgen_run(clf: DiffusionClassifier, images: np.ndarray, labels: np.ndarray
 
 def run_demo(clf: DiffusionClassifier, n_images: int | None, task: str = "digits") -> dict:
     data = load_demo_data(n_images, task)
-    report = fastgen_run(clf, data.test_x, data.test_y)
+    report = fastgen_run(clf, data.test_x, data.test_y, data.label_names)
     report["baseline_accuracy"] = baseline_accuracy(data, data.test_x)
     return report
 
@@ -106,7 +122,7 @@ def run_shift_table(clf: DiffusionClassifier, n_images: int | None, task: str = 
     rows = []
     for name, shift in standard_shifts().items():
         shifted = shift(data.test_x)
-        run = fastgen_run(clf, shifted, data.test_y)
+        run = fastgen_run(clf, shifted, data.test_y, data.label_names)
         rows.append({
             "shift": name,
             "accuracy": run["accuracy"],
@@ -116,12 +132,16 @@ def run_shift_table(clf: DiffusionClassifier, n_images: int | None, task: str = 
     return rows
 
 
-def write_demo_images(n_images: int | None, task: str, folder: Path, class_names: list[str]) -> list[Path]:
+def write_demo_images(
+    n_images: int | None, task: str, folder: Path, class_names: list[str] | None = None
+) -> list[Path]:
     """The demo's held-out images as PNG files in `folder/<class name>/`, so that a results file
-    (and a report) can be made from them with labels from folders."""
+    (and a report) can be made from them with labels from folders; `class_names` names the
+    label indices (default: the embedded model's names, `label_names(task)`)."""
     from PIL import Image
 
     data = load_demo_data(n_images, task)
+    class_names = data.label_names if class_names is None else class_names
     paths = []
     for i, (image, label) in enumerate(zip(data.test_x, data.test_y)):
         target = folder / class_names[int(label)] / f"{i:05d}.png"
