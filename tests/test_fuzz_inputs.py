@@ -180,22 +180,71 @@ def test_hostile_files_never_stop_a_run_nor_cost_a_record(tmp_path, capsys):
     assert records[: len(valid_before)] == valid_before
     per_file = Counter(path_key(r["path"]) for r in records)
     assert set(per_file) == {path_key(p) for p in files} and set(per_file.values()) == {1}
-    failed = [r for r in records if "error" in r]
-    # a fair share of both outcomes: the generator exercises decoding, not only refusals
-    assert len(failed) > 300 and len(records) - len(failed) > 40
+    by_name = {Path(r["path"]).name: r for r in records}
+    for record in records:  # each file either gives a prediction or names why it could not
+        assert record.get("prediction") in ("zero", "one") or (isinstance(record.get("error"), str) and record["error"])
+    # Which damaged files a decoder still reads varies with Pillow's version; these do not: plain
+    # files of formats Pillow has read for decades, and files cut before their header ends or
+    # declaring sizes over the limit.
+    for name in ("mode1.png", "modeLA.png", "modeP-transparent.png", "one-pixel.png", "rgb.bmp", "rotated.jpg"):
+        assert "prediction" in by_name[name], by_name[name]
+    unreadable = ["empty.png", "text.jpg", "zero-width.png", "bomb-14000.png", "cut-jpg-0000.jpg"]
+    unreadable += [name for name in by_name if name.startswith("huge-declared")]
+    unreadable += [f"cut-png-{cut:04d}.png" for cut in range(8 + 8 + 13)]  # signature, IHDR not whole
+    for name in unreadable:
+        assert "error" in by_name[name], by_name[name]
     assert f"images: {len(files)}, " in err and f"skipped (already in output): {len(valid_before)}, " in err
 
 
-@settings(max_examples=300, deadline=None)
-@given(kind=st.sampled_from(sorted(SIGNATURES)), tail=st.binary(max_size=300))
-def test_any_bytes_behind_an_image_signature_give_pixels_or_an_image_error(tmp_path_factory, kind, tail):
-    path = tmp_path_factory.mktemp("bytes") / f"x.{kind}"
-    path.write_bytes(SIGNATURES[kind] + tail)
-    try:
-        pixels = load_pixels(path, size=8, channels=1)
-    except ImageError:
-        return
-    assert pixels.shape == (1, 8, 8) and float(pixels.min()) >= 0 and float(pixels.max()) <= 1
+def _valid_files() -> dict[str, bytes]:
+    """One small valid file per signature kind ("tiff" gets the little-endian TIFF Pillow writes)."""
+    rng = np.random.default_rng(2)
+    image = Image.fromarray(rng.integers(0, 256, size=(10, 12, 3), dtype=np.uint8))
+    formats = {"png": "PNG", "jpg": "JPEG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF"}
+    return {kind: _encoded(image, format) for kind, format in formats.items()}
+
+
+VALID_FILES = _valid_files()
+
+
+@st.composite
+def bytes_of_some_kind(draw) -> tuple[str, bytes]:
+    """(kind, bytes): random bytes behind the kind's signature, or a valid file of that kind left
+    whole, cut short, with one byte changed, or with bytes appended."""
+    kind = draw(st.sampled_from(sorted(SIGNATURES)))
+    edit = draw(st.sampled_from(["random", "whole", "cut", "flip", "append"]))
+    if edit == "random":
+        return kind, SIGNATURES[kind] + draw(st.binary(max_size=300))
+    data = bytearray(VALID_FILES[kind])
+    if edit == "cut":
+        del data[draw(st.integers(0, len(data) - 1)) :]
+    elif edit == "flip":
+        data[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
+    elif edit == "append":
+        data += draw(st.binary(min_size=1, max_size=100))
+    return kind, bytes(data)
+
+
+def test_any_bytes_behind_an_image_signature_give_pixels_or_an_image_error(tmp_path):
+    outcomes: Counter = Counter()
+
+    @settings(max_examples=300, deadline=None, derandomize=True, database=None)
+    @given(case=bytes_of_some_kind())
+    def check(case: tuple[str, bytes]) -> None:
+        kind, data = case
+        path = tmp_path / f"x.{kind}"
+        path.write_bytes(data)
+        try:
+            pixels = load_pixels(path, size=8, channels=1)
+        except ImageError:
+            outcomes["refused"] += 1
+            return
+        assert pixels.shape == (1, 8, 8) and float(pixels.min()) >= 0 and float(pixels.max()) <= 1
+        outcomes["checked"] += 1
+
+    check()
+    # the pixel check ran, not only the refusals (whole valid files always decode)
+    assert outcomes["checked"] > 0 and outcomes["refused"] > 0, outcomes
 
 
 @pytest.fixture(scope="module")
