@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import string
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastgen.jobs.local import prepare_output
+from fastgen.jobs.parts import find_parts, part_path
 from fastgen.jobs.results_file import (
     ResultsFileError,
     outcome_of,
     path_key,
     read_results,
     repair_tail,
+    results_header,
     scan_results,
 )
 
@@ -126,3 +130,74 @@ def test_no_valid_record_is_ever_lost(tmp_path, n_records, seed, garbage, cut):
     assert {key: r for key, r in contents.records.items()} == {path_key(r["path"]): r for r in records}
     repair_tail(out, contents)
     assert out.read_bytes() == b"".join(lines)
+
+
+def _open_fds_on(path) -> list[str]:
+    fds = Path("/proc/self/fd")
+    targets = []
+    for fd in fds.iterdir():
+        try:
+            targets.append(os.readlink(fd))
+        except OSError:
+            continue  # the listing's own descriptor, closed meanwhile
+    return [t for t in targets if t == str(path)]
+
+
+def test_the_header_writer_is_closed_when_writing_the_header_fails(tmp_path):
+    out = tmp_path / "results.jsonl"
+    header = results_header("builtin:digits", {"weighting": float("nan")})  # not valid JSON
+    with pytest.raises(ValueError) as raised:
+        prepare_output(out, header)
+    # The traceback (kept alive by `raised`) still holds the function's locals: an unclosed writer
+    # would keep its file open until it is gone.
+    assert raised.traceback and _open_fds_on(out) == []
+
+
+# -- part files of a torchrun job ------------------------------------------------------------------
+def _jsonl(*objects: dict) -> bytes:
+    return b"".join(json.dumps(o).encode() + b"\n" for o in objects)
+
+
+JOB = results_header("builtin:digits", {"classes": ["cat", "dog"], "loss": "l2", "seed": 0})
+OTHER_JOB = results_header("builtin:numbers", {"classes": ["cat", "dog", "bird"], "loss": "l1", "seed": 0})
+
+
+def test_parts_of_another_job_are_refused_and_nothing_changes(tmp_path):
+    out = tmp_path / "results.jsonl"
+    part = part_path(out, 1, 2)
+    part.write_bytes(_jsonl(OTHER_JOB, *_records(3, seed=8)))
+    before = part.read_bytes()
+    with pytest.raises(ResultsFileError, match=r"part file .* another job \(classes: .*; loss: .*; model: .*\)"):
+        prepare_output(out, JOB)
+    assert not out.exists() and part.read_bytes() == before
+
+
+def test_forced_parts_of_another_job_keep_their_own_header(tmp_path):
+    out = tmp_path / "results.jsonl"
+    records = _records(3, seed=9)
+    part_path(out, 0, 2).write_bytes(_jsonl(OTHER_JOB, *records))
+    contents = prepare_output(out, JOB, force=True)
+    assert out.read_bytes() == _jsonl(OTHER_JOB, *records, JOB)  # their records stay under their header
+    assert find_parts(out) == [] and len(contents.records) == 3
+
+
+def test_parts_of_the_same_job_are_adopted_under_one_header(tmp_path):
+    out = tmp_path / "results.jsonl"
+    records = _records(4, seed=10)
+    part_path(out, 0, 2).write_bytes(_jsonl(JOB, *records[:2]))
+    part_path(out, 1, 2).write_bytes(_jsonl(JOB, *records[2:]))
+    contents = prepare_output(out, JOB)
+    assert out.read_bytes() == _jsonl(JOB, *records)
+    assert set(contents.records) == {path_key(r["path"]) for r in records}  # they count as done
+
+
+def test_parts_without_a_header_are_refused_when_nothing_vouches_for_them(tmp_path):
+    out = tmp_path / "results.jsonl"
+    part = part_path(out, 0, 1)
+    part.write_bytes(_jsonl(*_records(2, seed=11)))  # written before parts had headers
+    with pytest.raises(ResultsFileError, match="has no header"):
+        prepare_output(out, JOB)
+    assert not out.exists()
+    out.write_bytes(_jsonl(JOB))  # the header the run that wrote the part had appended first
+    prepare_output(out, JOB)
+    assert out.read_bytes() == _jsonl(JOB, *_records(2, seed=11))
