@@ -229,12 +229,27 @@ def classifier_from_args(args: argparse.Namespace, *, device: str | None = None)
     """The classifier the model and scoring options describe; `device` overrides `--device`.
     Policy options are checked against `--policy` before the model loads, and against the
     model's default policy after."""
-    from fastgen.api import DiffusionClassifier
-    from fastgen.engine.policies import policy_name
+    from fastgen.engine.policies import PolicyOptionError, policy_name
 
     backend_options = backend_options_from_pairs(args.backend_options)
     check_backend_args(args.backend, args.export_dir, backend_options)
-    clf = DiffusionClassifier.from_pretrained(
+    try:
+        clf = _load_classifier(args, device, backend_options)
+    except PolicyOptionError as error:  # restated in flags, as typed
+        whose = f"--policy {error.policy}" if args.policy else f"the model's default policy ({error.policy})"
+        raise ValueError(
+            f"{', '.join(_flag(d) for d in error.unknown)} does not apply to {whose}, which takes "
+            f"{', '.join(_flag(d) for d in error.valid)}; choose the policy with --policy"
+        ) from None
+    if args.policy is None and policy_name(clf.policy) in POLICIES:
+        check_policy_options(given_policy_options(args), policy_name(clf.policy), chosen=False)
+    return clf
+
+
+def _load_classifier(args: argparse.Namespace, device: str | None, backend_options: dict[str, Any]):
+    from fastgen.api import DiffusionClassifier
+
+    return DiffusionClassifier.from_pretrained(
         args.model,
         classes=args.classes,
         templates=args.templates,
@@ -259,6 +274,3 @@ def classifier_from_args(args: argparse.Namespace, *, device: str | None = None)
         backend_options=backend_options,
         export_dir=args.export_dir,
     )
-    if args.policy is None and policy_name(clf.policy) in POLICIES:
-        check_policy_options(given_policy_options(args), policy_name(clf.policy), chosen=False)
-    return clf
