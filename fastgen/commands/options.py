@@ -69,7 +69,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--template", action="append", dest="templates",
         help="prompt template with {} (repeatable; default: the model's own, with or without --classes)",
     )  # fmt: skip
-    group.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="combine several prompts of a class")
+    group.add_argument(
+        "--aggregate", choices=AGGREGATES, default=None,
+        help="combine several prompts of a class (default: the classes file's, else the model's, else mean)",
+    )  # fmt: skip
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     group.add_argument("--dtype", choices=DTYPES, default=None, help="default fp32")
     group.add_argument("--batch-size", type=positive_int, default=64, help="denoiser rows per batch")
