@@ -27,7 +27,7 @@ MAX_SEED = 2**32 - 1
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    """How images are scored. See the README's "Scoring" list for what each setting means."""
+    """How images are scored. `docs/python-api.md` ("Scoring") says what each setting means."""
 
     policy: Policy = field(default_factory=make_policy)
     loss: str = "l2"
