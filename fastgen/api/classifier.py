@@ -25,7 +25,7 @@ from fastgen.engine.reference import reference_classify
 from fastgen.engine.result import ImageResult
 from fastgen.engine.runner import Engine
 from fastgen.engine.sampling import NoiseBank, SamplePlan
-from fastgen.inputs.classes import DEFAULT_TEMPLATES, ClassSpec, build_classes
+from fastgen.inputs.classes import DEFAULT_TEMPLATES, ClassSpec, build_classes, is_label_set, load_label_set
 from fastgen.inputs.images import DEFAULT_MAX_PIXELS, ImageError, ImageInput, load_pixels
 from fastgen.inputs.polarity import declared_polarity, polarity_rule
 from fastgen.losses import check_loss
@@ -240,7 +240,9 @@ class DiffusionClassifier:
 
         `classes`, `templates` and `policy` default to the model's own `fastgen.json` when it
         has one, each on its own: classes given without templates are put in the model's own
-        templates (a model that declares none gets `a photo of a {}.`). `policy` is `paired`
+        templates (a model that declares none gets `a photo of a {}.`); `classes="builtin:NAME"`, a
+        shipped label set such as `builtin:imagenet` or `builtin:cifar10`, brings its own templates
+        (see docs/label-sets.md). `policy` is `paired`
         (default), `stages`, `exhaustive` or `tree`, with `policy_options` such as
         `{"n_samples": 100}` or `{"n_samples": (50, 500), "to_keep": (5, 1)}`. A
         `config` (`ScoringConfig`) replaces the policy and every scoring keyword at once.
@@ -276,6 +278,8 @@ class DiffusionClassifier:
             if policy is not None:  # its options (a misspelt one is an error), before the load
                 make_policy(policy, **(policy_options or {}))
         _check_positive("max_pixels", max_pixels)
+        if is_label_set(classes):
+            load_label_set(classes)  # an unknown name fails before the model loads
         aggregate = _aggregate_of(classes, aggregate)
         adapter = load_adapter(
             model,
@@ -288,7 +292,7 @@ class DiffusionClassifier:
         defaults = adapter.defaults
         if classes is None and "classes" in defaults:
             classes = defaults["classes"]
-        if templates is None:  # the model's own templates, whatever classes were given
+        if templates is None and not is_label_set(classes):  # a label set brings its own templates
             templates = model_templates(adapter)
         if config is None:
             config = ScoringConfig.build(

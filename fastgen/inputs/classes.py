@@ -2,19 +2,27 @@
 
 A `ClassSpec` holds, per class, a display name, one or more prompts, and optionally the label
 index a class-conditional model knows it by. It is built from a list of names with templates, a
-text file (one name per line), a comma list, a `prompt,classname,classidx` CSV, or a mapping
-from name to label index.
+text file (one name per line), a comma list, a `prompt,classname,classidx` CSV, a mapping
+from name to label index, or `builtin:NAME`, a standard label set shipped as data (ImageNet-1k,
+CIFAR-10/100, STL-10, Pets, Flowers-102, Food-101, model-vs-human) with its published templates.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 AGGREGATES = ("mean", "min")
+LABEL_SET_PREFIX = "builtin:"
+# Shipped as package data beside the embedded models; read by path rather than imported, since
+# `fastgen.builtin` is a higher layer than this module.
+LABEL_SET_DIR = Path(__file__).resolve().parent.parent / "builtin" / "labelsets"
+# Spellings beyond case, '-', '_' and spaces, which never matter ('CIFAR-10' is 'cifar10').
+LABEL_SET_ALIASES = {"imagenet1k": "imagenet", "oxfordpets": "pets", "oxfordiiitpets": "pets"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,59 @@ class ClassSpec:
         return [k for k, prompts in enumerate(self.prompts) for _ in prompts]
 
 
+@dataclass(frozen=True)
+class LabelSet:
+    """A standard dataset's class names in its label order, with the prompt templates used with
+    it in published zero-shot evaluations.
+
+    `prompt_names` are what a template's `{}` is filled with: the class names unless the set
+    says otherwise (Li et al.'s Pets prompts say "Abyssinian cat" for the class "Abyssinian").
+    """
+
+    name: str
+    title: str
+    source: str
+    classes: tuple[str, ...]
+    prompt_names: tuple[str, ...]
+    templates: tuple[str, ...]
+
+    def spec(self, *, templates: Sequence[str] | str | None = None, aggregate: str = "mean") -> ClassSpec:
+        """The classes as a `ClassSpec`, in this set's templates unless `templates` are given."""
+        templates = _check_templates(self.templates if templates is None else templates)
+        prompts = tuple(tuple(t.format(n) for t in templates) for n in self.prompt_names)
+        return ClassSpec(self.classes, prompts, aggregate=aggregate)
+
+
+def label_set_names() -> list[str]:
+    """The names of the shipped label sets, for `builtin:NAME`."""
+    return sorted(path.stem for path in LABEL_SET_DIR.glob("*.json"))
+
+
+def is_label_set(classes: object) -> bool:
+    """Whether `classes` names a shipped label set (`builtin:NAME`), known or not."""
+    return isinstance(classes, str) and classes.startswith(LABEL_SET_PREFIX)
+
+
+def _squash(name: str) -> str:
+    return "".join(c for c in name.lower() if c not in "-_ ")
+
+
+def load_label_set(name: str) -> LabelSet:
+    """The shipped label set `builtin:NAME` (or a bare `NAME`); an unknown name lists the sets."""
+    key = _squash(name.removeprefix(LABEL_SET_PREFIX))
+    known = {_squash(n): n for n in label_set_names()}
+    found = known.get(key) or LABEL_SET_ALIASES.get(key)
+    if found is None:
+        available = ", ".join(LABEL_SET_PREFIX + n for n in label_set_names())
+        raise ValueError(f"unknown label set {name!r}; the shipped label sets are {available}")
+    data = json.loads((LABEL_SET_DIR / f"{found}.json").read_text(encoding="utf-8"))
+    classes = tuple(data["classes"])
+    prompt_names = tuple(data.get("prompt_names", classes))
+    if len(prompt_names) != len(classes):  # a hand-edited file; the shipped ones are tested
+        raise ValueError(f"label set file {found}.json: prompt_names and classes differ in length")
+    return LabelSet(found, data["title"], data["source"], classes, prompt_names, tuple(data["templates"]))
+
+
 def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:
     if isinstance(templates, str):
         templates = [templates]
@@ -135,6 +196,8 @@ def build_classes(
     """Turn any accepted form of `classes` into a validated `ClassSpec`.
 
     * a `ClassSpec`: returned as is;
+    * `builtin:NAME`: a shipped label set (`label_set_names()`), in its own templates unless
+      `templates` are given;
     * a path to a `.csv` file: `prompt,classname,classidx` rows (templates are not applied);
     * a path to another file: one class name per line;
     * a string with commas: a comma-separated list of names;
@@ -144,6 +207,8 @@ def build_classes(
         return classes
     if classes is None:
         raise ValueError("no classes were given: pass classes=['cat', 'dog', ...] or a class file")
+    if is_label_set(classes):
+        return load_label_set(classes).spec(templates=templates, aggregate=aggregate)
     labels = None
     if isinstance(classes, (str, Path)):
         path = Path(classes)
