@@ -63,7 +63,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and scoring")
     group.add_argument("--model", default="builtin:digits", help="hub id, folder or builtin:NAME")
     group.add_argument(
-        "--classes", help="file with one name per line, a prompt CSV, or a comma list (default: the model's)"
+        "--classes",
+        help="file with one name per line, a prompt CSV, a comma list, or builtin:NAME, a shipped label set "
+        "(imagenet, cifar10, ...: docs/label-sets.md) (default: the model's)",
     )
     group.add_argument(
         "--template", action="append", dest="templates",
