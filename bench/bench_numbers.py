@@ -13,7 +13,10 @@ appended to `--out` (default `bench/results/numbers_cpu.jsonl`) and printed last
 `--summary` joins the chunks of each configuration (same policy settings) by image index and
 prints one row per configuration: images, accuracy, UNet evaluations per image, images/s, peak
 memory, and agreement with the exhaustive reference of `--exhaustive-samples` samples per class on
-the images both scored.
+the images both scored (none for the reference itself, which would agree with itself).
+
+`peak_rss_mib` is this process's peak resident set while one configuration loads and runs (the
+high-water mark is reset before it on Linux; elsewhere it is the process's peak so far).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import time
 from pathlib import Path
 
@@ -32,7 +34,7 @@ import fastgen
 from fastgen.builtin import resolve_builtin
 from fastgen.builtin.numbers_data import heldout_numbers
 from fastgen.engine.policies import LI_IMAGENET
-from fastgen.eval.benchmark import environment
+from fastgen.eval.benchmark import environment, peak_memory, reset_peak_memory
 
 MODEL = "builtin:numbers"
 TREE = str(resolve_builtin(MODEL) / "label_tree.json")
@@ -44,16 +46,13 @@ CONFIGS = {
 }
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_config(name: str, start: int, n_images: int, batch_size: int, exhaustive_samples: int) -> dict:
     policy, options = CONFIGS[name]
     if name == "exhaustive":
         options = {"n_samples": exhaustive_samples}
     images, labels = heldout_numbers(start + n_images)
     images, labels = images[start:], labels[start:]
+    reset_peak_memory(torch.device("cpu"))
     clf = fastgen.DiffusionClassifier.from_pretrained(
         MODEL, device="cpu", policy=policy, policy_options=options, batch_size=batch_size
     )
@@ -72,7 +71,7 @@ def run_config(name: str, start: int, n_images: int, batch_size: int, exhaustive
         "unet_evals_max": int(max(evals)),
         "images_per_s": n_images / seconds,
         "seconds": round(seconds, 1),
-        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "peak_rss_mib": round(peak_memory(torch.device("cpu")) / 2**20, 1),
         "batch_size": batch_size,
         "predictions": predicted,
     }
@@ -82,6 +81,11 @@ def by_image(row: dict) -> dict[int, int]:
     """{held-out image index: predicted class} of one row (rows before chunking start at 0)."""
     first = row.get("first_image", 0)
     return {first + i: p for i, p in enumerate(row["predictions"])}
+
+
+def is_reference(row: dict, exhaustive_samples: int) -> bool:
+    """Whether a row is the exhaustive run the others are compared with."""
+    return row["config"] == "exhaustive" and row["policy"]["n_samples"] == exhaustive_samples
 
 
 def agreement(predictions: dict[int, int], reference: dict[int, int] | None) -> tuple[float | None, int]:
@@ -115,13 +119,13 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
             "peak_rss_mib": max(row["peak_rss_mib"] for row in chunks),
             "predictions": predictions,
         })  # fmt: skip
-    reference = next(
-        (row["predictions"] for row in joined
-         if row["config"] == "exhaustive" and row["policy"]["n_samples"] == exhaustive_samples),
-        None,
-    )  # fmt: skip
+    reference = next((row["predictions"] for row in joined if is_reference(row, exhaustive_samples)), None)
     for row in joined:
-        row["agreement_with_exhaustive"], row["agreement_images"] = agreement(row.pop("predictions"), reference)
+        predictions = row.pop("predictions")
+        if is_reference(row, exhaustive_samples):
+            row["agreement_with_exhaustive"], row["agreement_images"] = None, 0
+        else:
+            row["agreement_with_exhaustive"], row["agreement_images"] = agreement(predictions, reference)
         row["exhaustive_samples"] = exhaustive_samples
     return joined
 
@@ -144,17 +148,15 @@ def main() -> None:
         for row in summarise(earlier, args.exhaustive_samples):
             print(json.dumps(row), flush=True)
         return
-    reference = next(
-        (by_image(r) for r in reversed(earlier)
-         if r["config"] == "exhaustive" and r["policy"]["n_samples"] == args.exhaustive_samples),
-        None,
-    )  # fmt: skip
+    reference = next((by_image(r) for r in reversed(earlier) if is_reference(r, args.exhaustive_samples)), None)
     env = {**environment(torch.device("cpu")), "cpu_flags_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text()}
     for name in args.configs.split(","):
         row = run_config(name, args.start, args.images, args.batch_size, args.exhaustive_samples)
-        if name == "exhaustive":
+        if is_reference(row, args.exhaustive_samples):
             reference = {**(reference or {}), **by_image(row)}
-        row["agreement_with_exhaustive"] = agreement(by_image(row), reference)[0]
+            row["agreement_with_exhaustive"] = None  # the reference itself: it would agree with itself
+        else:
+            row["agreement_with_exhaustive"] = agreement(by_image(row), reference)[0]
         row.update(
             command="python bench/bench_numbers.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "summary")),
             machine=platform.machine(), threads=torch.get_num_threads(), **env,

@@ -155,3 +155,26 @@ def test_worker_process_memory_counts_shared_pages_once(model_dirs, images):
     once = summed_peaks - sum(worker_shared)
     assert once - 64 * 2**20 <= stats.peak_memory_bytes <= once
     assert "each shared page counted once" in stats.extra["memory_measure"]
+
+
+def test_numbers_benchmark_compares_no_row_with_itself():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "bench" / "bench_numbers.py"
+    spec = importlib.util.spec_from_file_location("bench_numbers", script)
+    bench_numbers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_numbers)
+
+    def row(config, policy, predictions, first=0):
+        return {"config": config, "policy": policy, "images": len(predictions), "first_image": first,
+                "unet_evals_per_image": 10.0, "unet_evals_max": 10, "seconds": 1.0, "peak_rss_mib": 1.0,
+                "predictions": predictions}  # fmt: skip
+
+    reference, six = {"name": "exhaustive", "n_samples": 16}, {"name": "exhaustive", "n_samples": 6}
+    rows = [row("exhaustive", reference, [0, 1, 2, 3]), row("exhaustive", six, [0, 1, 9, 3]),
+            row("tree", {"name": "tree"}, [0, 1]), row("tree", {"name": "tree"}, [2, 7], first=2)]  # fmt: skip
+    summary = {r["policy"].get("n_samples", r["config"]): r for r in bench_numbers.summarise(rows, 16)}
+    assert summary[16]["agreement_with_exhaustive"] is None and summary[16]["agreement_images"] == 0
+    assert summary[6]["agreement_with_exhaustive"] == 0.75 and summary[6]["agreement_images"] == 4
+    assert summary["tree"]["agreement_with_exhaustive"] == 0.75 and summary["tree"]["images"] == 4
