@@ -138,4 +138,5 @@ def reference_classify(
     partial = np.array([final.get(k, never)[0] for k in range(len(classes))])
     n_samples = np.array([final.get(k, never)[1] for k in range(len(classes))])
     errors_out = np.array([final[k][0] if k in alive else math.nan for k in range(len(classes))])
-    return ImageResult(classes.names, errors_out, partial, n_samples, evals)
+    decided = policy.decided([k for k in alive if k < len(classes)])
+    return ImageResult(classes.names, errors_out, partial, n_samples, evals, decided=decided)

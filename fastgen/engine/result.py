@@ -18,6 +18,10 @@ class ImageResult:
       `n_samples`). With the exhaustive policy no entry is NaN.
     * `prediction`: the surviving class with the lowest error (ties: the lower class index).
     * `unet_evals`: the number of denoiser rows spent on this image.
+    * `decided`: False when an adaptive policy ran out of budget with several classes not
+      separated at its confidence (`survivors` names them); the prediction is then the survivor
+      of lowest error, a guess among ties. Fixed schedules (exhaustive, stages) always decide:
+      their answer is the class of lowest error by definition.
     """
 
     classes: tuple[str, ...]
@@ -26,6 +30,7 @@ class ImageResult:
     n_samples: np.ndarray
     unet_evals: int
     path: str | None = None
+    decided: bool = True
     prediction_index: int = field(init=False)
 
     def __post_init__(self):
@@ -35,6 +40,15 @@ class ImageResult:
     @property
     def prediction(self) -> str:
         return self.classes[self.prediction_index]
+
+    @property
+    def survivors(self) -> tuple[str, ...]:
+        """The classes the decision is among: the prediction alone when decided, else every class
+        still standing (lowest error first, ties: lower index)."""
+        if self.decided:
+            return (self.prediction,)
+        standing = np.flatnonzero(~np.isnan(self.errors))
+        return tuple(self.classes[k] for k in sorted(standing.tolist(), key=lambda k: (self.errors[k], k)))
 
     @property
     def scores(self) -> dict[str, float | None]:

@@ -266,7 +266,8 @@ class Engine:
         partial = np.array([job.partial.get(k, never)[0] for k in range(k_all)])
         n_samples = np.array([job.partial.get(k, never)[1] for k in range(k_all)], dtype=np.int64)
         errors = np.where(np.isin(np.arange(k_all), job.alive), partial, np.nan)
-        return ImageResult(self.class_names, errors, partial, n_samples, job.evals)
+        decided = self.policy.decided([k for k in job.alive if k < k_all])
+        return ImageResult(self.class_names, errors, partial, n_samples, job.evals, decided=decided)
 
     # -- the stream ---------------------------------------------------------------------------
     def run(

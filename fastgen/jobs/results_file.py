@@ -384,7 +384,10 @@ class ResultsWriter:
 
 
 def result_record(path: str, result) -> dict[str, Any]:
-    return {
+    """One image's line. An undecided result (an adaptive policy's budget ran out with several
+    classes tied) adds `"decided": false` and its `"survivors"`; a line without them decided, so
+    older files and readers need no change."""
+    record = {
         "path": path,
         "prediction": result.prediction,
         "scores": result.scores,
@@ -396,6 +399,9 @@ def result_record(path: str, result) -> dict[str, Any]:
             for name, s, e in zip(result.classes, result.partial_errors, result.errors)
         },
     }
+    if not getattr(result, "decided", True):
+        record.update(decided=False, survivors=list(result.survivors))
+    return record
 
 
 def error_record(path: str, error: Exception) -> dict[str, Any]:

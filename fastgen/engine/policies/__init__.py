@@ -1,7 +1,8 @@
 """Adaptive evaluation policies: how many shared-noise samples to score, and which classes stay.
 
 `base.py` holds the interface; `fixed.py` the fixed schedules (exhaustive, Li et al.'s stages),
-`paired.py` successive elimination by paired tests (with optional screening), `tree.py`
+`paired.py` successive elimination by paired tests (with optional screening), `sequential.py`
+the same with a boundary that holds under repeated looks (a stated error), `tree.py`
 label-tree pruning. `POLICIES` is the registry the command line and `make_policy` read.
 """
 
@@ -13,12 +14,14 @@ from typing import Any
 from fastgen.engine.policies.base import Policy
 from fastgen.engine.policies.fixed import LI_IMAGENET, Exhaustive, FixedStages
 from fastgen.engine.policies.paired import PairedTest, paired_p_values
+from fastgen.engine.policies.sequential import SequentialElimination
 from fastgen.engine.policies.tree import LabelTreePolicy
 
 POLICIES: dict[str, type[Policy]] = {
     "exhaustive": Exhaustive,
     "stages": FixedStages,
     "paired": PairedTest,
+    "sequential": SequentialElimination,
     "tree": LabelTreePolicy,
 }
 DEFAULT_POLICY = "paired"
@@ -88,6 +91,7 @@ __all__ = [
     "PairedTest",
     "Policy",
     "PolicyOptionError",
+    "SequentialElimination",
     "describe_policy",
     "make_policy",
     "paired_p_values",

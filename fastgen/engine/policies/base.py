@@ -35,6 +35,12 @@ class Policy(ABC):
         alive next (for most policies a subset of `alive`, in its order) and the next
         cumulative sample count, or None when evaluation of this image is finished."""
 
+    def decided(self, alive: list[int]) -> bool:
+        """Whether a run that ended with these classes standing reached a decision. A fixed
+        schedule's answer is the class of lowest error by definition: always True here; an
+        adaptive policy that can run out of budget with several classes tied says False."""
+        return True
+
     def bind(self, class_names: Sequence[str]) -> Policy:
         """This policy for one set of classes (a tree policy resolves its tree here)."""
         return self

@@ -1,0 +1,113 @@
+"""Successive elimination with a stated error: shared-noise paired differences, tested at every
+look against a boundary that holds under repeated looks.
+
+Every class of an image is scored on the same (timestep, noise) samples, so the per-sample
+difference d = e_k - e_best between a class and the current leader cancels most of the noise. A
+class is dropped once its one-sided paired t-test p-value falls below the boundary's level for
+this look; the boundary, not a fixed alpha, is what keeps the error stated after many looks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from scipy import special
+
+from fastgen.engine.policies.base import Policy, best_row
+from fastgen.engine.policies.paired import paired_p_values
+
+BOUNDS = ("mixture", "spending")
+
+
+def mixture_z_boundary(n: int, alpha: float, tightest_at: float) -> float:
+    """The one-sided normal-mixture boundary (Howard, Ramdas, McAuliffe & Sekhon 2021, eq. 14)
+    for a sum of n unit-variance terms, divided by sqrt(n): the z-score the mean must exceed. With
+    mixture variance rho = `tightest_at` (in samples), it is tightest near n = `tightest_at`; the
+    probability that the sum ever crosses it is at most alpha."""
+    v = n + tightest_at
+    return math.sqrt(2.0 * v * math.log(math.sqrt(v / tightest_at) / (2.0 * alpha) + 1.0) / n)
+
+
+def look_level(bound: str, n: int, look: int, alpha: float, tightest_at: float) -> float:
+    """The p-value level a paired t-test must beat at this look, for one comparison at error
+    `alpha`. `mixture`: the tail mass of the normal-mixture boundary at n (the t-test's p-value
+    below it means the t statistic exceeds the boundary after the Student-t correction for a
+    variance estimated from n samples). `spending`: alpha * 6 / (pi^2 look^2), which sums to alpha
+    over all looks (Bonferroni over looks)."""
+    if bound == "mixture":
+        return float(special.ndtr(-mixture_z_boundary(n, alpha, tightest_at)))
+    return alpha * 6.0 / (math.pi**2 * look**2)
+
+
+@dataclass(frozen=True)
+class SequentialElimination(Policy):
+    """Drop a class once it is worse than the leader at the stated `confidence`, whenever it is
+    looked at; stop when one class is left or at `max_samples` (then the result is undecided and
+    the survivors are the classes not separated from the winner).
+
+    **What it controls.** With delta = 1 - `confidence` and K classes, the probability that the
+    class of lowest expected error (over the sample plan's first n samples) is ever eliminated is
+    at most delta, under the assumptions below: each of the K - 1 comparisons that involve that
+    class holds at level delta / (K - 1) at every look at once (a union bound), whichever class
+    leads when it is made.
+
+    **Assumptions.** The samples' noises are independent, so the paired differences are
+    independent given the timesteps; the mean targeted is the average over the samples seen. The
+    `mixture` boundary is a normal-mixture confidence sequence with the variance estimated from
+    the samples (valid asymptotically, Waudby-Smith et al. 2021); the Student-t correction of each
+    look guards small n, where the estimated variance is itself uncertain. `spending` is exact per
+    look for normal differences and Bonferroni over looks. Neither is exact for heavy-tailed
+    differences at a handful of samples; `bench/bench_policies.py validity` measures the error on
+    real tables. The error does not cover the final pick among undecided survivors.
+
+    `min_samples`: the first look; `check_every`: samples between looks; `tightest_at`: the sample
+    count where the mixture boundary is tightest.
+    """
+
+    confidence: float = 0.99
+    max_samples: int = 64
+    min_samples: int = 4
+    check_every: int = 2
+    bound: str = "spending"
+    tightest_at: float = 16.0
+    # Filled by `bind`: the number of classes the union bound spreads the error over.
+    _n_classes: int = field(default=0, repr=False, compare=False)
+
+    def __post_init__(self):
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+        if not 2 <= self.min_samples <= self.max_samples:
+            raise ValueError(f"need 2 <= min_samples <= max_samples, got {self.min_samples}, {self.max_samples}")
+        if self.check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {self.check_every}")
+        if self.bound not in BOUNDS:
+            raise ValueError(f"bound must be one of {BOUNDS}, got {self.bound!r}")
+        if not self.tightest_at > 0:
+            raise ValueError(f"tightest_at must be > 0, got {self.tightest_at}")
+
+    def bind(self, class_names):
+        return replace(self, _n_classes=len(class_names))
+
+    def first_round(self) -> int:
+        return self.min_samples
+
+    def level(self, n_done: int, n_classes: int) -> float:
+        """The p-value below which a class is dropped after `n_done` samples."""
+        pair_alpha = (1.0 - self.confidence) / max(n_classes - 1, 1)
+        look = 1 + (n_done - self.min_samples) // self.check_every
+        return look_level(self.bound, n_done, look, pair_alpha, self.tightest_at)
+
+    def next_round(self, class_errors, alive):
+        n_done = class_errors.shape[1]
+        best = best_row(class_errors, alive)
+        threshold = self.level(n_done, max(self._n_classes, len(alive)))
+        p = paired_p_values(class_errors, best)
+        kept = [c for i, c in enumerate(alive) if i == best or not p[i] < threshold]
+        if len(kept) == 1 or n_done >= self.max_samples:
+            return kept, None
+        return kept, min(n_done + self.check_every, self.max_samples)
+
+    def decided(self, alive: list[int]) -> bool:
+        """Whether the run ended with one class standing (False: the budget ran out first)."""
+        return len(alive) == 1
