@@ -130,4 +130,7 @@ def test_demo_runs_on_builtin_numbers(capsys):
     out = capsys.readouterr().out
     report = json.loads(out.strip().splitlines()[-1])
     assert report["images"] == 2 and report["unet_evals_per_image"] == 1000
+    _, labels = nd.heldout_numbers(2)
+    assert report["accuracy"] == np.mean(np.array(report["predictions"]) == labels)
     assert "classes: 1000" in out and "images/s" in out
+    assert f"fastgen accuracy:       {report['accuracy']:.4f}" in out
