@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from fastgen.jobs.results_dir import is_results_dir, list_parts, read_dir_header, read_part_objects
 from fastgen.optional import installed_version
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,8 @@ def scan_results(path: Path, *, strict: bool = True, keep: Callable[[dict[str, A
     contents = ResultsContents()
     if not path.exists():
         return contents
+    if is_results_dir(path):
+        return scan_results_dir(path, keep=keep)
     if path.is_dir():
         raise ResultsFileError(f"{path} is a folder; pass a file path such as {path / 'results.jsonl'}")
     for number, offset, line in _lines(path):
@@ -238,6 +241,22 @@ def scan_results(path: Path, *, strict: bool = True, keep: Callable[[dict[str, A
             contents.cut_from = offset
     if contents.bad_lines:
         _warn_bad_lines(path, contents.bad_lines)
+    return contents
+
+
+def scan_results_dir(folder: Path, *, keep: Callable[[dict[str, Any]], Any] = _whole) -> ResultsContents:
+    """Read a results directory (`fastgen.jobs.results_dir`) as `scan_results` reads a file: its
+    parts in order, the latest record of each image kept once however many parts hold it.
+    `header` is the directory's header; `bad_lines` counts objects across parts."""
+    contents = ResultsContents(header=read_dir_header(folder))
+    number = 0
+    for part in list_parts(folder):
+        for obj in read_part_objects(part):
+            number += 1
+            if not is_header(obj):
+                _take_line(contents, obj, number, folder, keep)
+    if contents.bad_lines:
+        _warn_bad_lines(folder, contents.bad_lines)
     return contents
 
 
@@ -274,8 +293,9 @@ def repair_tail(path: Path, contents: ResultsContents) -> None:
 
 
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
-    """The latest record of each image by path key, headers and unusable lines left out. Read
-    only: the file is not changed (see `repair_tail`)."""
+    """The latest record of each image by path key, headers and unusable lines left out, from a
+    results file or a results directory (a Ray job's). Read only: nothing is changed (see
+    `repair_tail`)."""
     return scan_results(path).records
 
 
