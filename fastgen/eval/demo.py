@@ -93,17 +93,21 @@ def baseline_accuracy(data: DemoData, test_x: np.ndarray) -> float:
 def fastgen_run(clf: DiffusionClassifier, images: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str, float]:
     """Classify float images [n, H, W] whose labels are indices into `names`; a prediction is
     right when it is the label's name (whatever the classifier's class order). `predictions`
-    are label indices too (-1 for a class that names no label)."""
+    are label indices too (-1 for a class that names no label). `undecided` counts the images an
+    adaptive policy left undecided, `undecided_errors` those of them predicted wrong."""
     tensors = [torch.from_numpy(image[None].astype(np.float32)) for image in images]
     index = {name: i for i, name in enumerate(names)}
     start = time.perf_counter()
     results = clf.classify(tensors)
     seconds = time.perf_counter() - start
     predictions = np.array([index.get(r.prediction, -1) for r in results])
+    undecided = np.array([not r.decided for r in results])  # an adaptive policy's budget ran out on a tie
     return {
         "accuracy": float((predictions == labels).mean()),
         "images": len(images),
         "unet_evals_per_image": float(np.mean([r.unet_evals for r in results])),
+        "undecided": int(undecided.sum()),
+        "undecided_errors": int((undecided & (predictions != labels)).sum()),
         "images_per_s": len(images) / seconds,
         "seconds": seconds,
         "predictions": predictions.tolist(),
