@@ -21,6 +21,9 @@ How Pillow images are read, by mode:
   / 255; anything else, NaN or infinity is refused;
 * files are turned upright by their EXIF orientation first, as viewers show them.
 
+Encoded bytes (an image file's contents, as tar shards, Parquet cells and datasets hold them) are
+decoded exactly as a file with those contents: the same modes, orientation and pixel limit.
+
 Arrays and tensors: uint8 / 255 or float in [0, 1]; numpy arrays are HW or HWC, tensors HW or
 CHW, with 1 (grey), 2 (grey, alpha), 3 (RGB) or 4 (RGBA) channels. An alpha channel is composited
 on white exactly as a PIL image's is (`_on_white`, in float), so one image gives the same pixels
@@ -34,9 +37,11 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import logging
 import math
 import os
+import re
 import threading
 import warnings
 from collections.abc import Iterator
@@ -47,7 +52,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
+# bytes: an encoded image file (PNG, JPEG, ...) read from a tar shard, a Parquet cell or a dataset.
+ImageInput = str | Path | bytes | Image.Image | np.ndarray | torch.Tensor
 # Image files with more pixels are refused from their header (--max-pixels).
 DEFAULT_MAX_PIXELS = 100_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -69,6 +75,8 @@ class ImageError(ValueError):
 def _describe(image: ImageInput) -> str:
     if isinstance(image, (str, Path)):
         return f"image file {str(image)!r}"
+    if isinstance(image, (bytes, bytearray)):
+        return f"encoded image ({len(image):,} bytes)"
     if isinstance(image, Image.Image):
         return "PIL image"
     if isinstance(image, np.ndarray):
@@ -106,11 +114,16 @@ def _pillow_allows(max_pixels: int | None) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def _over_the_limit(path: Path, max_pixels: int, name: str) -> ImageError:
+def _opened(source: Path | bytes):
+    """Pillow's lazy handle on a file or on encoded bytes."""
+    return Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+
+
+def _over_the_limit(source: Path | bytes, max_pixels: int, name: str) -> ImageError:
     """The error for a file Pillow refused as too large, with its size: the header is read again
     with Pillow's own limit lifted (reading a header decodes no pixels)."""
     try:
-        with _pillow_allows(None), Image.open(path) as handle:
+        with _pillow_allows(None), _opened(source) as handle:
             _check_size(handle.size, max_pixels, name)
     except ImageError as error:
         return error
@@ -121,27 +134,34 @@ def _over_the_limit(path: Path, max_pixels: int, name: str) -> ImageError:
     )
 
 
-def open_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode an image file, upright; any failure is an `ImageError` naming the file."""
-    path = Path(path)
-    name = _describe(path)
-    if not path.is_file():
+def open_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image file, or an image file's bytes, upright; any failure is an `ImageError`
+    naming the file (or the bytes' length)."""
+    source = bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source)
+    name = _describe(source)
+    if isinstance(source, Path) and not source.is_file():
         raise ImageError(f"{name} does not exist")
     try:
-        with _pillow_allows(max_pixels), _pillow_warnings_named(name), Image.open(path) as handle:
+        with _pillow_allows(max_pixels), _pillow_warnings_named(name), _opened(source) as handle:
             _check_size(handle.size, max_pixels, name)  # from the header, before decoding
             handle.load()
             image = handle.copy()
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _over_the_limit(path, max_pixels, name) from None
+        raise _over_the_limit(source, max_pixels, name) from None
     except Exception as error:  # whatever a damaged or hostile file makes a decoder raise
         raise ImageError(
-            f"{name} cannot be decoded ({type(error).__name__}: {error}); check that it is a "
+            f"{name} cannot be decoded ({type(error).__name__}: {_without_addresses(error)}); check that it is a "
             "complete PNG/JPEG/... file, or remove it"
         ) from None
     return upright(image, name)
+
+
+def _without_addresses(error: Exception) -> str:
+    """Pillow names a bytes buffer by its repr, with a memory address: dropped, so that one image's
+    error message is the same in every run."""
+    return re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the bytes", str(error))
 
 
 @contextlib.contextmanager
@@ -353,7 +373,7 @@ def _to_tensor(image: ImageInput, channels: int, max_pixels: int, name: str) -> 
 def _decoded(image: ImageInput, channels: int, max_pixels: int, name: str) -> torch.Tensor:
     """Any input -> float32 [C, h, w] in [0, 1]: 1 or 3 channels (`channels` picks how a PIL
     image is converted) and an alpha channel last if it has one."""
-    if isinstance(image, (str, Path)):
+    if isinstance(image, (str, Path, bytes, bytearray)):
         return _pil_to_tensor(open_image(image, max_pixels=max_pixels), channels, name)
     if isinstance(image, Image.Image):
         return _pil_to_tensor(upright(image, name), channels, name)
