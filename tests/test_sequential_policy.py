@@ -3,6 +3,7 @@ differences, the stated error on synthetic tables, and undecided results."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from helpers import small_classifier
 
 from fastgen import DiffusionClassifier
+from fastgen.commands.main import main
 from fastgen.engine.policies import SequentialElimination, make_policy
 from fastgen.engine.result import ImageResult
 from fastgen.inputs.classes import ClassSpec
@@ -115,3 +117,14 @@ def test_options_are_checked():
         make_policy("sequential", bound="hoeffding")
     with pytest.raises(ValueError, match="min_samples"):
         make_policy("sequential", min_samples=1)
+
+
+def test_demo_json_reports_calls_and_undecided_images(capsys):
+    """Two samples at most: the first look cannot separate the digits at 0.99, so every image
+    ends undecided, and the report counts them and the calls."""
+    argv = ["demo", "--n-images", "6", "--json", "--device", "cpu", "--policy", "sequential"]
+    assert main([*argv, "--confidence", "0.99", "--min-samples", "2", "--max-samples", "2"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["images"] == 6 and report["unet_evals_per_image"] == 20
+    assert report["undecided"] == 6 and 0 <= report["undecided_errors"] <= 6
+    assert report["config"]["policy"]["name"] == "sequential" and report["config"]["policy"]["confidence"] == 0.99

@@ -113,9 +113,15 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     policy.add_argument("--n-samples", type=positive_int_list, help="exhaustive: N; stages: N1,N2,...")
     policy.add_argument("--to-keep", type=positive_int_list, help="stages: K1,K2,...")
     policy.add_argument("--alpha", type=open_probability, help="paired, tree: drop a class when p < alpha")
-    policy.add_argument("--min-samples", type=int_in(2), help="paired, tree: samples before the first test (>= 2)")
-    policy.add_argument("--max-samples", type=positive_int, help="paired, tree: cap on samples per class")
-    policy.add_argument("--check-every", type=positive_int, help="paired, tree: samples between tests")
+    policy.add_argument(
+        "--confidence", type=open_probability,
+        help="sequential: probability that the best class is never dropped (default 0.99)",
+    )  # fmt: skip
+    policy.add_argument(
+        "--min-samples", type=int_in(2), help="paired, sequential, tree: samples before the first test (>= 2)"
+    )
+    policy.add_argument("--max-samples", type=positive_int, help="paired, sequential, tree: cap on samples per class")
+    policy.add_argument("--check-every", type=positive_int, help="paired, sequential, tree: samples between tests")
     policy.add_argument(
         "--screen-samples", type=positive_int, help="paired: samples of a first screening round for every class"
     )
