@@ -212,6 +212,13 @@ def test_backend_and_its_options_reach_the_classifier(classify, baseline, built)
     np.testing.assert_allclose(_scores(records), _scores(baseline[1]), rtol=0, atol=1e-5)
 
 
+def test_export_dir_holds_the_export_the_backend_runs(classify, baseline, tmp_path):
+    pytest.importorskip("onnxruntime")
+    _, records = classify("--backend", "onnxruntime", "--export-dir", str(tmp_path / "exports"))
+    assert any(path.suffix == ".onnx" for path in (tmp_path / "exports").rglob("*"))
+    np.testing.assert_allclose(_scores(records), _scores(baseline[1]), rtol=0, atol=1e-4)
+
+
 def test_loading_flags_reach_from_pretrained(classify, built):
     classify("--local-files-only", "--allow-pickle", "--device", "cpu")
     ((kwargs, clf),) = built
