@@ -1,4 +1,5 @@
-"""`fastgen classify`: image files into a resumable JSON-lines results file."""
+"""`fastgen classify`: images (files, folders, globs, .txt path lists, WebDataset .tar shards,
+.parquet files, saved Hugging Face datasets) into a resumable JSON-lines results file."""
 
 from __future__ import annotations
 
@@ -10,11 +11,28 @@ from fastgen.commands.options import add_model_options, classifier_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", help="image files, folders (recursive) or globs")
+    parser.add_argument(
+        "images", nargs="+",
+        help="image files, folders (recursive), globs, .txt files of paths, WebDataset .tar shards, .parquet "
+        "files or folders written by datasets' save_to_disk",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="results .jsonl (resumable); default: stdout")
     parser.add_argument(
-        "--labels-from-folders", action="store_true", help="report accuracy, label = parent folder name"
+        "--labels-from-folders", action="store_true",
+        help="report accuracy, an image file's label = its parent folder name (tar, Parquet and dataset labels "
+        "are used without this)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--image-column", default=None,
+        help="Parquet/dataset column of image bytes (default: the Image feature, else the first binary column)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--id-column", default=None, help="Parquet/dataset column of stable ids (default: the row number)"
     )
+    parser.add_argument(
+        "--label-column", default=None,
+        help="Parquet/dataset column of labels: class names or indices (default: a dataset's ClassLabel)",
+    )  # fmt: skip
     parser.add_argument(
         "--retry-failed", action="store_true",
         help="also redo images whose latest record in --out is an error (the new record is appended and wins)",
@@ -33,13 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fastgen.api.calibration import Calibration
-    from fastgen.inputs.images import find_images
+    from fastgen.inputs.sources import FileListSource, open_sources
     from fastgen.jobs import distributed
-    from fastgen.jobs.local import classify_files
+    from fastgen.jobs.local import classify_sources
     from fastgen.jobs.output_lock import hold_output
 
-    paths = find_images(args.images)
-    if not paths:
+    sources = open_sources(
+        args.images, image_column=args.image_column, id_column=args.id_column, label_column=args.label_column
+    )
+    if all(isinstance(s, FileListSource) and not s.paths for s in sources):
         raise ValueError("no image files found in the given inputs")
     ranks = distributed.launched_ranks()
     progress = not args.no_progress
@@ -55,14 +75,14 @@ def run(args: argparse.Namespace) -> int:
             return clf
 
         if ranks is not None:  # under torchrun: this rank's shard; rank 0 merges and reports
-            summary = distributed.classify_files_distributed(
-                lambda device: build(str(device)), paths, out=args.out, ranks=ranks,
+            summary = distributed.classify_sources_distributed(
+                lambda device: build(str(device)), sources, out=args.out, ranks=ranks,
                 device=args.device, labels_from_folders=args.labels_from_folders, progress=progress,
                 retry_failed=args.retry_failed, force=args.force,
             )  # fmt: skip
         else:
-            summary = classify_files(
-                build(), paths, out=args.out,
+            summary = classify_sources(
+                build(), sources, out=args.out,
                 labels_from_folders=args.labels_from_folders, progress=progress,
                 retry_failed=args.retry_failed, force=args.force,
             )  # fmt: skip

@@ -32,14 +32,17 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
+from fastgen.inputs.sources import FileListSource, Source
 from fastgen.jobs.local import (
+    ItemSelection,
     JobSummary,
     count_failed,
     job_header,
     labelled_accuracy,
-    needs_computing,
     prepare_output,
+    progress_total,
     read_outcomes,
+    selected_items,
     write_results,
 )  # fmt: skip
 from fastgen.jobs.output_lock import OutputLock, claim_output
@@ -170,9 +173,9 @@ def on_main(ranks: Ranks, device: torch.device, step: Callable[[], object]) -> N
 
 
 # -- the distributed `classify` ----------------------------------------------------------------------
-def classify_files_distributed(
+def classify_sources_distributed(
     build_classifier: Callable[[torch.device], DiffusionClassifier],
-    paths: Sequence[Path],
+    sources: Sequence[Source],
     *,
     out: Path | None,
     ranks: Ranks,
@@ -182,10 +185,13 @@ def classify_files_distributed(
     retry_failed: bool = False,
     force: bool = False,
 ) -> JobSummary | None:
-    """Run this rank's shard into its part file; rank 0 merges and returns the summary of the
-    whole job, other ranks return None. `build_classifier(device)` loads the model on this
-    rank's device (`device` as asked, with `cuda` meaning this rank's own GPU); `retry_failed`
-    and `force` are those of `fastgen.jobs.local.classify_files`."""
+    """Run this rank's shard of the items of `sources` into its part file; rank 0 merges and
+    returns the summary of the whole job, other ranks return None. Every rank reads the same
+    sources in the same order and keeps every world_size-th item still to compute, by position
+    over all sources (`ItemSelection`), reading the payloads of its own items only.
+    `build_classifier(device)` loads the model on this rank's device (`device` as asked, with
+    `cuda` meaning this rank's own GPU); `retry_failed` and `force` are those of
+    `fastgen.jobs.local.classify_sources`."""
     if out is None:
         raise ValueError("--out is required under torchrun: each rank writes a part file next to it")
     rank_dev = rank_device(device, ranks)
@@ -200,24 +206,36 @@ def classify_files_distributed(
         # interrupted run's parts (of any world size); every rank learns whether it refused the
         # file before computing anything.
         on_main(ranks, rank_dev, lambda: prepare_output(out, header, force=force))
-        done = read_outcomes(out)
-        todo = [
-            p for p in sorted(paths, key=path_key) if needs_computing(done.get(path_key(p)), retry_failed=retry_failed)
-        ]
-        del done  # rank 0 reads the file again at the end; the others need nothing of it
+        selection = ItemSelection(
+            read_outcomes(out), lambda: clf.classes.names, retry_failed=retry_failed,
+            labels_from_folders=labels_from_folders, rank=ranks.rank, world_size=ranks.world_size,
+        )  # fmt: skip
+        total = progress_total(sources, selection) if progress and ranks.is_main else None
         writer = open_part(out, ranks.rank, ranks.world_size, header)
-        new = write_results(clf, shard(todo, ranks), writer, progress=progress and ranks.is_main)
+        items = selected_items(sources, selection)
+        new = write_results(clf, items, writer, progress=progress and ranks.is_main, total=total)
+        selection.done = {}  # rank 0 reads the file again at the end; the others need nothing of it
         computed, failed = sum_over_ranks([len(new) - count_failed(new), count_failed(new)], rank_dev)
         if not ranks.is_main:
             return None
         merge_parts(out, header)
-        summary = JobSummary(len(paths), len(paths) - len(todo), computed, failed)
+        summary = JobSummary(selection.total, selection.total - selection.todo, computed, failed)
         latest = read_outcomes(out)
         summary.errors_in_output = count_failed(latest)
-        if labels_from_folders:
-            labelled_accuracy(summary, paths, latest)
+        if selection.labels:
+            labelled_accuracy(summary, selection.labels, latest)
         return summary
     finally:
         for held in lock:
             held.release()
         dist.destroy_process_group()
+
+
+def classify_files_distributed(
+    build_classifier: Callable[[torch.device], DiffusionClassifier],
+    paths: Sequence[Path],
+    **options,
+) -> JobSummary | None:
+    """`classify_sources_distributed` over image files, sharded in the order of their path keys."""
+    files = FileListSource("<files>", sorted(paths, key=path_key))
+    return classify_sources_distributed(build_classifier, [files], **options)

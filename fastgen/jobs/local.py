@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from fastgen.api import DiffusionClassifier
+from fastgen.inputs.images import ImageError
+from fastgen.inputs.sources import FileListSource, Item, Source, class_label
 from fastgen.jobs.parts import check_parts, find_parts, merge_parts
 from fastgen.jobs.results_file import (
     Outcome,
@@ -63,25 +66,116 @@ def job_header(clf: DiffusionClassifier) -> dict[str, Any]:
     return results_header(clf.model_id, clf.settings())
 
 
+class ItemSelection:
+    """Decides, item by item as the sources are read and before any payload is, which items this
+    run computes: each id once (the first time it is seen), only those `needs_computing`, and of
+    those every `world_size`-th from position `rank` (a deterministic shard by item index over all
+    sources). Counts every item and keeps the labels for the accuracy.
+
+    An item's label is its source's (a class index named by the job's class), else, with
+    `labels_from_folders`, an image file's parent folder name."""
+
+    def __init__(
+        self,
+        done: dict[str, Outcome],
+        class_names: Callable[[], Sequence[str]],
+        *,
+        retry_failed: bool = False,
+        labels_from_folders: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.done, self.class_names = done, class_names
+        self.retry_failed, self.labels_from_folders = retry_failed, labels_from_folders
+        self.rank, self.world_size = rank, world_size
+        self.seen: set[str] = set()
+        self.labels: dict[str, str] = {}  # item key -> label (class name), for the accuracy
+        self.todo = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.seen)
+
+    def for_source(self, source: Source) -> Callable[[str, str | None], bool]:
+        """The `wanted` test for `source`'s items; folder labels apply to image files only."""
+        folders = self.labels_from_folders and isinstance(source, FileListSource)
+        return lambda item_id, label: self.wanted(item_id, label, folder_labels=folders)
+
+    def wanted(self, item_id: str, label: str | None, *, folder_labels: bool = False) -> bool:
+        key = path_key(item_id)
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        if label is not None:
+            label = self.source_label(label)
+        elif folder_labels:
+            label = sys.intern(Path(key).parent.name)
+        if label is not None:
+            self.labels[key] = label
+        if not needs_computing(self.done.get(key), retry_failed=self.retry_failed):
+            return False
+        self.todo += 1
+        return (self.todo - 1) % self.world_size == self.rank
+
+    def source_label(self, label: str) -> str:
+        return sys.intern(class_label(label, self.class_names()))
+
+
+def selected_items(sources: Sequence[Source], selection: ItemSelection) -> Iterator[Item]:
+    """The items `selection` wants, source after source, with source labels as class names."""
+    for source in sources:
+        for item in source.items(selection.for_source(source)):
+            if item.label is not None:
+                item = replace(item, label=selection.source_label(item.label))
+            yield item
+
+
 def write_results(
-    clf: DiffusionClassifier, paths: Sequence[Path], writer: ResultsWriter, *, progress: bool = True
-) -> dict[str, Outcome]:
-    """Classify `paths`, one durable record per image as it finishes (its path absolute); the
-    outcomes by path key.
+    clf: DiffusionClassifier, items: Iterable[Item], writer: ResultsWriter, *, progress: bool = True,
+    total: int | None = None,
+) -> dict[str, Outcome]:  # fmt: skip
+    """Classify `items`, one durable record per image as it finishes (under its id, as a path
+    key; with the source's label when it has one); the outcomes by key. An item that could not be
+    read is an error record, written as soon as it is met.
 
     The writer is closed however the loop ends, so an interrupted run (Ctrl-C) leaves a file
     that ends after its last complete line."""
     outcomes: dict[str, Outcome] = {}
-    bar = tqdm(total=len(paths), disable=not progress, unit="img", file=sys.stderr)
+    unreadable: deque[Item] = deque()
+    in_flight_labels: dict[str, str] = {}
+    bar = tqdm(total=total, disable=not progress, unit="img", file=sys.stderr)
+
+    def readable() -> Iterator[tuple[str, bytes | Path]]:
+        for item in items:
+            if item.payload is None:
+                unreadable.append(item)
+                continue
+            key = path_key(item.id)
+            if item.label is not None:
+                in_flight_labels[key] = item.label
+            yield key, item.payload
+
+    def write(key: str, outcome: Any, label: str | None) -> None:
+        failed = isinstance(outcome, Exception)
+        record = error_record(key, outcome) if failed else result_record(key, outcome)
+        if not failed and clf.calibration is not None:
+            record["probabilities"] = clf.probabilities(outcome)
+        if label is not None:
+            record["label"] = label
+        writer.write(record)
+        outcomes[key] = outcome_of(record)
+        bar.update(1)
+
+    def write_unreadable() -> None:
+        while unreadable:
+            item = unreadable.popleft()
+            write(path_key(item.id), ImageError(item.error or "the item could not be read"), item.label)
+
     try:
-        for key, outcome in clf.classify_stream((path_key(p), p) for p in paths):
-            failed = isinstance(outcome, Exception)
-            record = error_record(key, outcome) if failed else result_record(key, outcome)
-            if not failed and clf.calibration is not None:
-                record["probabilities"] = clf.probabilities(outcome)
-            writer.write(record)
-            outcomes[key] = outcome_of(record)
-            bar.update(1)
+        for key, outcome in clf.classify_stream(readable()):
+            write_unreadable()
+            write(key, outcome, in_flight_labels.pop(key, None))
+        write_unreadable()
     finally:
         bar.close()
         writer.close()
@@ -98,16 +192,29 @@ def needs_computing(outcome: Outcome | None, *, retry_failed: bool) -> bool:
     return outcome is None or (retry_failed and outcome.failed)
 
 
-def labelled_accuracy(summary: JobSummary, paths: Sequence[Path], done: dict[str, Outcome]) -> None:
-    """Fill the summary's accuracy, the label of an image being its parent folder's name."""
+def labelled_accuracy(summary: JobSummary, labels: dict[str, str], done: dict[str, Outcome]) -> None:
+    """Fill the summary's accuracy over the items with a label (`ItemSelection.labels`) and a
+    prediction."""
     labelled = correct = 0
-    for path in paths:
-        outcome = done.get(path_key(path))
+    for key, label in labels.items():
+        outcome = done.get(key)
         if outcome is not None and outcome.prediction is not None:
             labelled += 1
-            correct += outcome.prediction == folder_label(path)
+            correct += outcome.prediction == label
     summary.labelled = labelled
     summary.accuracy = correct / labelled if labelled else None
+
+
+def progress_total(sources: Sequence[Source], selection: ItemSelection) -> int | None:
+    """How many items `selection` will pick, when the sources are image files (listing them reads
+    nothing); None otherwise."""
+    if not all(isinstance(s, FileListSource) for s in sources):
+        return None
+    dry_run = ItemSelection(
+        selection.done, selection.class_names, retry_failed=selection.retry_failed,
+        rank=selection.rank, world_size=selection.world_size,
+    )  # fmt: skip
+    return sum(1 for s in sources for _ in s.items(dry_run.for_source(s)))
 
 
 def read_outcomes(out: Path) -> dict[str, Outcome]:
@@ -140,9 +247,9 @@ def prepare_output(out: Path, header: dict[str, Any] | None = None, *, force: bo
     return contents
 
 
-def classify_files(
+def classify_sources(
     clf: DiffusionClassifier,
-    paths: Sequence[Path],
+    sources: Sequence[Source],
     *,
     out: Path | None,
     labels_from_folders: bool = False,
@@ -150,7 +257,9 @@ def classify_files(
     retry_failed: bool = False,
     force: bool = False,
 ) -> JobSummary:
-    """Classify the image files `paths` into `out` (stdout when None), resuming what `out` holds.
+    """Classify the items of `sources` (`fastgen.inputs.sources`) into `out` (stdout when None),
+    resuming what `out` holds; the accuracy is over the items with a label (from their source, or
+    with `labels_from_folders` from an image file's folder).
 
     `retry_failed` redoes images whose latest record is an error (the new record is appended and
     wins); `force` resumes a file whose header has other settings."""
@@ -162,12 +271,32 @@ def classify_files(
     else:
         done = prepare_output(out, header, force=force).records
         writer = ResultsWriter(out)
-    todo = [p for p in paths if needs_computing(done.get(path_key(p)), retry_failed=retry_failed)]
-    new = write_results(clf, todo, writer, progress=progress)
+    selection = ItemSelection(
+        done, lambda: clf.classes.names, retry_failed=retry_failed, labels_from_folders=labels_from_folders
+    )
+    total = progress_total(sources, selection) if progress else None
+    new = write_results(clf, selected_items(sources, selection), writer, progress=progress, total=total)
     failed = count_failed(new)
-    summary = JobSummary(len(paths), len(paths) - len(todo), len(new) - failed, failed)
+    summary = JobSummary(selection.total, selection.total - selection.todo, len(new) - failed, failed)
     done.update(new)  # the latest outcome of every image, without a second copy
     summary.errors_in_output = count_failed(done)
-    if labels_from_folders:
-        labelled_accuracy(summary, paths, done)
+    if selection.labels:
+        labelled_accuracy(summary, selection.labels, done)
     return summary
+
+
+def classify_files(
+    clf: DiffusionClassifier,
+    paths: Sequence[Path],
+    *,
+    out: Path | None,
+    labels_from_folders: bool = False,
+    progress: bool = True,
+    retry_failed: bool = False,
+    force: bool = False,
+) -> JobSummary:
+    """Classify the image files `paths` (in this order) into `out`; see `classify_sources`."""
+    return classify_sources(
+        clf, [FileListSource("<files>", list(paths))], out=out, labels_from_folders=labels_from_folders,
+        progress=progress, retry_failed=retry_failed, force=force,
+    )  # fmt: skip

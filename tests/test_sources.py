@@ -1,0 +1,307 @@
+"""Input sources (`fastgen.inputs.sources`) through `fastgen classify`: the same 60 held-out digits
+as PNG folders, a .txt list of paths, WebDataset tar shards, a Parquet file and a saved Hugging Face
+dataset give the same predictions and scores, in one process and under torchrun x2; damaged
+members and cells are one error record each, a cut shard is reported and the rest classified, and
+a re-run computes nothing."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastgen.builtin.digits_data import CLASS_NAMES, digits_split, to_pil
+from fastgen.commands.main import main
+from fastgen.inputs.sources import TRUNCATED, FileListSource, TarSource, class_label, open_sources, split_key
+from fastgen.jobs.results_file import read_results
+
+N_IMAGES = 60
+SHARDS = 3
+# Exhaustive, 2 samples: 10 classes x 2 rows fill one batch of 20, so each batch holds one image's
+# rows whatever order a source gives the images in, and scores match across sources to the bit.
+OPTIONS = [
+    "--model", "builtin:digits", "--policy", "exhaustive", "--n-samples", "2", "--batch-size", "20",
+    "--device", "cpu", "--local-files-only", "--no-progress",
+]  # fmt: skip
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    to_pil(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(folder: Path, images: list[bytes], labels: list[int], shards: int = SHARDS) -> list[Path]:
+    """WebDataset shards: `KEY.png` with `KEY.cls` (a class index) in the first shards, `KEY.json`
+    (a class name) in the last one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    per_shard = -(-len(images) // shards)
+    paths = []
+    for s in range(shards):
+        path = folder / f"digits-{s:04d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for i in range(s * per_shard, min(len(images), (s + 1) * per_shard)):
+                add_member(tar, f"{i:03d}.png", images[i])
+                if s < shards - 1:
+                    add_member(tar, f"{i:03d}.cls", str(labels[i]).encode())
+                else:
+                    add_member(tar, f"{i:03d}.json", json.dumps({"label": CLASS_NAMES[labels[i]]}).encode())
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[list[bytes], list[int]]:
+    _, _, test_x, test_y = digits_split()
+    return [png_bytes(x) for x in test_x[:N_IMAGES]], [int(y) for y in test_y[:N_IMAGES]]
+
+
+@pytest.fixture(scope="module")
+def collections(digits, tmp_path_factory) -> dict[str, Path]:
+    """The same 60 digits in every form a source reads; row/key/file name i is digit i."""
+    images, labels = digits
+    root = tmp_path_factory.mktemp("sources")
+    for i, (data, label) in enumerate(zip(images, labels)):
+        folder = root / "png" / CLASS_NAMES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:03d}.png").write_bytes(data)
+    listed = sorted((root / "png").rglob("*.png"))
+    lines = ["# the held-out digits", ""] + [str(p.relative_to(root)) for p in listed]
+    (root / "list.txt").write_text("\n".join(lines) + "\n")
+    write_shards(root / "shards", images, labels)
+    return {"png": root / "png", "txt": root / "list.txt", "shards": root / "shards", "root": root}
+
+
+@pytest.fixture(scope="module")
+def parquet_file(digits, collections) -> Path:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    images, labels = digits
+    path = collections["root"] / "digits.parquet"
+    table = pa.table({"id": [f"{i:03d}" for i in range(N_IMAGES)], "png": images, "digit": labels})
+    pq.write_table(table, path, row_group_size=25)  # several row groups: rows count across them
+    return path
+
+
+@pytest.fixture(scope="module")
+def saved_dataset(digits, collections) -> Path:
+    datasets = pytest.importorskip("datasets")
+    images, labels = digits
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
+    pil = [Image.open(io.BytesIO(data)) for data in images]
+    dataset = datasets.Dataset.from_dict({"image": pil, "label": labels}, features=features)
+    path = collections["root"] / "digits-dataset"
+    dataset.save_to_disk(str(path))
+    return path
+
+
+def classify(inputs: list[Path | str], out: Path, capsys, *extra: str) -> tuple[int, str]:
+    code = main(["classify", *map(str, inputs), "--out", str(out), *OPTIONS, *extra])
+    return code, capsys.readouterr().err
+
+
+def by_index(out: Path) -> dict[int, dict]:
+    """Records by digit index: the number at the end of the id (file name, tar key, id column or row)."""
+    records = {}
+    for key, record in read_results(out).items():
+        index = int(re.search(r"(\d+)(\.png)?$", key)[1])
+        assert index not in records, f"two records for digit {index}"
+        records[index] = record
+    return records
+
+
+def summary_counts(err: str) -> tuple[int, int, int]:
+    """(images, computed, failed) as the job's summary line prints them."""
+    found = re.search(r"images: (\d+), computed: (\d+), skipped \(already in output\): \d+, failed: (\d+)", err)
+    assert found, err
+    return int(found[1]), int(found[2]), int(found[3])
+
+
+def printed_accuracy(err: str) -> tuple[float, int] | None:
+    found = re.search(r"accuracy: ([\d.]+) over (\d+) labelled images", err)
+    return (float(found[1]), int(found[2])) if found else None
+
+
+@pytest.fixture(scope="module")
+def reference(collections, tmp_path_factory) -> dict[int, dict]:
+    """The PNG folders classified in one process, labels from the folders."""
+    out = tmp_path_factory.mktemp("reference") / "png.jsonl"
+    code = main(["classify", str(collections["png"]), "--out", str(out), *OPTIONS, "--labels-from-folders"])
+    assert code == 0
+    records = by_index(out)
+    assert len(records) == N_IMAGES and all("scores" in r for r in records.values())
+    return records
+
+
+def assert_same_results(records: dict[int, dict], reference: dict[int, dict]) -> None:
+    assert sorted(records) == sorted(reference)
+    for index, record in records.items():
+        expected = reference[index]
+        assert record["prediction"] == expected["prediction"], index
+        assert record["scores"] == pytest.approx(expected["scores"], rel=1e-5, abs=1e-6), index
+
+
+def right_answers(records: dict[int, dict], labels: list[int]) -> int:
+    return sum(records[i]["prediction"] == CLASS_NAMES[labels[i]] for i in records)
+
+
+# -- reading sources --------------------------------------------------------------------------------
+def test_open_sources_is_sorted_deduplicated_and_detects_each_kind(collections, parquet_file, saved_dataset):
+    shards = sorted(collections["shards"].glob("*.tar"))
+    inputs = [saved_dataset, str(collections["shards"] / "*.tar"), parquet_file, shards[0], collections["png"]]
+    sources = open_sources(inputs)
+    kinds = [type(s).__name__ for s in sources]
+    assert kinds == ["FileListSource", "SavedDatasetSource", "ParquetSource", "TarSource", "TarSource", "TarSource"]
+    assert [s.name for s in open_sources(list(reversed(inputs)))] == [s.name for s in sources]
+    assert len(sources[0].paths) == N_IMAGES
+
+
+def test_a_text_list_resolves_relative_paths_beside_itself_and_skips_comments(collections, tmp_path):
+    (source,) = open_sources([collections["txt"]])
+    assert isinstance(source, FileListSource) and len(source.paths) == N_IMAGES
+    ids = [item.id for item in source.items()]
+    assert all(os.path.isabs(i) and Path(i).is_file() for i in ids)
+
+
+def test_tar_items_have_shard_and_key_ids_and_labels_from_cls_or_json(collections, digits):
+    _, labels = digits
+    items = [item for s in open_sources([collections["shards"] / "*.tar"]) for item in s.items()]
+    assert len(items) == N_IMAGES and all(isinstance(item.payload, bytes) for item in items)
+    shard = os.path.abspath(collections["shards"] / "digits-0000.tar")
+    assert items[0].id == f"{shard}#000"
+    assert [item.label for item in items[:40]] == [str(y) for y in labels[:40]]  # .cls: the index as written
+    assert [item.label for item in items[40:]] == [CLASS_NAMES[y] for y in labels[40:]]  # .json: the name
+    assert split_key("./a/b.seg.PNG") == ("a/b", "seg.png")
+
+
+def test_class_indices_name_the_jobs_classes():
+    assert class_label("3", CLASS_NAMES) == "three"
+    assert class_label("three", CLASS_NAMES) == "three"
+    assert class_label("12", CLASS_NAMES) == "12"
+    assert class_label("tabby", CLASS_NAMES) == "tabby"
+
+
+# -- the same results from every source -------------------------------------------------------------
+@pytest.mark.parametrize("form", ["txt", "shards", "parquet", "dataset"])
+def test_every_source_gives_the_png_folders_predictions_and_scores(
+    form, collections, parquet_file, saved_dataset, reference, digits, tmp_path, capsys
+):
+    _, labels = digits
+    inputs = {
+        "txt": [collections["txt"]],
+        "shards": [collections["shards"] / "*.tar"],
+        "parquet": [parquet_file, "--id-column", "id", "--label-column", "digit"],
+        "dataset": [saved_dataset],
+    }[form]
+    out = tmp_path / "results.jsonl"
+    code, err = classify(inputs, out, capsys)
+    assert code == 0 and summary_counts(err) == (N_IMAGES, N_IMAGES, 0)
+    records = by_index(out)
+    assert_same_results(records, reference)
+    accuracy = printed_accuracy(err)
+    if form == "txt":  # files have no label without --labels-from-folders
+        assert accuracy is None
+    else:  # the source's labels, class indices named by the model's classes
+        assert accuracy == (pytest.approx(right_answers(records, labels) / N_IMAGES, abs=5e-5), N_IMAGES)
+        assert all(r["label"] == CLASS_NAMES[labels[i]] for i, r in records.items())
+
+
+def test_a_rerun_of_every_source_at_once_computes_nothing(
+    collections, parquet_file, saved_dataset, tmp_path, capsys
+):  # fmt: skip
+    inputs = [collections["shards"] / "*.tar", parquet_file, saved_dataset]
+    out = tmp_path / "results.jsonl"
+    code, err = classify(inputs, out, capsys)
+    assert code == 0 and summary_counts(err) == (3 * N_IMAGES, 3 * N_IMAGES, 0)
+    before = out.read_bytes()
+    code, err = classify(inputs, out, capsys)
+    assert code == 0 and summary_counts(err) == (3 * N_IMAGES, 0, 0) and "skipped (already in output): 180" in err
+    assert out.read_bytes() == before
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_two_torchrun_ranks_give_the_one_process_results_from_tar_shards(collections, reference, tmp_path):
+    out = tmp_path / "results.jsonl"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    command = [*launcher, "-m", "fastgen", "classify", str(collections["shards"] / "*.tar"), "--out", str(out)]
+    run = subprocess.run([*command, *OPTIONS], env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert summary_counts(run.stderr) == (N_IMAGES, N_IMAGES, 0)
+    assert_same_results(by_index(out), reference)
+    assert printed_accuracy(run.stderr)[1] == N_IMAGES
+
+
+# -- damaged inputs ---------------------------------------------------------------------------------
+def test_a_damaged_tar_member_and_a_bad_parquet_cell_are_one_error_record_each(digits, tmp_path, capsys):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    images, labels = digits
+    images = images[:6]
+    broken = list(images)
+    broken[2] = images[2][:40] + b"\x00" * 30 + images[2][70:]  # a PNG whose image data is overwritten
+    (shard,) = write_shards(tmp_path / "shards", broken, labels, shards=1)
+    cells = list(images)
+    cells[4] = b"not an image at all"
+    table = pa.table({"png": cells, "digit": labels[:6]})
+    pq.write_table(table, tmp_path / "t.parquet")
+    out = tmp_path / "results.jsonl"
+    code, err = classify([shard, tmp_path / "t.parquet"], out, capsys, "--label-column", "digit")
+    assert code == 0 and summary_counts(err) == (12, 10, 2)
+    errors = {key: r["error"] for key, r in read_results(out).items() if "error" in r}
+    parquet = os.path.abspath(tmp_path / "t.parquet")
+    assert sorted(errors) == [f"{shard}#002", f"{parquet}#4"]
+    assert all("cannot be decoded" in message for message in errors.values())
+
+
+def test_a_truncated_shard_is_reported_and_every_other_image_classified(digits, tmp_path, capsys):
+    images, labels = digits
+    shards = write_shards(tmp_path / "shards", images[:30], labels, shards=3)
+    whole = shards[1].read_bytes()
+    shards[1].write_bytes(whole[: len(whole) // 2 + 100])  # cut inside a member's data
+    out = tmp_path / "results.jsonl"
+    code, err = classify([tmp_path / "shards" / "*.tar"], out, capsys)
+    records = read_results(out)
+    cut = f"{shards[1]}#{TRUNCATED}"
+    assert code == 0 and cut in records
+    message = records[cut]["error"]
+    assert str(shards[1]) in message and "truncated" in message
+    classified = sorted(int(k.rpartition("#")[2]) for k, r in records.items() if "prediction" in r)
+    read_from_cut = int(re.search(r"samples read before that: (\d+)", message)[1])
+    assert 0 < read_from_cut < 10
+    # every image of the whole shards, and those of the cut one before the cut (the last one it
+    # reached may itself be cut short: then it is an error record of its own)
+    assert set(range(10)) | set(range(20, 30)) <= set(classified)
+    assert set(classified) <= set(range(10)) | set(range(10, 10 + read_from_cut)) | set(range(20, 30))
+    assert summary_counts(err)[2] == len(records) - len(classified)
+    code, err = classify([tmp_path / "shards" / "*.tar"], out, capsys)
+    assert code == 0 and summary_counts(err)[1:] == (0, 0)
+
+
+def test_a_shard_with_a_damaged_header_stops_there_and_says_so(digits, tmp_path):
+    images, labels = digits
+    (shard,) = write_shards(tmp_path, images[:4], labels, shards=1)
+    data = bytearray(shard.read_bytes())
+    second_sample = data.index(b"001.png")  # the header of sample 1's image member
+    data[second_sample : second_sample + 7] = b"\xff" * 7  # the name changes, the checksum no longer holds
+    shard.write_bytes(bytes(data))
+    items = list(TarSource(str(shard)).items())
+    assert [item.id.rpartition("#")[2] for item in items] == ["000", TRUNCATED]
+    assert "samples read before that: 1" in items[-1].error and items[-1].payload is None
