@@ -73,16 +73,18 @@ def test_close_classes_keep_sampling():
 
 @pytest.mark.parametrize("bound", ["spending", "mixture"])
 def test_the_true_winner_is_eliminated_at_most_at_the_stated_rate(bound):
-    """Over 300 seeded tables whose winner is known (class 0; the runner-up 0.15 sd behind, so
-    many runs end undecided), the fraction where class 0 was eliminated is at most delta plus a
-    binomial margin: 3 standard errors of a rate of delta over 300 tables (0.05 + 0.038)."""
+    """Over 300 seeded tables whose winner is known (class 0; four rivals 0.01-0.04 sd behind, so
+    nearly null comparisons looked at after every sample), the fraction where class 0 was
+    eliminated is at most delta plus a binomial margin: 3 standard errors of a rate of delta over
+    300 tables (0.05 + 0.038). A paired t-test at the same per-comparison level, repeated at every
+    look, eliminates it in about a quarter of these tables."""
     delta, n_tables = 0.05, 300
     policy = SequentialElimination(confidence=1 - delta, min_samples=3, max_samples=48, bound=bound)
     policy = policy.bind([str(k) for k in range(5)])
     rng = np.random.default_rng(2)
     eliminated = 0
     for _ in range(n_tables):
-        table = shared_noise_table(rng, [0.0, 0.15, 0.3, 0.6, 1.2], 48, spread=1.0)
+        table = shared_noise_table(rng, [0.0, 0.01, 0.02, 0.03, 0.04], 48, spread=1.0)
         alive, _ = run_on_table(policy, table)
         eliminated += 0 not in alive
     margin = 3 * math.sqrt(delta * (1 - delta) / n_tables)
