@@ -56,6 +56,7 @@ from fastgen.jobs.results_file import (
     error_record,
     header_differences,
     outcome_of,
+    path_key,
     result_record,
     scan_results,
     unwritable_message,
@@ -153,7 +154,7 @@ def learn_job(build_classifier: Callable[[], DiffusionClassifier]) -> tuple[dict
 def item_row(item: Item, *, skipped: int = 0) -> dict[str, Any]:
     payload = item.payload
     return {
-        "id": item.id,
+        "id": path_key(item.id) if item.id != TALLY else TALLY,  # as the one-process job keys records
         "payload": payload if isinstance(payload, bytes) else b"",
         "file": str(payload) if isinstance(payload, Path) else "",
         "label": item.label or "",
@@ -174,7 +175,7 @@ def read_source(row: dict[str, Any], sources_ref, skip_ref) -> Iterator[dict[str
 
     def wanted(item_id: str, label: str | None) -> bool:
         nonlocal left_out
-        keep = item_id not in skip
+        keep = path_key(item_id) not in skip
         left_out += not keep
         return keep
 

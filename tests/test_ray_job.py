@@ -1,0 +1,167 @@
+"""The Ray Data job on a local Ray of 2 CPUs: the same records as one process, a killed actor
+replaced without losing or doubling an image, a resume that computes nothing, and a directory of
+another job's settings refused. Skipped where `fastgen[ray]` is not installed."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from fastgen import DiffusionClassifier  # noqa: E402
+from fastgen.builtin.digits_data import CLASS_NAMES, digits_split, to_pil  # noqa: E402
+from fastgen.inputs.sources import open_sources  # noqa: E402
+from fastgen.jobs.local import classify_sources  # noqa: E402
+from fastgen.jobs.ray_job import classify_ray  # noqa: E402
+from fastgen.jobs.results_dir import list_parts, read_part_objects  # noqa: E402
+from fastgen.jobs.results_file import ResultsFileError, is_record, read_results  # noqa: E402
+
+N_IMAGES = 60
+BUILD = functools.partial(
+    DiffusionClassifier.from_pretrained,
+    "builtin:digits", device="cpu", policy="exhaustive", policy_options={"n_samples": 2},
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """A Ray of 2 CPUs on loopback only, for this module; the classifier factories of this file
+    travel to its workers by value (they cannot import the tests folder)."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # A short folder: Ray's socket paths must fit in 107 bytes.
+    temp = Path(f"/tmp/fgray{os.getpid()}")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=str(temp))
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory) -> Path:
+    """The first 60 held-out digits as PNG files in folders named by their class."""
+    root = tmp_path_factory.mktemp("digits")
+    _, _, test_x, test_y = digits_split()
+    for i in range(N_IMAGES):
+        folder = root / CLASS_NAMES[test_y[i]]
+        folder.mkdir(exist_ok=True)
+        to_pil(test_x[i]).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_process(digits_folder, tmp_path_factory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("one") / "results.jsonl"
+    summary = classify_sources(BUILD(), open_sources([digits_folder]), out=out, progress=False)
+    assert summary.computed == N_IMAGES
+    return read_results(out)
+
+
+def all_records(out: Path) -> list[dict]:
+    """Every record of every part, duplicates included."""
+    return [obj for part in list_parts(out) for obj in read_part_objects(part) if is_record(obj)]
+
+
+def assert_same_results(records: dict[str, dict], reference: dict[str, dict]) -> None:
+    assert sorted(records) == sorted(reference)
+    for key, record in records.items():
+        assert record["prediction"] == reference[key]["prediction"], key
+        assert record["scores"] == pytest.approx(reference[key]["scores"], rel=1e-5, abs=1e-7), key
+        assert record["unet_evals"] == reference[key]["unet_evals"]
+
+
+def test_two_actors_write_the_one_process_records_as_parquet_parts(local_ray, digits_folder, one_process, tmp_path):
+    out = tmp_path / "results"
+    summary = classify_ray(
+        BUILD, open_sources([digits_folder]), out=out, actors=2, batch_size=8, out_format="parquet",
+        labels_from_folders=True, progress=False,
+    )  # fmt: skip
+    assert (summary.computed, summary.skipped, summary.failed, summary.total) == (N_IMAGES, 0, 0, N_IMAGES)
+    parts = list_parts(out)
+    assert len(parts) == N_IMAGES // 8 + 1 and all(p.suffix == ".parquet" for p in parts)
+    assert sum(pq.read_table(p).num_rows for p in parts) == N_IMAGES  # plain Parquet, readable by any reader
+    assert_same_results(read_results(out), one_process)
+    right = sum(r["prediction"] == Path(k).parent.name for k, r in one_process.items())
+    assert summary.labelled == N_IMAGES and summary.accuracy == pytest.approx(right / N_IMAGES)
+
+    # Other settings are refused before anything is computed; the parts are left as they were.
+    other = functools.partial(BUILD, policy_options={"n_samples": 3})
+    with pytest.raises(ResultsFileError, match="another job's results"):
+        classify_ray(other, open_sources([digits_folder]), out=out, actors=2, progress=False)
+    assert list_parts(out) == parts
+
+
+# -- a classifier that holds its first block until told, so an actor can be killed mid-block ----
+def _held(classify_stream, gate: Path):
+    def held(items):
+        (gate / f"started-{os.getpid()}").touch()
+        while not (gate / "go").exists():
+            time.sleep(0.05)
+        yield from classify_stream(items)
+
+    return held
+
+
+def _build_held(gate: str) -> DiffusionClassifier:
+    clf = BUILD()
+    clf.classify_stream = _held(clf.classify_stream, Path(gate))
+    return clf
+
+
+def _classifying_actor_pids() -> set[int]:
+    """Pids of the pool's live actors, from Ray's actor table. (`ray.util.state.list_actors`
+    reads the same table through the dashboard, which `ray[data]` does not install.)"""
+    from ray._private import state
+
+    actors = state.actors().values()
+    return {a["Pid"] for a in actors if a["State"] == "ALIVE" and "ClassifyBlocks" in a["ActorClassName"]}
+
+
+def test_a_killed_actor_is_replaced_and_every_image_is_written_once(local_ray, digits_folder, one_process, tmp_path):
+    gate, out = tmp_path / "gate", tmp_path / "results"
+    gate.mkdir()
+    build = functools.partial(_build_held, str(gate))
+    job: dict = {}
+
+    def run() -> None:
+        try:
+            job["summary"] = classify_ray(
+                build, open_sources([digits_folder]), out=out, actors=2, batch_size=6, progress=False
+            )
+        except BaseException as error:  # reported by the assertion below
+            job["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not list(gate.glob("started-*")) and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        holding = {int(p.name.split("-")[1]) for p in gate.glob("started-*")}
+        victims = holding & _classifying_actor_pids()  # pids as Ray's state API reports them
+        assert victims, (holding, job)
+        victim = min(victims)
+        os.kill(victim, signal.SIGKILL)
+    finally:
+        (gate / "go").touch()
+        thread.join(timeout=240)
+    assert "error" not in job and not thread.is_alive(), job
+    assert victim not in _classifying_actor_pids()
+    assert job["summary"].computed == N_IMAGES
+    records = all_records(out)
+    assert len(records) == N_IMAGES and len({r["path"] for r in records}) == N_IMAGES  # none lost, none twice
+    assert_same_results(read_results(out), one_process)
+
+    parts = {p.name: p.stat().st_mtime_ns for p in list_parts(out)}
+    again = classify_ray(BUILD, open_sources([digits_folder]), out=out, actors=2, batch_size=6, progress=False)
+    assert (again.computed, again.failed, again.skipped) == (0, 0, N_IMAGES)
+    assert {p.name: p.stat().st_mtime_ns for p in list_parts(out)} == parts
