@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from fastgen.commands.options import add_model_options, classifier_from_args
+from fastgen.commands.types import positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +47,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a calibration .json (fastgen calibrate): adds calibrated probabilities to every line",
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
+    ray = parser.add_argument_group("Ray (pip install 'fastgen[ray]'; docs/scale-out.md)")
+    ray.add_argument(
+        "--ray", nargs="?", const="local", default=None, metavar="local|auto|ADDRESS",
+        help="run on Ray Data: 'local' (the default) starts Ray here, 'auto' joins this machine's cluster, or a "
+        "cluster address; --out is then a folder of part files",
+    )  # fmt: skip
+    ray.add_argument(
+        "--ray-actors", type=positive_int, default=None,
+        help="classifying actors, each building the model once (default: one per GPU, else one)",
+    )  # fmt: skip
+    ray.add_argument(
+        "--out-format", choices=("jsonl", "parquet"), default="jsonl", help="part files of --ray: JSON lines or Parquet"
+    )
     add_model_options(parser)
 
 
@@ -56,12 +70,17 @@ def run(args: argparse.Namespace) -> int:
     from fastgen.jobs.local import classify_sources
     from fastgen.jobs.output_lock import hold_output
 
+    ranks = distributed.launched_ranks()
+    check_ray_options(args, ranks)
     sources = open_sources(
         args.images, image_column=args.image_column, id_column=args.id_column, label_column=args.label_column
     )
     if all(isinstance(s, FileListSource) and not s.paths for s in sources):
         raise ValueError("no image files found in the given inputs")
-    ranks = distributed.launched_ranks()
+    if args.ray is not None:
+        summary = run_ray(args, sources)
+        print_summary(summary, args)
+        return 0
     progress = not args.no_progress
     # One run per --out: its lock is held from before anything reads the file (and before the
     # model is loaded) to the end; under torchrun rank 0 holds it.
@@ -89,6 +108,47 @@ def run(args: argparse.Namespace) -> int:
     if summary is not None:
         print_summary(summary, args)
     return 0
+
+
+def check_ray_options(args: argparse.Namespace, ranks) -> None:
+    if args.ray is None:
+        for option, given in (
+            ("--ray-actors", args.ray_actors is not None),
+            ("--out-format", args.out_format != "jsonl"),
+        ):
+            if given:
+                raise ValueError(f"{option} applies to a Ray job: add --ray")
+        return
+    if args.ray not in ("local", "auto") and (":" not in args.ray or Path(args.ray).exists()):
+        # --ray takes an optional value, so `--ray shards/*.tar` would take the first input for it
+        raise ValueError(
+            f"--ray {args.ray!r}: expected local, auto or a cluster address (host:port, ray://host:port); to run "
+            "locally, write --ray local, or put --ray after the inputs"
+        )
+    if ranks is not None:
+        raise ValueError("--ray and torchrun are two ways to scale out; run either one (docs/scale-out.md)")
+    if args.out is None:
+        raise ValueError("--ray writes part files into a folder: name it with --out")
+
+
+def run_ray(args: argparse.Namespace, sources):
+    """The Ray Data job; each actor builds the classifier from the same options."""
+    from fastgen.api.calibration import Calibration
+    from fastgen.jobs.ray_job import classify_ray
+
+    # A bad calibration file is refused before Ray starts or a model is loaded.
+    calibration = Calibration.load(args.calibration) if args.calibration is not None else None
+
+    def build():
+        clf = classifier_from_args(args)
+        clf.use_calibration(calibration)
+        return clf
+
+    return classify_ray(
+        build, sources, out=args.out, address=args.ray, actors=args.ray_actors, out_format=args.out_format,
+        labels_from_folders=args.labels_from_folders, retry_failed=args.retry_failed, force=args.force,
+        progress=not args.no_progress,
+    )  # fmt: skip
 
 
 def print_summary(summary, args: argparse.Namespace) -> None:
