@@ -13,10 +13,13 @@ from pathlib import Path
 
 from fastgen.commands.outputs import check_new_file
 from fastgen.commands.types import open_probability, seed_value
+from fastgen.jobs.results_dir import check_results_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results", type=Path, help="a results .jsonl written by fastgen classify")
+    parser.add_argument(
+        "results", type=Path, help="a results .jsonl, or a results folder of --ray, written by fastgen classify"
+    )
     parser.add_argument(
         "--labels-from-folders", action="store_true", required=True,
         help="each image's label is its parent folder name (the only label source so far)",
@@ -37,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from fastgen.eval.report import folder_labels, load_run
 
     check_new_file(args.out, "--out", force=args.force)
-    if not args.results.is_file():
-        raise ValueError(f"results file {args.results} does not exist")
+    check_results_path(args.results)
     run_ = load_run(args.results)
     for note in run_.notes:
         print(note, file=sys.stderr)

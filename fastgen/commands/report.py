@@ -10,10 +10,13 @@ import sys
 from pathlib import Path
 
 from fastgen.commands.outputs import check_empty_folder, check_new_file
+from fastgen.jobs.results_dir import check_results_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results", type=Path, help="a results .jsonl written by fastgen classify")
+    parser.add_argument(
+        "results", type=Path, help="a results .jsonl, or a results folder of --ray, written by fastgen classify"
+    )
     parser.add_argument("--out", type=Path, default=None, help="the HTML page (default: RESULTS with .html)")
     parser.add_argument(
         "--labels-from-folders",
@@ -33,8 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from fastgen.api.calibration import Calibration
     from fastgen.eval.report import build_report, figures_folder, folder_labels, load_run
 
-    if not args.results.is_file():
-        raise ValueError(f"results file {args.results} does not exist")
+    check_results_path(args.results)
     if args.calibration is not None and not args.labels_from_folders:
         raise ValueError("--calibration draws the reliability diagram, which needs labels: add --labels-from-folders")
     out = args.out or args.results.with_suffix(".html")

@@ -50,6 +50,17 @@ def is_results_dir(folder: Path) -> bool:
     return folder.is_dir() and (header_path(folder).is_file() or bool(list_parts(folder)))
 
 
+def check_results_path(path: Path) -> None:
+    """Refuse a path that is neither a results file nor a results directory."""
+    if path.is_file() or is_results_dir(path):
+        return
+    if path.is_dir():
+        raise ValueError(
+            f"{path} is a folder without {HEADER_NAME} or part files: no results folder of fastgen classify --ray"
+        )
+    raise ValueError(f"results file {path} does not exist")
+
+
 def read_dir_header(folder: Path) -> dict[str, Any] | None:
     path = header_path(folder)
     if not path.is_file():
