@@ -144,6 +144,12 @@ def prepare_results_dir(out: Path, header: dict[str, Any], *, force: bool = Fals
     return contents
 
 
+def ids_to_skip(contents: ResultsContents, *, retry_failed: bool) -> frozenset[str]:
+    """The ids the directory holds that this run leaves out: all, or with `retry_failed` those
+    whose latest record is not an error."""
+    return frozenset(k for k, o in contents.records.items() if not needs_computing(o, retry_failed=retry_failed))
+
+
 # -- the pipeline's steps, run in Ray tasks and actors ---------------------------------------------
 def learn_job(build_classifier: Callable[[], DiffusionClassifier]) -> tuple[dict[str, Any], DecodeSpec]:
     """The job's header and decoding spec, from a classifier built where an actor would build it."""
@@ -402,7 +408,7 @@ def classify_ray(
         learn = ray.remote(num_cpus=1, num_gpus=resources.num_gpus)(learn_job)
         header, spec = ray.get(learn.remote(build_classifier))
         contents = prepare_results_dir(out, header, force=force)
-        skip = frozenset(k for k, o in contents.records.items() if not needs_computing(o, retry_failed=retry_failed))
+        skip = ids_to_skip(contents, retry_failed=retry_failed)
         del contents
         ray.data.DataContext.get_current().enable_progress_bars = progress
         dataset = build_pipeline(
