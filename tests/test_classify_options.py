@@ -161,6 +161,16 @@ def test_paired_test_options_set_the_calls(classify):
     assert [r["prediction"] for r in pruned.values()] == [r["prediction"] for r in full.values()]
 
 
+def test_sequential_confidence_sets_the_calls(classify):
+    sequential = ["--policy", "sequential", "--min-samples", "3", "--max-samples", "8"]
+    sure_settings, sure = classify(*sequential, "--confidence", "0.999999", model_options=())
+    loose_settings, loose = classify(*sequential, "--confidence", "0.5", model_options=())
+    assert (sure_settings["policy"]["confidence"], loose_settings["policy"]["confidence"]) == (0.999999, 0.5)
+    assert sure_settings["policy"]["name"] == "sequential" and sure_settings["policy"]["max_samples"] == 8
+    # a higher confidence keeps rival classes longer
+    assert all(s >= lo for s, lo in zip(_evals(sure), _evals(loose))) and sum(_evals(sure)) > sum(_evals(loose))
+
+
 def test_screening_round_sets_the_calls(classify):
     options = ["--policy", "paired", "--alpha", "1e-12", "--min-samples", "3", "--max-samples", "4"]
     settings, records = classify(*options, "--screen-samples", "2", "--screen-keep", "3", model_options=())
