@@ -305,3 +305,18 @@ def test_a_shard_with_a_damaged_header_stops_there_and_says_so(digits, tmp_path)
     items = list(TarSource(str(shard)).items())
     assert [item.id.rpartition("#")[2] for item in items] == ["000", TRUNCATED]
     assert "samples read before that: 1" in items[-1].error and items[-1].payload is None
+
+
+def test_a_misspelt_column_is_refused_before_any_work(parquet_file, tmp_path, capsys):
+    out = tmp_path / "results.jsonl"
+    code, err = classify([parquet_file], out, capsys, "--label-column", "digits")
+    assert code == 2 and "--label-column 'digits' is not a column" in err and "digit" in err
+    assert not out.exists()
+
+
+def test_a_cut_parquet_file_is_one_error_item(parquet_file, tmp_path):
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(parquet_file.read_bytes()[:-100])  # the footer (the schema) is lost
+    (source,) = open_sources([cut])
+    (item,) = list(source.items())
+    assert item.id == f"{cut}#<unreadable>" and item.payload is None and "cannot be read" in item.error

@@ -298,7 +298,7 @@ def _import_pyarrow():
         import pyarrow
         import pyarrow.parquet
     except ImportError:
-        raise ImportError('reading Parquet needs pyarrow: pip install "fastgen[parquet]"') from None
+        raise ModuleNotFoundError('reading Parquet needs pyarrow: pip install "fastgen[parquet]"') from None
     return pyarrow
 
 
@@ -358,20 +358,21 @@ class _TableReader:
 
     name: str
     columns: Columns
+    rows_read: int = 0
 
     def rows(self, batches: Iterator[Any], wanted: Wanted) -> Iterator[Item]:
-        row = 0
         for batch in batches:
             ids = batch.column(self.columns.id).to_pylist() if self.columns.id else None
             labels = batch.column(self.columns.label).to_pylist() if self.columns.label else None
             images = batch.column(self.columns.image)
             for index in range(batch.num_rows):
+                row = self.rows_read
                 item_id = f"{self.name}#{ids[index] if ids is not None else row}"
                 label = _label_text(labels[index], self.columns.label_names) if labels is not None else None
                 if wanted(item_id, label):
                     payload, error = _cell_payload(images[index].as_py(), self.columns.image, row)
                     yield Item(item_id, payload, label, f"{self.name} {error}" if error else None)
-                row += 1
+                self.rows_read += 1
 
 
 @dataclass
@@ -389,34 +390,32 @@ class ParquetSource:
         image = choose_image_column(schema, self.image_column, self.name)
         return Columns(image, self.id_column, self.label_column)
 
+    def check(self) -> None:
+        """Refuse, before any work, options that name no column of the file (or no image column);
+        a file that cannot be read is left to `items`, as its own error record."""
+        pa = _import_pyarrow()
+        try:
+            schema = pa.parquet.read_schema(self.name)
+        except (pa.ArrowException, OSError):
+            return
+        self.columns(schema)
+
     def items(self, wanted: Wanted | None = None) -> Iterator[Item]:
         wanted = wanted or _everything
         pa = _import_pyarrow()
         try:
             table = pa.parquet.ParquetFile(self.name)
-        except (pa.ArrowException, OSError) as error:
+            columns = self.columns(table.schema_arrow)
+        except (pa.ArrowException, OSError, ValueError) as error:
             yield from _broken(self.name, UNREADABLE, f"Parquet file {self.name} cannot be read ({error})", wanted)
             return
-        columns = self.columns(table.schema_arrow)
         names = [c for c in (columns.image, columns.id, columns.label) if c]
         reader = _TableReader(self.name, columns)
-        read = _Counted(reader.rows(table.iter_batches(batch_size=ROWS_PER_BATCH, columns=names), wanted))
         try:
-            yield from read
+            yield from reader.rows(table.iter_batches(batch_size=ROWS_PER_BATCH, columns=names), wanted)
         except (pa.ArrowException, OSError) as error:
-            message = f"Parquet file {self.name} is damaged after {read.count} rows ({error}); the rest is lost"
+            message = f"Parquet file {self.name} is damaged after {reader.rows_read} rows ({error}); the rest is lost"
             yield from _broken(self.name, TRUNCATED, message, wanted)
-
-
-@dataclass
-class _Counted:
-    items: Iterator[Item]
-    count: int = 0
-
-    def __iter__(self) -> Iterator[Item]:
-        for item in self.items:
-            self.count += 1
-            yield item
 
 
 def _broken(name: str, what: str, message: str, wanted: Wanted) -> Iterator[Item]:
@@ -438,7 +437,7 @@ def _import_datasets():
     try:
         import datasets
     except ImportError:
-        raise ImportError(
+        raise ModuleNotFoundError(
             'reading a saved Hugging Face dataset needs datasets: pip install "fastgen[datasets]"'
         ) from None
     return datasets
@@ -474,13 +473,28 @@ class SavedDatasetSource:
         datasets = _import_datasets()
         try:
             dataset = datasets.load_from_disk(self.name)
+            columns = self.columns(dataset.features, dataset.data.schema)
         except Exception as error:  # whatever a damaged folder makes datasets raise
             message = f"saved dataset {self.name} cannot be read ({type(error).__name__}: {error})"
             yield from _broken(self.name, UNREADABLE, message, wanted)
             return
-        columns = self.columns(dataset.features, dataset.data.schema)
-        batches = (b for b in dataset.with_format("arrow").iter(batch_size=ROWS_PER_BATCH))
-        yield from _TableReader(self.name, columns).rows(batches, wanted)
+        reader = _TableReader(self.name, columns)
+        try:
+            yield from reader.rows(dataset.with_format("arrow").iter(batch_size=ROWS_PER_BATCH), wanted)
+        except Exception as error:  # a damaged data file, whatever datasets and pyarrow raise for it
+            message = f"saved dataset {self.name} is damaged after {reader.rows_read} rows ({error}); the rest is lost"
+            yield from _broken(self.name, TRUNCATED, message, wanted)
+
+    def check(self) -> None:
+        """Refuse, before any work, options that name no column of the dataset (or no image
+        column); a folder that cannot be read is left to `items`, as its own error record."""
+        datasets = _import_datasets()
+        try:
+            info = datasets.DatasetInfo.from_directory(self.name)
+        except Exception:  # a damaged folder: `items` reports it
+            return
+        if info.features is not None:
+            self.columns(info.features, info.features.arrow_schema)
 
 
 # -- opening inputs -------------------------------------------------------------------------------------
@@ -530,9 +544,20 @@ def open_sources(
             for split in _dataset_splits(path):
                 sources.setdefault(absolute(split), SavedDatasetSource(absolute(split), **table_options))
     ordered = [sources[name] for name in sorted(sources)]
+    check_options(ordered)
     if files:
         ordered.insert(0, FileListSource("<files>", find_images(files)))
     return ordered
+
+
+def check_options(sources: Sequence[Source]) -> None:
+    """Column options are checked on the first Parquet file and the first saved dataset, before
+    any work: a misspelt column fails at once (later files with other columns are each an error
+    record). A missing pyarrow or datasets is reported here too."""
+    for kind in (ParquetSource, SavedDatasetSource):
+        first = next((s for s in sources if isinstance(s, kind)), None)
+        if first is not None:
+            first.check()
 
 
 def _dataset_splits(folder: Path) -> list[Path]:
