@@ -1,6 +1,8 @@
 """Scale-out on torch.distributed: `torchrun --nproc-per-node N -m fastgen classify ... --out F`.
 
-Each rank classifies a deterministic shard of the images and appends its records to its own part
+Each rank reads the same input sources in the same order and classifies a deterministic shard of
+their images (every world_size-th image still to compute, by position over all sources; a rank
+skips the others' tar members unread, but reads every Parquet batch) and appends its records to its own part
 file next to the output (`F.part-RRRRR-of-WWWWW`, started with the job's header) through the same
 durable writer a one-process run uses. When every rank is done, rank 0 merges the parts into `F`
 and deletes them. Rank 0 holds `F`'s lock (`fastgen.jobs.output_lock`) for the whole job, taken

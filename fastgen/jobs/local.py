@@ -1,9 +1,13 @@
-"""Classify a list of image files into a resumable JSON-lines file.
+"""Classify the images of input sources (image files, tar shards, Parquet files, saved datasets:
+`fastgen.inputs.sources`) into a resumable JSON-lines file, one record per image under its id.
 
 Used by `fastgen classify`; images already in the output file are skipped, so re-running a
 finished or interrupted job computes only what is missing. The file starts with a header of the
 job's settings, and a resume with other settings is refused unless forced. Images whose latest
 record is an error are redone on request (`retry_failed`).
+
+Sources are read as a stream: `ItemSelection` decides for each item, from its id and before its
+payload is read, whether this run computes it, so a payload is read only to be classified.
 
 Of every finished image, done before or in this run, the job keeps only its path key and its
 `Outcome` (failed or not, its prediction): enough for the counts and the accuracy, and a few
