@@ -20,6 +20,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from fastgen import DiffusionClassifier  # noqa: E402
 from fastgen.builtin.digits_data import CLASS_NAMES, digits_split, to_pil  # noqa: E402
+from fastgen.commands.main import main  # noqa: E402
 from fastgen.inputs.sources import open_sources  # noqa: E402
 from fastgen.jobs.local import classify_sources  # noqa: E402
 from fastgen.jobs.ray_job import classify_ray  # noqa: E402
@@ -126,7 +127,9 @@ def _classifying_actor_pids() -> set[int]:
     return {a["Pid"] for a in actors if a["State"] == "ALIVE" and "ClassifyBlocks" in a["ActorClassName"]}
 
 
-def test_a_killed_actor_is_replaced_and_every_image_is_written_once(local_ray, digits_folder, one_process, tmp_path):
+def test_a_killed_actor_is_replaced_and_every_image_is_written_once(
+    local_ray, digits_folder, one_process, tmp_path, capsys
+):
     gate, out = tmp_path / "gate", tmp_path / "results"
     gate.mkdir()
     build = functools.partial(_build_held, str(gate))
@@ -161,7 +164,13 @@ def test_a_killed_actor_is_replaced_and_every_image_is_written_once(local_ray, d
     assert len(records) == N_IMAGES and len({r["path"] for r in records}) == N_IMAGES  # none lost, none twice
     assert_same_results(read_results(out), one_process)
 
+    # The same job from the command line computes nothing and changes no part.
     parts = {p.name: p.stat().st_mtime_ns for p in list_parts(out)}
-    again = classify_ray(BUILD, open_sources([digits_folder]), out=out, actors=2, batch_size=6, progress=False)
-    assert (again.computed, again.failed, again.skipped) == (0, 0, N_IMAGES)
+    command = ["classify", str(digits_folder), "--out", str(out), "--ray", "--ray-actors", "2", "--device", "cpu",
+               "--policy", "exhaustive", "--n-samples", "2", "--no-progress"]  # fmt: skip
+    assert main(command) == 0
+    assert (
+        f"images: {N_IMAGES}, computed: 0, skipped (already in output): {N_IMAGES}, failed: 0"
+        in capsys.readouterr().err
+    )
     assert {p.name: p.stat().st_mtime_ns for p in list_parts(out)} == parts

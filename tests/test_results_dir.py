@@ -131,3 +131,23 @@ def test_the_directory_lock_and_what_it_refuses(tmp_path):
         ResultsFileError, match=r"holds files that are not a fastgen results directory's \(holiday.png\)"
     ):
         claim_results_dir(users)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--out-format", "parquet"], "--out-format applies to a Ray job: add --ray"),
+        (["--ray-actors", "2"], "--ray-actors applies to a Ray job: add --ray"),
+        (["--ray"], "--ray writes part files into a folder: name it with --out"),
+    ],
+)
+def test_ray_options_are_refused_where_they_cannot_apply(tmp_path, capsys, options, message):
+    assert main(["classify", str(tmp_path), *options]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_input_taken_for_the_ray_address_is_refused(tmp_path, capsys):
+    shard = tmp_path / "a.tar"
+    shard.write_bytes(b"")
+    assert main(["classify", "--ray", str(shard), str(tmp_path / "b.tar"), "--out", str(tmp_path / "out")]) == 2
+    assert "expected local, auto or a cluster address" in capsys.readouterr().err
