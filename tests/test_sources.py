@@ -320,3 +320,8 @@ def test_a_cut_parquet_file_is_one_error_item(parquet_file, tmp_path):
     (source,) = open_sources([cut])
     (item,) = list(source.items())
     assert item.id == f"{cut}#<unreadable>" and item.payload is None and "cannot be read" in item.error
+
+
+def test_column_options_without_a_table_are_refused(collections, tmp_path, capsys):
+    code, err = classify([collections["shards"] / "*.tar"], tmp_path / "r.jsonl", capsys, "--id-column", "id")
+    assert code == 2 and "--id-column names a column of .parquet files or saved datasets" in err

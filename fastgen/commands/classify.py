@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if all(isinstance(s, FileListSource) and not s.paths for s in sources):
         raise ValueError("no image files found in the given inputs")
+    refuse_unused_column_options(args, sources)
     if args.ray is not None:
         summary = run_ray(args, sources)
         print_summary(summary, args)
@@ -149,6 +150,19 @@ def run_ray(args: argparse.Namespace, sources):
         labels_from_folders=args.labels_from_folders, retry_failed=args.retry_failed, force=args.force,
         progress=not args.no_progress,
     )  # fmt: skip
+
+
+def refuse_unused_column_options(args: argparse.Namespace, sources) -> None:
+    """Column options only mean something for tables: without one among the inputs they are
+    refused rather than ignored."""
+    from fastgen.inputs.sources import ParquetSource, SavedDatasetSource
+
+    if any(isinstance(s, (ParquetSource, SavedDatasetSource)) for s in sources):
+        return
+    for option in ("image_column", "id_column", "label_column"):
+        if getattr(args, option) is not None:
+            flag = "--" + option.replace("_", "-")
+            raise ValueError(f"{flag} names a column of .parquet files or saved datasets; no input is one")
 
 
 def print_summary(summary, args: argparse.Namespace) -> None:
