@@ -325,3 +325,44 @@ def test_a_cut_parquet_file_is_one_error_item(parquet_file, tmp_path):
 def test_column_options_without_a_table_are_refused(collections, tmp_path, capsys):
     code, err = classify([collections["shards"] / "*.tar"], tmp_path / "r.jsonl", capsys, "--id-column", "id")
     assert code == 2 and "--id-column names a column of .parquet files or saved datasets" in err
+
+
+# -- encoded bytes decode like files ----------------------------------------------------------------
+def test_encoded_bytes_give_the_pixels_and_errors_of_the_same_file(tmp_path):
+    from helpers import zero_png
+
+    from fastgen.inputs.images import ImageError, load_pixels
+
+    rng = np.random.default_rng(3)
+    rgba = Image.fromarray(rng.integers(0, 256, (9, 13, 4), dtype=np.uint8), "RGBA")
+    turned = Image.fromarray(rng.integers(0, 256, (10, 6, 3), dtype=np.uint8))
+    exif = turned.getexif()
+    exif[0x0112] = 6  # rotated: viewers turn it upright
+    for name, image, options in (("a.png", rgba, {}), ("b.jpg", turned, {"exif": exif})):
+        image.save(tmp_path / name, **options)
+        data = (tmp_path / name).read_bytes()
+        for channels in (1, 3):
+            from_file = load_pixels(tmp_path / name, size=(6, 8), channels=channels)
+            assert torch_equal(load_pixels(data, size=(6, 8), channels=channels), from_file)
+    with pytest.raises(ImageError, match="over the limit"):
+        load_pixels(zero_png(14000, 14000), size=8, channels=1)
+    with pytest.raises(ImageError, match=r"encoded image \(5 bytes\) cannot be decoded"):
+        load_pixels(b"\x89PNG\r", size=8, channels=1)
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
+
+
+def test_the_classifier_takes_one_or_many_encoded_images(digits, collections):
+    from fastgen import DiffusionClassifier
+
+    images, _ = digits
+    clf = DiffusionClassifier.from_pretrained(
+        "builtin:digits", device="cpu", policy="exhaustive", policy_options={"n_samples": 2}, batch_size=20
+    )
+    (one,) = clf.classify(images[5])
+    many = clf.classify(images[4:6])
+    files = clf.classify(sorted(collections["png"].rglob("00[45].png")))
+    assert [r.prediction for r in many] == [r.prediction for r in files] and one.prediction == many[1].prediction
+    assert np.allclose(one.errors, files[1].errors, rtol=1e-5, atol=1e-7)

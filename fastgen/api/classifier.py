@@ -390,13 +390,13 @@ class DiffusionClassifier:
     def classify(
         self, images: ImageInput | Sequence[ImageInput], *, on_error: str = "raise"
     ) -> list[ImageResult | ImageError]:
-        """Classify images (PIL images, paths, HWC arrays, CHW tensors, or a batched NCHW
+        """Classify images (PIL images, paths, encoded file bytes, HWC arrays, CHW tensors, or a batched NCHW
         tensor); results come back in input order. `on_error="return"` puts an `ImageError` in
         place of an image that cannot be read instead of raising it."""
         if on_error not in ("raise", "return"):
             raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
         if (
-            isinstance(images, (str, Path))
+            isinstance(images, (str, Path, bytes, bytearray))  # one file, or one file's bytes
             or not isinstance(images, (Sequence, torch.Tensor))
             or isinstance(images, torch.Tensor)
             and images.dim() in (2, 3)  # one grey HW image or one CHW image, as for numpy arrays
