@@ -282,7 +282,7 @@ def validity_policies(budget: int) -> list[Policy]:
         chosen.bind(CLASS_NAMES),
         replace(chosen, bound="spending").bind(CLASS_NAMES),
         replace(chosen, confidence=0.999).bind(CLASS_NAMES),
-        PlugInMixture(max_samples=budget, min_samples=2).bind(CLASS_NAMES),
+        *(PlugInMixture(max_samples=budget, min_samples=m).bind(CLASS_NAMES) for m in (2, 3, 4)),
         PairedTest(max_samples=budget),
         PairedTest(alpha=1e-2, min_samples=4, max_samples=budget, check_every=2),
     ]
