@@ -46,20 +46,24 @@ class SequentialElimination(Policy):
     looked at; stop when one class is left or at `max_samples` (then the result is undecided and
     the survivors are the classes not separated from the winner).
 
-    **What it controls.** With delta = 1 - `confidence` and K classes, the probability that the
-    class of lowest expected error (over the sample plan's first n samples) is ever eliminated is
-    at most delta, under the assumptions below: each of the K - 1 comparisons that involve that
-    class holds at level delta / (K - 1) at every look at once (a union bound), whichever class
-    leads when it is made.
+    **What it controls.** With delta = 1 - `confidence` and K classes: the probability that a
+    class is ever dropped at a look where its expected error, averaged over the samples seen so
+    far, was no larger than the leader's is at most delta. So the class of lowest expected error
+    survives with probability >= 1 - delta whenever it is lowest on every prefix of the sample
+    plan (the timesteps are a nested even grid, so each prefix approximates the full average; a
+    class that wins only on the full grid is not covered). Each of the K - 1 comparisons that
+    involve that class holds at level delta / (K - 1) at every look at once (a union bound),
+    whichever class leads when it is made.
 
     **Assumptions.** The samples' noises are independent, so the paired differences are
-    independent given the timesteps; the mean targeted is the average over the samples seen. The
-    `mixture` boundary is a normal-mixture confidence sequence with the variance estimated from
-    the samples (valid asymptotically, Waudby-Smith et al. 2021); the Student-t correction of each
-    look guards small n, where the estimated variance is itself uncertain. `spending` is exact per
-    look for normal differences and Bonferroni over looks. Neither is exact for heavy-tailed
-    differences at a handful of samples; `bench/bench_policies.py validity` measures the error on
-    real tables. The error does not cover the final pick among undecided survivors.
+    independent given the timesteps. The `mixture` boundary is a one-sided normal-mixture
+    confidence sequence with the variance estimated from the samples (valid asymptotically,
+    Waudby-Smith et al. 2021); each look's level is then met by the paired t-test's p-value (a
+    Student-t correction that guards small n, where the estimated variance is itself uncertain,
+    and vanishes as n grows). `spending` is exact per look for normal differences and
+    Bonferroni over looks. Neither is exact for heavy-tailed differences at a handful of samples;
+    `bench/bench_policies.py validity` measures the error on real tables. The error does not
+    cover the final pick among undecided survivors.
 
     `min_samples`: the first look; `check_every`: samples between looks; `tightest_at`: the sample
     count where the mixture boundary is tightest. The defaults are the setting of fewest calls at
