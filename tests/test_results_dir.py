@@ -14,7 +14,7 @@ from PIL import Image
 from fastgen.commands.main import main
 from fastgen.eval.report import load_run
 from fastgen.jobs.output_lock import OutputInUse
-from fastgen.jobs.ray_job import claim_results_dir, ids_to_skip, prepare_results_dir
+from fastgen.jobs.ray_job import ActorResources, actor_resources, claim_results_dir, ids_to_skip, prepare_results_dir
 from fastgen.jobs.results_dir import list_parts, part_name, write_dir_header, write_part
 from fastgen.jobs.results_file import ResultsFileError, is_header, read_results, results_header
 
@@ -151,3 +151,17 @@ def test_an_input_taken_for_the_ray_address_is_refused(tmp_path, capsys):
     shard.write_bytes(b"")
     assert main(["classify", "--ray", str(shard), str(tmp_path / "b.tar"), "--out", str(tmp_path / "out")]) == 2
     assert "expected local, auto or a cluster address" in capsys.readouterr().err
+
+
+def test_actors_ask_for_a_gpu_each_or_share_the_cpus_but_one():
+    assert actor_resources({"CPU": 64, "GPU": 8}) == ActorResources(8, 1, 1)
+    assert actor_resources({"CPU": 64, "GPU": 8}, gpus_per_actor=0.5) == ActorResources(16, 0.5, 1)
+    assert actor_resources({"CPU": 64, "GPU": 8}, 3) == ActorResources(3, 1, 1)
+    # CPU actors leave one CPU to the reading and decoding tasks, or they would never run.
+    assert actor_resources({"CPU": 2}, 2) == ActorResources(2, 0, 0.5)
+    assert actor_resources({"CPU": 16}) == ActorResources(1, 0, 15)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="gpus_per_actor"):
+            actor_resources({"GPU": 1}, gpus_per_actor=bad)
+    with pytest.raises(ValueError, match="actors must be at least 1"):
+        actor_resources({"CPU": 2}, 0)

@@ -274,15 +274,20 @@ class ActorResources:
     num_cpus: float
 
 
-def actor_resources(cluster: dict[str, float], actors: int | None = None) -> ActorResources:
-    """One GPU per actor where the cluster has GPUs (default: one actor per GPU). CPU actors
-    (default: one) share the CPUs but one, which stays free for the reading and decoding tasks:
-    actors that took every CPU would leave none to feed them."""
+def actor_resources(
+    cluster: dict[str, float], actors: int | None = None, gpus_per_actor: float = 1.0
+) -> ActorResources:
+    """`gpus_per_actor` of a GPU per actor where the cluster has GPUs (default: one actor per
+    GPU; 0.5 puts two on each). CPU actors (default: one) share the CPUs but one, which stays
+    free for the reading and decoding tasks: actors that took every CPU would leave none to feed
+    them."""
     if actors is not None and actors < 1:
         raise ValueError(f"actors must be at least 1, got {actors}")
+    if not (gpus_per_actor > 0 and (gpus_per_actor <= 1 or float(gpus_per_actor).is_integer())):
+        raise ValueError(f"gpus_per_actor must be a fraction of one GPU or a whole number, got {gpus_per_actor}")
     gpus = int(cluster.get("GPU", 0))
     if gpus:
-        return ActorResources(actors or gpus, 1, 1)
+        return ActorResources(actors or max(1, int(gpus / gpus_per_actor)), gpus_per_actor, 1)
     count = actors or 1
     cpus = float(cluster.get("CPU", 1))
     return ActorResources(count, 0, max(cpus - 1, 0.1 * count) / count)
@@ -384,6 +389,7 @@ def classify_ray(
     out: Path,
     address: str | None = None,
     actors: int | None = None,
+    gpus_per_actor: float = 1.0,
     batch_size: int = 16,
     out_format: str = "jsonl",
     labels_from_folders: bool = False,
@@ -394,7 +400,8 @@ def classify_ray(
     """Classify the images of `sources` on Ray into the results directory `out`, resuming what
     it holds. `build_classifier()` builds the classifier in each actor (Ray pickles it with
     cloudpickle); `address` is Ray's (None: this process's connection, else a local Ray);
-    `actors` the pool's size (default: one per GPU, else one); `batch_size` the images of one
+    `actors` the pool's size (default: as many as the GPUs hold at `gpus_per_actor` each, else
+    one); `batch_size` the images of one
     block, classified by one actor into one part file; `out_format` "jsonl" or "parquet";
     `retry_failed`, `force` and `labels_from_folders` are those of `fastgen.jobs.local`."""
     check_format(out_format)
@@ -404,7 +411,7 @@ def classify_ray(
     require("ray.data", extra="ray", purpose="--ray")
     out = Path(os.path.abspath(out))
     with hold_results_dir(out), connected(ray, address):
-        resources = actor_resources(ray.cluster_resources(), actors)
+        resources = actor_resources(ray.cluster_resources(), actors, gpus_per_actor)
         learn = ray.remote(num_cpus=1, num_gpus=resources.num_gpus)(learn_job)
         header, spec = ray.get(learn.remote(build_classifier))
         contents = prepare_results_dir(out, header, force=force)
