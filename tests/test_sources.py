@@ -304,16 +304,29 @@ def test_a_truncated_shard_is_reported_and_every_other_image_classified(digits, 
     assert code == 0 and summary_counts(err)[1:] == (0, 0)
 
 
-def test_a_shard_with_a_damaged_header_stops_there_and_says_so(digits, tmp_path):
+def test_a_damaged_member_header_costs_its_sample_only_and_is_reported(digits, tmp_path):
     images, labels = digits
     (shard,) = write_shards(tmp_path, images[:4], labels, shards=1)
     data = bytearray(shard.read_bytes())
-    second_sample = data.index(b"001.png")  # the header of sample 1's image member
-    data[second_sample : second_sample + 7] = b"\xff" * 7  # the name changes, the checksum no longer holds
+    damaged_at = data.index(b"001.png")  # the header of sample 1's image member
+    data[damaged_at : damaged_at + 7] = b"\xff" * 7  # the name changes, the checksum no longer holds
     shard.write_bytes(bytes(data))
     items = list(TarSource(str(shard)).items())
-    assert [item.id.rpartition("#")[2] for item in items] == ["000", TRUNCATED]
-    assert "samples read before that: 1" in items[-1].error and items[-1].payload is None
+    keys = [item.id.rpartition("#")[2] for item in items]
+    assert keys == ["000", f"<damaged-at-{damaged_at}>", "001", "002", "003"]
+    assert [item.payload == images[i] for i, item in zip([0, 2, 3], [items[0], *items[3:]])] == [True] * 3
+    assert "no readable tar header" in items[1].error and items[1].payload is None
+    assert "no image member (found .json)" in items[2].error and items[2].label == CLASS_NAMES[labels[1]]
+
+
+def test_concatenated_shards_and_padding_are_no_damage(digits, tmp_path):
+    images, labels = digits
+    first, second = write_shards(tmp_path, images[:4], labels, shards=2)
+    joined = tmp_path / "joined.tar"
+    joined.write_bytes(first.read_bytes() + b"\0" * 4096 + second.read_bytes())
+    items = list(TarSource(str(joined)).items())
+    assert [item.id.rpartition("#")[2] for item in items] == ["000", "001", "002", "003"]
+    assert all(item.error is None for item in items)
 
 
 def test_a_misspelt_column_is_refused_before_any_work(parquet_file, tmp_path, capsys):

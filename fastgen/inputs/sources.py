@@ -159,6 +159,7 @@ class _Sample:
     image: tarfile.TarInfo | None = None
     labels: list[tuple[str, tarfile.TarInfo]] = field(default_factory=list)
     others: list[str] = field(default_factory=list)
+    damage: _Damage | None = None  # a stretch of unreadable bytes instead of a sample
 
 
 @dataclass
@@ -169,15 +170,16 @@ class TarSource:
 
     def items(self, wanted: Wanted | None = None) -> Iterator[Item]:
         wanted = wanted or _everything
-        reading = _TarReading()
+        reading = _TarReading(self.name)
         try:
-            with tarfile.open(self.name, mode="r:") as tar:
+            # ignore_zeros: past a header it cannot read, tarfile looks for the next one instead
+            # of ending quietly; `_members` reports the blocks it skipped.
+            with tarfile.open(self.name, mode="r:", ignore_zeros=True) as tar:
                 for sample in self._samples(tar, reading):
-                    reading.samples += 1
                     item = self._item(tar, sample, wanted)
                     if item is not None:
                         yield item
-                reading.problem = reading.problem or self._damage(tar)
+                reading.problem = reading.problem or self._unfinished(reading.end)
         except (tarfile.TarError, OSError, EOFError) as error:
             reading.problem = f"{type(error).__name__}: {error}"
         if reading.problem is not None:
@@ -185,14 +187,20 @@ class TarSource:
 
     @staticmethod
     def _samples(tar: tarfile.TarFile, reading: _TarReading) -> Iterator[_Sample]:
-        """Samples in shard order (a key's members are consecutive in a WebDataset shard); the
-        sample being read when the shard turns out cut short is still given."""
+        """Samples in shard order (a key's members are consecutive in a WebDataset shard), and a
+        sample without key for each damaged stretch; the sample being read when the shard turns
+        out cut short is still given."""
         sample: _Sample | None = None
         for member in _members(tar, reading):
-            key, extension = split_key(member.name)
-            if sample is not None and key != sample.key:
+            damaged = isinstance(member, _Damage)
+            key, extension = ("", "") if damaged else split_key(member.name)
+            if sample is not None and (damaged or key != sample.key):
+                reading.samples += 1
                 yield sample
                 sample = None
+            if damaged:
+                yield _Sample("", damage=member)
+                continue
             sample = sample or _Sample(key)
             if extension in TAR_IMAGE_EXTENSIONS and sample.image is None:
                 sample.image = member
@@ -201,9 +209,12 @@ class TarSource:
             else:
                 sample.others.append(extension)
         if sample is not None:
+            reading.samples += 1
             yield sample
 
     def _item(self, tar: tarfile.TarFile, sample: _Sample, wanted: Wanted) -> Item | None:
+        if sample.damage is not None:
+            return self._damaged(sample.damage, wanted)
         item_id = f"{self.name}#{sample.key}"
         label = self._label(tar, sample)
         if not wanted(item_id, label):
@@ -216,6 +227,16 @@ class TarSource:
             return Item(item_id, None, label, f"tar member {sample.image.name!r} of {self.name} is cut short")
         return Item(item_id, data, label)
 
+    def _damaged(self, damage: _Damage, wanted: Wanted) -> Item | None:
+        item_id = f"{self.name}#<damaged-at-{damage.start}>"
+        if not wanted(item_id, None):
+            return None
+        return Item(
+            item_id, None, None,
+            f"tar shard {self.name}: bytes {damage.start} to {damage.end} hold no readable tar header (a damaged "
+            "member, whose sample is missing or incomplete); reading went on with the next member",
+        )  # fmt: skip
+
     @staticmethod
     def _label(tar: tarfile.TarFile, sample: _Sample) -> str | None:
         for extension, member in sample.labels:
@@ -225,20 +246,14 @@ class TarSource:
                 return label
         return None
 
-    def _damage(self, tar: tarfile.TarFile) -> str | None:
-        """Why the shard ended before its end-of-archive marker, or None when it is whole.
-
-        tarfile stops quietly at a header it cannot read (a cut or damaged shard); what follows
-        the last member it read must be the zero blocks of the end-of-archive marker."""
+    def _unfinished(self, end: int) -> str | None:
+        """Why the shard does not end as a tar file does, or None when it is whole: what follows
+        its last member must be the zero blocks of the end-of-archive marker."""
         size = os.path.getsize(self.name)
-        end = tar.offset
         if end >= size:
             return f"it ends at byte {size} without the end-of-archive marker"
-        with open(self.name, "rb") as handle:
-            handle.seek(end)
-            rest = handle.read(1 << 20)
-        if rest.strip(b"\0"):
-            return f"byte {end} of {size} holds no readable tar header"
+        if not _all_zeros(self.name, end, size):
+            return f"bytes {end} to {size} after its last member hold no readable tar header"
         return None
 
     def _truncated(self, reading: _TarReading, wanted: Wanted) -> Iterator[Item]:
@@ -251,14 +266,25 @@ class TarSource:
             )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _Damage:
+    """Bytes of a shard that tarfile skipped, looking for its next readable header."""
+
+    start: int
+    end: int
+
+
 @dataclass
 class _TarReading:
+    name: str  # the shard's path
     samples: int = 0  # samples found so far
+    end: int = 0  # the byte after the last member read
     problem: str | None = None  # why the shard ended early
 
 
-def _members(tar: tarfile.TarFile, reading: _TarReading) -> Iterator[tarfile.TarInfo]:
-    """The shard's file members; a read error ends them and is kept in `reading`."""
+def _members(tar: tarfile.TarFile, reading: _TarReading) -> Iterator[tarfile.TarInfo | _Damage]:
+    """The shard's file members, and a `_Damage` before a member found past skipped bytes that
+    are not zeros; a read error ends them and is kept in `reading`."""
     members = iter(tar)
     while True:
         try:
@@ -268,8 +294,24 @@ def _members(tar: tarfile.TarFile, reading: _TarReading) -> Iterator[tarfile.Tar
         except (tarfile.TarError, OSError, EOFError) as error:
             reading.problem = f"{type(error).__name__}: {error}"
             return
+        if member.offset > reading.end and not _all_zeros(reading.name, reading.end, member.offset):
+            yield _Damage(reading.end, member.offset)
+        reading.end = tar.offset
         if member.isfile():
             yield member
+
+
+def _all_zeros(path: str, start: int, end: int) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        while start < end:
+            block = handle.read(min(end - start, 1 << 20))
+            if not block:
+                return True
+            if block.strip(b"\0"):
+                return False
+            start += len(block)
+    return True
 
 
 def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes | None:
