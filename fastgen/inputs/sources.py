@@ -11,10 +11,14 @@ never depend on the order, the working directory or the machine a job runs in:
 * a Parquet row: ``FILE_ABSPATH#ID`` with an id column, else ``FILE_ABSPATH#ROW`` (0-based);
 * a saved Hugging Face dataset row: ``DIR_ABSPATH#ID`` or ``DIR_ABSPATH#ROW``.
 
+Results files key records by `path_key(id)` (``os.path.abspath``: an id holding ``//`` or ``..``
+is written folded, the same way in every run).
+
 Reading never raises for one bad image: a member or cell that cannot be read becomes an `Item`
-whose `error` says why (and whose payload is None), and a shard or file that ends early yields
-what it could read, then one item with id ``SOURCE#<truncated>`` (or ``#<unreadable>`` when nothing
-of it could be read) saying so. Decoding the payload is `fastgen.inputs.images`' job, by the same
+whose `error` says why (and whose payload is None); a tar member header that cannot be read is
+skipped to the next readable one, with one item ``SHARD#<damaged-at-BYTE>`` saying so; a shard or
+file that ends early yields what it could read, then one item with id ``SOURCE#<truncated>`` (or
+``#<unreadable>`` when nothing of it could be read) saying so. Decoding the payload is `fastgen.inputs.images`' job, by the same
 rules as for files.
 
 Parquet and dataset folders need `pyarrow` (`pip install "fastgen[parquet]"`), saved datasets
