@@ -13,8 +13,9 @@ from PIL import Image
 
 from fastgen.commands.main import main
 from fastgen.eval.report import load_run
+from fastgen.jobs.dir_output import claim_results_dir, ids_to_skip, prepare_results_dir
 from fastgen.jobs.output_lock import OutputInUse
-from fastgen.jobs.ray_job import ActorResources, actor_resources, claim_results_dir, ids_to_skip, prepare_results_dir
+from fastgen.jobs.ray_job import ActorResources, actor_resources
 from fastgen.jobs.results_dir import list_parts, part_name, write_dir_header, write_part
 from fastgen.jobs.results_file import ResultsFileError, is_header, read_results, results_header
 

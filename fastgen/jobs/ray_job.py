@@ -36,30 +36,21 @@ import numpy as np
 
 from fastgen.inputs.images import ImageError, load_pixels
 from fastgen.inputs.sources import FileListSource, Item, Source, class_label
-from fastgen.jobs.local import JobSummary, count_failed, job_header, needs_computing
-from fastgen.jobs.output_lock import OutputLock
+from fastgen.jobs.dir_output import hold_results_dir, ids_to_skip, prepare_results_dir
+from fastgen.jobs.local import JobSummary, count_failed, job_header
 from fastgen.jobs.results_dir import (
     check_format,
-    foreign_entries,
-    is_results_dir,
     next_run_number,
     part_name,
-    remove_temporary_parts,
-    write_dir_header,
     write_part,
 )
 from fastgen.jobs.results_file import (
     Outcome,
-    ResultsContents,
-    ResultsFileError,
-    check_same_job,
     error_record,
-    header_differences,
     outcome_of,
     path_key,
     result_record,
     scan_results,
-    unwritable_message,
 )
 from fastgen.optional import require
 
@@ -88,68 +79,6 @@ class DecodeSpec:
         return cls(tuple(clf.adapter.image_hw), clf.adapter.image_channels, clf.max_pixels)
 
 
-# -- the output directory ------------------------------------------------------------------------
-def claim_results_dir(out: Path) -> OutputLock:
-    """Lock the output directory (`DIR.lock`, beside it), refusing a path that is a file or a
-    folder of a user's files: before a model is loaded. The caller releases the lock."""
-    if out.exists() and not out.is_dir():
-        raise ResultsFileError(f"{out} is a file; with --ray, --out names a folder of part files (it may not exist)")
-    parent = next((p for p in out.parents if p.exists()), Path("."))
-    if not out.exists() and not os.access(parent, os.W_OK | os.X_OK):
-        raise ResultsFileError(unwritable_message(out, f"permission denied in {parent}"))
-    lock = OutputLock(out)
-    lock.acquire()
-    try:
-        check_not_foreign_dir(out)
-    except BaseException:
-        lock.release()
-        raise
-    return lock
-
-
-def check_not_foreign_dir(out: Path) -> None:
-    if not out.is_dir():
-        return
-    foreign = foreign_entries(out)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise ResultsFileError(
-            f"{out} holds files that are not a fastgen results directory's ({shown}); fastgen leaves "
-            "it untouched. Choose another --out folder, or an empty one"
-        )
-
-
-@contextlib.contextmanager
-def hold_results_dir(out: Path) -> Iterator[None]:
-    lock = claim_results_dir(out)
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def prepare_results_dir(out: Path, header: dict[str, Any], *, force: bool = False) -> ResultsContents:
-    """What `out` already holds (each image's latest `Outcome`), after refusing a directory of
-    another job (unless `force`), deleting parts a killed task left half-written and writing the
-    job's header when the directory lacks it or (forced) holds another."""
-    check_not_foreign_dir(out)
-    contents = scan_results(out, keep=outcome_of) if is_results_dir(out) else ResultsContents()
-    check_same_job(out, contents, header, force=force)
-    removed = remove_temporary_parts(out)
-    if removed:
-        log.info("%s: removed %d unfinished part file(s) of an interrupted run", out, removed)
-    if contents.header is None or header_differences(contents.header, header):
-        write_dir_header(out, header)
-        contents.header = header
-    return contents
-
-
-def ids_to_skip(contents: ResultsContents, *, retry_failed: bool) -> frozenset[str]:
-    """The ids the directory holds that this run leaves out: all, or with `retry_failed` those
-    whose latest record is not an error."""
-    return frozenset(k for k, o in contents.records.items() if not needs_computing(o, retry_failed=retry_failed))
-
-
 # -- the pipeline's steps, run in Ray tasks and actors ---------------------------------------------
 def learn_job(build_classifier: Callable[[], DiffusionClassifier]) -> tuple[dict[str, Any], DecodeSpec]:
     """The job's header and decoding spec, from a classifier built where an actor would build it."""
@@ -164,7 +93,7 @@ def item_row(item: Item, *, skipped: int = 0) -> dict[str, Any]:
         "payload": payload if isinstance(payload, bytes) else b"",
         "file": str(payload) if isinstance(payload, Path) else "",
         "label": item.label or "",
-        "error": item.error or "",
+        "error": item.error or ("the item could not be read" if payload is None and item.id != TALLY else ""),
         "skipped": skipped,
     }
 
@@ -401,9 +330,9 @@ def classify_ray(
     it holds. `build_classifier()` builds the classifier in each actor (Ray pickles it with
     cloudpickle); `address` is Ray's (None: this process's connection, else a local Ray);
     `actors` the pool's size (default: as many as the GPUs hold at `gpus_per_actor` each, else
-    one); `batch_size` the images of one
-    block, classified by one actor into one part file; `out_format` "jsonl" or "parquet";
-    `retry_failed`, `force` and `labels_from_folders` are those of `fastgen.jobs.local`."""
+    one); `batch_size` the images of one block, classified by one actor into one part file;
+    `out_format` "jsonl" or "parquet"; `retry_failed`, `force` and `labels_from_folders` are
+    those of `fastgen.jobs.local`."""
     check_format(out_format)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -417,10 +346,14 @@ def classify_ray(
         contents = prepare_results_dir(out, header, force=force)
         skip = ids_to_skip(contents, retry_failed=retry_failed)
         del contents
-        ray.data.DataContext.get_current().enable_progress_bars = progress
+        context = ray.data.DataContext.get_current()
+        bars, context.enable_progress_bars = context.enable_progress_bars, progress
         dataset = build_pipeline(
             ray, build_classifier, sources, skip, spec, out=out, header=header, run=next_run_number(out),
             out_format=out_format, resources=resources, batch_size=batch_size,
         )  # fmt: skip
-        totals = drain(dataset, progress=progress)
+        try:
+            totals = drain(dataset, progress=progress)
+        finally:
+            context.enable_progress_bars = bars
         return summarise(out, totals, labels_from_folders=labels_from_folders)
