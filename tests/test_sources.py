@@ -388,3 +388,17 @@ def test_the_classifier_takes_one_or_many_encoded_images(digits, collections):
     files = clf.classify(sorted(collections["png"].rglob("00[45].png")))
     assert [r.prediction for r in many] == [r.prediction for r in files] and one.prediction == many[1].prediction
     assert np.allclose(one.errors, files[1].errors, rtol=1e-5, atol=1e-7)
+
+
+def test_a_glob_reads_text_files_as_path_lists_only_when_it_names_them(collections, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not an image path\n")
+    (folder / "a.png").write_bytes(next(collections["png"].rglob("*.png")).read_bytes())
+    (shard,) = sorted(collections["shards"].glob("*.tar"))[:1]
+    (folder / "s.tar").write_bytes(shard.read_bytes())
+    sources = open_sources([str(folder / "*")])
+    assert [type(s).__name__ for s in sources] == ["FileListSource", "TarSource"]
+    assert [p.name for p in sources[0].paths] == ["a.png"]
+    (listed,) = open_sources([str(folder / "*.txt")])
+    assert [p.name for p in listed.paths] == ["not an image path"]

@@ -163,8 +163,10 @@ def _dataset_splits(folder: Path) -> list[Path]:
 
 
 def _expand_globs(inputs: Sequence[str | Path]) -> list[str]:
-    """Inputs as named, a glob that matches tar, Parquet or list files replaced by its matches
-    (other globs are left to `find_images`, which keeps only image files)."""
+    """Inputs as named, a glob that matches tar shards, Parquet files or saved datasets replaced by
+    its matches (other globs are left to `find_images`, which keeps only image files). A matched
+    .txt file is a list of paths only when the pattern itself ends in .txt: ``photos/*`` must not
+    read a folder's notes as image paths."""
     expanded: list[str] = []
     for entry in inputs:
         text = str(entry)
@@ -172,13 +174,18 @@ def _expand_globs(inputs: Sequence[str | Path]) -> list[str]:
             expanded.append(text)
             continue
         matches = sorted(glob.glob(text, recursive=True))
-        special = [m for m in matches if _source_kind(Path(m)) != "files"]
+        special = [m for m in matches if _is_source_match(Path(m), text)]
         if not special:
             expanded.append(text)
             continue
         # the other matches as a glob keeps them: folders, and files with an image extension
         expanded += special + [m for m in matches if m not in special and _globbed_image_input(Path(m))]
     return expanded
+
+
+def _is_source_match(path: Path, pattern: str) -> bool:
+    kind = _source_kind(path)
+    return kind != "files" and (kind != "txt" or pattern.lower().endswith(".txt"))
 
 
 def _globbed_image_input(path: Path) -> bool:
