@@ -402,3 +402,8 @@ def test_a_glob_reads_text_files_as_path_lists_only_when_it_names_them(collectio
     assert [p.name for p in sources[0].paths] == ["a.png"]
     (listed,) = open_sources([str(folder / "*.txt")])
     assert [p.name for p in listed.paths] == ["not an image path"]
+
+
+def test_a_folder_of_shards_alone_is_refused_with_the_glob_to_use(collections, tmp_path, capsys):
+    code, err = classify([collections["shards"]], tmp_path / "r.jsonl", capsys)
+    assert code == 2 and "no image files found" in err and "shards/*.tar" in err

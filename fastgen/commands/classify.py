@@ -76,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
         args.images, image_column=args.image_column, id_column=args.id_column, label_column=args.label_column
     )
     if all(isinstance(s, FileListSource) and not s.paths for s in sources):
-        raise ValueError("no image files found in the given inputs")
+        raise ValueError(
+            "no image files found in the given inputs (a folder is searched for image files only: name tar "
+            "shards, Parquet files and .txt lists by path or glob, e.g. shards/*.tar)"
+        )
     refuse_unused_column_options(args, sources)
     if args.ray is not None:
         summary = run_ray(args, sources)
