@@ -407,3 +407,35 @@ def test_a_glob_reads_text_files_as_path_lists_only_when_it_names_them(collectio
 def test_a_folder_of_shards_alone_is_refused_with_the_glob_to_use(collections, tmp_path, capsys):
     code, err = classify([collections["shards"]], tmp_path / "r.jsonl", capsys)
     assert code == 2 and "no image files found" in err and "shards/*.tar" in err
+
+
+def test_repeated_ids_are_classified_once_with_a_warning(digits, tmp_path, capsys, caplog):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    images, labels = digits
+    ids = ["a", "b", "a", "c"]
+    pq.write_table(pa.table({"key": ids, "png": images[:4]}), tmp_path / "t.parquet")
+    out = tmp_path / "results.jsonl"
+    code, err = classify([tmp_path / "t.parquet"], out, capsys, "--id-column", "key")
+    assert code == 0 and summary_counts(err) == (3, 3, 0)
+    assert sorted(k.rpartition("#")[2] for k in read_results(out)) == ["a", "b", "c"]
+    assert "1 images repeat the id of an image before them" in caplog.text
+
+
+def test_a_parquet_image_struct_column_and_dataset_dict_splits_are_found(digits, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    datasets = pytest.importorskip("datasets")
+    images, labels = digits
+    structs = [{"bytes": data, "path": None} for data in images[:3]]
+    pq.write_table(pa.table({"name": ["x", "y", "z"], "image": structs}), tmp_path / "hf.parquet")
+    (source,) = open_sources([tmp_path / "hf.parquet"])
+    assert [item.payload for item in source.items()] == images[:3]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
+    split = {"image": [Image.open(io.BytesIO(d)) for d in images[:2]], "label": labels[:2]}
+    splits = {name: datasets.Dataset.from_dict(split, features=features) for name in ("train", "test")}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "dict"))
+    items = [item for s in open_sources([tmp_path / "dict"]) for item in s.items()]
+    root = os.path.abspath(tmp_path / "dict")
+    assert [item.id for item in items] == [f"{root}/{s}#{i}" for s in ("test", "train") for i in (0, 1)]
+    assert [item.label for item in items] == [CLASS_NAMES[y] for y in labels[:2]] * 2

@@ -221,6 +221,7 @@ def classify_sources_distributed(
         if not ranks.is_main:
             return None
         merge_parts(out, header)
+        selection.warn_repeated()
         summary = JobSummary(selection.total, selection.total - selection.todo, computed, failed)
         latest = read_outcomes(out)
         summary.errors_in_output = count_failed(latest)

@@ -93,6 +93,7 @@ class ItemSelection:
         self.retry_failed, self.labels_from_folders = retry_failed, labels_from_folders
         self.rank, self.world_size = rank, world_size
         self.seen: set[str] = set()
+        self.repeated = 0  # items whose id was seen before: left out
         self.labels: dict[str, str] = {}  # item key -> label (class name), for the accuracy
         self.todo = 0
 
@@ -108,6 +109,7 @@ class ItemSelection:
     def wanted(self, item_id: str, label: str | None, *, folder_labels: bool = False) -> bool:
         key = path_key(item_id)
         if key in self.seen:
+            self.repeated += 1
             return False
         self.seen.add(key)
         if label is not None:
@@ -120,6 +122,13 @@ class ItemSelection:
             return False
         self.todo += 1
         return (self.todo - 1) % self.world_size == self.rank
+
+    def warn_repeated(self) -> None:
+        if self.repeated:
+            log.warning(
+                "%d images repeat the id of an image before them (the same file named twice, or a "
+                "repeated value of --id-column); each id is classified once, the first time", self.repeated
+            )  # fmt: skip
 
     def source_label(self, label: str) -> str:
         return sys.intern(class_label(label, self.class_names()))
@@ -281,6 +290,7 @@ def classify_sources(
     total = progress_total(sources, selection) if progress else None
     new = write_results(clf, selected_items(sources, selection), writer, progress=progress, total=total)
     failed = count_failed(new)
+    selection.warn_repeated()
     summary = JobSummary(selection.total, selection.total - selection.todo, len(new) - failed, failed)
     done.update(new)  # the latest outcome of every image, without a second copy
     summary.errors_in_output = count_failed(done)
