@@ -96,6 +96,8 @@ class ItemSelection:
         self.repeated = 0  # items whose id was seen before: left out
         self.labels: dict[str, str] = {}  # item key -> label (class name), for the accuracy
         self.todo = 0
+        self._names: tuple[str, ...] | None = None
+        self._name_set: frozenset[str] = frozenset()
 
     @property
     def total(self) -> int:
@@ -131,7 +133,13 @@ class ItemSelection:
             )  # fmt: skip
 
     def source_label(self, label: str) -> str:
-        return sys.intern(class_label(label, self.class_names()))
+        """The label as a class name; labels are interned, so a million images share ten strings."""
+        if self._names is None:  # asked once: with 1,000 classes, a tuple is too slow to search per image
+            self._names = tuple(self.class_names())
+            self._name_set = frozenset(self._names)
+        if label in self._name_set:
+            return sys.intern(label)
+        return sys.intern(class_label(label, self._names))
 
 
 def selected_items(sources: Sequence[Source], selection: ItemSelection) -> Iterator[Item]:
