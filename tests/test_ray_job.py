@@ -1,18 +1,23 @@
-"""The Ray Data job on a local Ray of 2 CPUs: the same records as one process, a killed actor
-replaced without losing or doubling an image, a resume that computes nothing, and a directory of
-another job's settings refused. Skipped where `fastgen[ray]` is not installed."""
+"""The Ray Data job on a local Ray of 2 CPUs: the same records as one process from PNG folders,
+tar shards, a Parquet file and a saved dataset; a killed actor replaced without losing or doubling
+an image; a resume that computes nothing; a directory of another job's settings refused. Skipped
+where `fastgen[ray]` is not installed."""
 
 from __future__ import annotations
 
 import functools
+import io
 import os
+import re
 import signal
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
@@ -72,7 +77,7 @@ def all_records(out: Path) -> list[dict]:
     return [obj for part in list_parts(out) for obj in read_part_objects(part) if is_record(obj)]
 
 
-def assert_same_results(records: dict[str, dict], reference: dict[str, dict]) -> None:
+def assert_same_results(records: dict, reference: dict) -> None:
     assert sorted(records) == sorted(reference)
     for key, record in records.items():
         assert record["prediction"] == reference[key]["prediction"], key
@@ -80,19 +85,66 @@ def assert_same_results(records: dict[str, dict], reference: dict[str, dict]) ->
         assert record["unet_evals"] == reference[key]["unet_evals"]
 
 
-def test_two_actors_write_the_one_process_records_as_parquet_parts(local_ray, digits_folder, one_process, tmp_path):
+@pytest.fixture(scope="module")
+def other_forms(digits_folder, tmp_path_factory) -> dict[str, list[Path]]:
+    """The same 60 digits as WebDataset shards (labels in `.cls`), one Parquet file (labels in a
+    column) and, where `datasets` is installed, a saved Hugging Face dataset (a ClassLabel);
+    name or row i is digit i, as in `digits_folder`."""
+    root = tmp_path_factory.mktemp("forms")
+    pngs = sorted(digits_folder.rglob("*.png"), key=lambda p: p.name)
+    images, labels = [p.read_bytes() for p in pngs], [CLASS_NAMES.index(p.parent.name) for p in pngs]
+    for shard in range(3):
+        with tarfile.open(root / f"digits-{shard}.tar", "w") as tar:
+            for i in range(shard * 20, shard * 20 + 20):
+                for name, data in ((f"{i:03d}.png", images[i]), (f"{i:03d}.cls", str(labels[i]).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    pa = pytest.importorskip("pyarrow")
+    pq.write_table(
+        pa.table({"id": [f"{i:03d}" for i in range(N_IMAGES)], "png": images, "label": labels}), root / "d.parquet"
+    )
+    forms = {"shards": sorted(root.glob("*.tar")), "parquet": [root / "d.parquet"]}
+    try:
+        import datasets
+    except ImportError:
+        return forms
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
+    pil = [Image.open(io.BytesIO(data)) for data in images]
+    datasets.Dataset.from_dict({"image": pil, "label": labels}, features=features).save_to_disk(str(root / "saved"))
+    return {**forms, "saved": [root / "saved"]}
+
+
+def digit_index(key: str) -> int:
+    """The digit a record's id names: the number that ends it (file name, tar key, id or row)."""
+    return int(re.search(r"(\d+)(\.png)?$", key)[1])
+
+
+def test_two_actors_write_the_one_process_records_from_every_form_as_parquet_parts(
+    local_ray, digits_folder, other_forms, one_process, tmp_path
+):
     out = tmp_path / "results"
+    forms = {"png": [digits_folder], **other_forms}
+    inputs = [path for paths in forms.values() for path in paths]
     summary = classify_ray(
-        BUILD, open_sources([digits_folder]), out=out, actors=2, batch_size=8, out_format="parquet",
+        BUILD, open_sources(inputs, label_column="label"), out=out, actors=2, batch_size=8, out_format="parquet",
         labels_from_folders=True, progress=False,
     )  # fmt: skip
-    assert (summary.computed, summary.skipped, summary.failed, summary.total) == (N_IMAGES, 0, 0, N_IMAGES)
+    total = len(forms) * N_IMAGES
+    assert (summary.computed, summary.skipped, summary.failed, summary.total) == (total, 0, 0, total)
     parts = list_parts(out)
-    assert len(parts) == N_IMAGES // 8 + 1 and all(p.suffix == ".parquet" for p in parts)
-    assert sum(pq.read_table(p).num_rows for p in parts) == N_IMAGES  # plain Parquet, readable by any reader
-    assert_same_results(read_results(out), one_process)
-    right = sum(r["prediction"] == Path(k).parent.name for k, r in one_process.items())
-    assert summary.labelled == N_IMAGES and summary.accuracy == pytest.approx(right / N_IMAGES)
+    assert parts and all(p.suffix == ".parquet" for p in parts)
+    assert sum(pq.read_table(p).num_rows for p in parts) == total  # plain Parquet, readable by any reader
+    records = read_results(out)
+    reference = {digit_index(k): r for k, r in one_process.items()}
+    truth = {digit_index(k): Path(k).parent.name for k in one_process}
+    for name, paths in forms.items():
+        of_form = {digit_index(k): r for k, r in records.items() if k.startswith(tuple(map(str, paths)))}
+        assert_same_results(of_form, reference)
+        if name != "png":  # the source's label, as a class name
+            assert all(r["label"] == truth[i] for i, r in of_form.items()), name
+    right = sum(r["prediction"] == truth[i] for i, r in reference.items())
+    assert summary.labelled == total and summary.accuracy == pytest.approx(right / N_IMAGES)
 
     # Other settings are refused before anything is computed; the parts are left as they were.
     other = functools.partial(BUILD, policy_options={"n_samples": 3})
