@@ -296,3 +296,28 @@ def test_calibrate_force_replaces_its_out_file(tmp_path, capsys):
     out.write_text("my notes")
     assert main(["calibrate", str(results), "--labels-from-folders", "--out", str(out), "--force"]) == 0
     assert Calibration.load(out).method == "platt"
+
+
+def test_labels_given_by_a_source_are_used_before_folder_names(tmp_path):
+    """Records of tar shards and tables carry their source's label; their ids name no folder."""
+    header = {"fastgen": "results", "format": 1, "version": "0", "model": "tiny", "settings": {"classes": CLASSES}}
+    scores = {c: 0.5 + 0.01 * k for k, c in enumerate(CLASSES)}
+    records = [
+        {"path": "/data/shard-0.tar#000001", "label": "dog", "prediction": "cat", "scores": scores, "unet_evals": 8},
+        {
+            "path": "/data/table.parquet#7",
+            "label": "not-a-class",
+            "prediction": "cat",
+            "scores": scores,
+            "unet_evals": 8,
+        },
+        {"path": str(tmp_path / "fish" / "a.png"), "prediction": "cat", "scores": scores, "unet_evals": 8},
+    ]
+    out = tmp_path / "results.jsonl"
+    out.write_text("".join(json.dumps(line) + "\n" for line in [header, *records]))
+    by_path = dict(zip((r["path"] for r in load_run(out).records), folder_labels(load_run(out))))
+    assert by_path == {
+        "/data/shard-0.tar#000001": "dog",
+        "/data/table.parquet#7": None,
+        str(tmp_path / "fish" / "a.png"): "fish",
+    }

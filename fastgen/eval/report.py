@@ -94,9 +94,11 @@ def load_run(path: str | Path) -> Run:
 
 
 def folder_labels(run: Run) -> list[str | None]:
-    """Each record's parent folder name when it is one of the classes, else None."""
+    """Each record's label when it is one of the classes, else None: the label its source gave
+    (a tar shard's `.cls`, a table's label column: the record's "label"), else its parent folder's
+    name."""
     names = set(run.classes)
-    labels = [Path(r.get("path", "")).parent.name for r in run.records]
+    labels = [r.get("label") or Path(r.get("path", "")).parent.name for r in run.records]
     return [label if label in names else None for label in labels]
 
 
