@@ -134,6 +134,7 @@ def timed_run(mode: tuple[str, int], images: Path, out: Path, args: argparse.Nam
 def measure(mode, small: Path, large: Path, root: Path, args: argparse.Namespace, model: str) -> dict:
     launcher, workers = mode
     name = f"{launcher}-{workers}"
+    load_before = os.getloadavg()[0]  # other work on a shared machine shows here
     t_small = timed_run(mode, small, root / f"small-{name}.out", args, model)
     t_large = timed_run(mode, large, root / f"large-{name}.out", args, model)
     # Below the noise of start-up times the difference says nothing: no rate rather than a wild one.
@@ -146,6 +147,7 @@ def measure(mode, small: Path, large: Path, root: Path, args: argparse.Namespace
         "policy": "exhaustive", "n_samples": args.n_samples, "batch_size": args.batch_size,
         "omp_threads": threads if launcher != "ray" else "Ray's (1 per actor of under one CPU)",
         "images": [args.images, 2 * args.images], "wall_s": [round(t_small, 3), round(t_large, 3)],
+        "load_average_1min_before": round(load_before, 2),
         "steady_images_per_s": round(rate, 3) if rate else None,
         "startup_s": round(t_small - args.images / rate, 3) if rate else None,
     }  # fmt: skip
