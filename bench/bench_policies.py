@@ -174,6 +174,18 @@ def candidate_policies(budget: int) -> list[Policy]:
     return fixed + paired + [p.bind(CLASS_NAMES) for p in sequential]
 
 
+def short_list(budget: int) -> list[Policy]:
+    """The fixed schedules, the shipped paired test, its best variant here, and the chosen rule."""
+    return [
+        Exhaustive(n_samples=4),
+        Exhaustive(n_samples=8),
+        PairedTest(max_samples=budget),
+        PairedTest(alpha=1e-2, min_samples=4, max_samples=budget, check_every=2),
+        SequentialElimination(max_samples=budget).bind(CLASS_NAMES),
+        PlugInMixture(max_samples=budget).bind(CLASS_NAMES),
+    ]
+
+
 # -- replay ------------------------------------------------------------------------------------
 @dataclass
 class Replayed:
@@ -266,7 +278,8 @@ def cmd_replay(args) -> None:
                 "reference_accuracy": float(np.mean(winners == labels)),
                 "reference_ties": int(sum(len(t) > 1 for t in ties)), "cpu": cpu_name(), "torch": torch.__version__,
                 "command": "python bench/bench_policies.py " + " ".join(sys.argv[1:])}  # fmt: skip
-    rows = [score_policy(policy, tables, labels, winners, ties) for policy in candidate_policies(args.n)]
+    policies = short_list(args.n) if args.short else candidate_policies(args.n)
+    rows = [score_policy(policy, tables, labels, winners, ties) for policy in policies]
     out = Path(args.out or RESULTS / f"policies_replay_{args.split}_{args.per_class or 'all'}.json")
     out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
     print(json.dumps(settings))
@@ -378,6 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     replay.add_argument("--reference-seed", type=int, default=1)
     replay.add_argument("--reference-n", type=int, default=128)
     replay.add_argument("--out", default=None)
+    replay.add_argument("--short", action="store_true", help="only the fixed schedules, paired tests and chosen rule")
     validity = sub.add_parser("validity", help="how often each rule eliminated the reference winner, over seeds")
     validity.add_argument("--split", choices=("heldout", "train"), default="heldout")
     validity.add_argument("--per-class", type=int, default=5, help="images per class of the seed tables")
