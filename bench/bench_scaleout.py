@@ -60,7 +60,7 @@ def cpu_model() -> str:
 
 def versions() -> dict[str, str]:
     out = {}
-    for package in ("fastgen", "torch", "diffusers", "transformers"):
+    for package in ("fastgen", "torch", "diffusers", "transformers", "ray"):
         try:
             out[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
