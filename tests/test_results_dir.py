@@ -43,20 +43,22 @@ def labelled_records(folder: Path, n: int = 90, seed: int = 0) -> list[dict]:
 
 @pytest.fixture
 def file_and_dir(tmp_path) -> tuple[Path, Path]:
-    """The same job as a results file and as a directory of mixed parts. Image 0 first failed
-    (run 1) and was then retried (run 2): the file holds both lines, the directory both parts."""
+    """The same job as a directory of mixed parts and as a results file. Image 0 first failed
+    (run 1) and was then retried (run 2): the directory holds both parts, the file both lines, in
+    the order the directory's parts are read (parts of one run sort by their ids' hash, and the
+    order of records is what a seeded fit/held-out split draws from)."""
     pytest.importorskip("pyarrow.parquet")  # Parquet parts: installed with fastgen[ray]
     records = labelled_records(tmp_path / "images")
     failed = {"path": records[0]["path"], "error": "image file cannot be decoded"}
-    results = tmp_path / "results.jsonl"
-    lines = [HEADER, failed, *records[1:], records[0]]
-    results.write_text("".join(json.dumps(obj) + "\n" for obj in lines))
     folder = tmp_path / "results"
     write_dir_header(folder, HEADER)
-    blocks = [[failed, *records[1:40]], records[40:]]
-    for block, out_format in zip(blocks, ("jsonl", "parquet")):
-        write_part(folder, part_name(1, [r["path"] for r in block], out_format), HEADER, block)
-    write_part(folder, part_name(2, [records[0]["path"]], "jsonl"), HEADER, [records[0]])
+    blocks = {}
+    for block, out_format in zip([[failed, *records[1:40]], records[40:]], ("jsonl", "parquet")):
+        blocks[write_part(folder, part_name(1, [r["path"] for r in block], out_format), HEADER, block)] = block
+    blocks[write_part(folder, part_name(2, [records[0]["path"]], "jsonl"), HEADER, [records[0]])] = [records[0]]
+    results = tmp_path / "results.jsonl"
+    lines = [HEADER, *(record for part in list_parts(folder) for record in blocks[part])]
+    results.write_text("".join(json.dumps(obj) + "\n" for obj in lines))
     return results, folder
 
 
