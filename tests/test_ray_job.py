@@ -9,6 +9,7 @@ import functools
 import io
 import os
 import re
+import shutil
 import signal
 import sys
 import tarfile
@@ -50,6 +51,7 @@ def local_ray(tmp_path_factory):
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=str(temp))
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)  # Ray's logs and sockets of this session
 
 
 @pytest.fixture(scope="module")
