@@ -113,3 +113,21 @@ def test_an_onnxruntime_path_whose_provider_falls_back_fails_and_says_so(model_d
     row = run_path(asked, model, reference_errors(model, device), device, tmp_path)
     assert row.status == "FAIL" and "could not use CUDAExecutionProvider" in row.reason
     assert row.max_rel_error is not None and row.max_rel_error < 1e-3  # the numbers themselves agree
+
+
+def test_the_command_exits_1_when_a_path_that_ran_failed(monkeypatch, capsys):
+    """A failed or broken path makes the exit code 1 (scripts and CI read it); skips do not."""
+    import fastgen.eval.selftest as selftest_module
+    from fastgen.commands.main import main
+    from fastgen.eval.selftest import PathResult
+
+    def rows(statuses):
+        return lambda device, **_: [PathResult(f"p{i}", "m", status, reason="why") for i, status in enumerate(statuses)]
+
+    monkeypatch.setattr(selftest_module, "run_selftest", rows(["pass", "skipped"]))
+    assert main(["selftest", "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["passed"] is True
+    for bad in ("FAIL", "error"):
+        monkeypatch.setattr(selftest_module, "run_selftest", rows(["pass", bad, "skipped"]))
+        assert main(["selftest", "--device", "cpu", "--json"]) == 1
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["passed"] is False
