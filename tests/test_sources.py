@@ -241,25 +241,30 @@ def _env() -> dict[str, str]:
 def test_two_torchrun_ranks_give_the_one_process_results_from_every_form(
     collections, parquet_file, saved_dataset, reference, tmp_path
 ):
-    """One launch over the tar shards, the Parquet file and the saved dataset together (one
-    launch: each costs two fresh processes); each form's records equal the PNG folders'."""
+    """One launch over the PNG folders, the tar shards, the Parquet file and the saved dataset
+    together (one launch: each costs two fresh processes); each form's records equal the
+    one-process run's."""
     out = tmp_path / "results.jsonl"
-    forms = {"tar": collections["shards"] / "*.tar", "parquet": parquet_file, "dataset": saved_dataset}
+    forms = {
+        "png": collections["png"], "tar": collections["shards"] / "*.tar", "parquet": parquet_file,
+        "dataset": saved_dataset,
+    }  # fmt: skip
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     command = [*launcher, "-m", "fastgen", "classify", *map(str, forms.values()), "--out", str(out)]
     run = subprocess.run([*command, *OPTIONS], env=_env(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert summary_counts(run.stderr) == (3 * N_IMAGES, 3 * N_IMAGES, 0)
+    assert summary_counts(run.stderr) == (4 * N_IMAGES, 4 * N_IMAGES, 0)
     records = read_results(out)
-    prefixes = {"tar": str(collections["shards"]), "parquet": str(parquet_file), "dataset": str(saved_dataset)}
+    prefixes = {form: str(path).removesuffix(f"{os.sep}*.tar") for form, path in forms.items()}
     for form, prefix in prefixes.items():
         of_form = {
             key: r for key, r in records.items() if key.startswith(prefix + os.sep) or key.startswith(prefix + "#")
         }
-        indices = {int(re.search(r"(\d+)$", key)[1]): r for key, r in of_form.items()}
+        indices = {int(re.search(r"(\d+)(\.png)?$", key)[1]): r for key, r in of_form.items()}
         assert len(indices) == len(of_form) == N_IMAGES, form
         assert_same_results(indices, reference)
-    # labels from the shards' .cls and the dataset's ClassLabel; a Parquet label column is named by option
+    # labels from the shards' .cls and the dataset's ClassLabel (folders and a Parquet label
+    # column are named by option)
     assert printed_accuracy(run.stderr)[1] == 2 * N_IMAGES
 
 
