@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# torch.compile's on-disk kernel cache is not keyed by the instruction set torch was told to use
+# (ATEN_CPU_CAPABILITY): kernels built for AVX512 and loaded in a run held to AVX2 gave wrong
+# values (seen with torch 2.13). One cache folder per instruction-set setting keeps them apart.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _isa = f"{torch.backends.cpu.get_cpu_capability()}-{os.environ.get('ONEDNN_MAX_CPU_ISA', 'default')}".lower()
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"fastgen-inductor-{_isa}")
 # Without a GPU the Triton kernels run in the interpreter, which must be chosen before triton loads.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
