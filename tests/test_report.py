@@ -321,3 +321,26 @@ def test_labels_given_by_a_source_are_used_before_folder_names(tmp_path):
         "/data/table.parquet#7": None,
         str(tmp_path / "fish" / "a.png"): "fish",
     }
+
+
+def test_the_report_counts_undecided_images_and_their_share_of_the_errors(tmp_path):
+    folder = tmp_path / "data"
+    results = synthetic_results(folder, n=40, seed=3, prune=False)
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    run = load_run(results)
+    labels = folder_labels(run)
+    wrong = [r["path"] for r, label in zip(run.records, labels) if "scores" in r and r["prediction"] != label]
+    right = [r["path"] for r, label in zip(run.records, labels) if "scores" in r and r["prediction"] == label]
+    assert wrong and right  # the seeded data has both
+    marked = {wrong[0], right[0], right[1]}
+    for line in lines:
+        if line.get("path") in marked:
+            line.update(decided=False, survivors=list(line["scores"])[:2])
+    results.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run = load_run(results)
+    page = build_report(run, tmp_path / "report.html", labels=folder_labels(run)).read_text()
+    scored = sum("scores" in r for r in run.records)
+    expected = f"3 of {scored} scored image(s) are undecided; 1 of the {len(wrong)} error(s) among the labelled images are undecided ones."
+    assert f'<p id="undecided">{expected}</p>' in page
+    plain = build_report(load_run(synthetic_results(tmp_path / "plain", n=10)), tmp_path / "plain.html")
+    assert 'id="undecided"' not in plain.read_text()  # nothing to say when every image is decided

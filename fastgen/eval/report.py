@@ -259,6 +259,9 @@ def build_report(
                 "No labels: no image's folder name is one of the classes, so accuracy, the confusion "
                 "matrix and the reliability diagram are left out."
             )
+        undecided = _undecided_section(run, scored, predicted, known)
+        if undecided:
+            sections.append(undecided)
         figures["unet-evals"] = histogram_figure(scored.evals, "UNet evaluations", "Denoiser budget per image")
         figures["margins"] = histogram_figure(margins(scored.errors), "(second - best error) / best error", "Margins")
         sections.append(
@@ -284,6 +287,21 @@ def build_report(
     )
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def _undecided_section(run: Run, scored, predicted: np.ndarray, known: np.ndarray) -> str:
+    """How many images an adaptive run left undecided (budget spent, several classes not
+    separated) and their share of the errors among the labelled ones; empty when there are none."""
+    undecided_paths = {r.get("path") for r in run.records if r.get("decided") is False}
+    if not undecided_paths:
+        return ""
+    undecided = np.array([path in undecided_paths for path in scored.paths])
+    text = f"{int(undecided.sum())} of {len(undecided)} scored image(s) are undecided"
+    if known.any():
+        wrong = known & (predicted != scored.labels)
+        share = f"{int((wrong & undecided).sum())} of the {int(wrong.sum())} error(s)"
+        text += f"; {share} among the labelled images are undecided ones"
+    return f'<h2>Undecided</h2><p id="undecided">{html.escape(text)}.</p>'
 
 
 def _reliability(scored, known: np.ndarray, calibration: Calibration | None, notes: list[str]) -> tuple[bytes, str]:
