@@ -135,3 +135,17 @@ def test_options_left_as_none_are_the_defaults_and_a_ready_policy_takes_none():
     assert make_policy("paired", max_samples=50) == PairedTest(max_samples=50)
     with pytest.raises(ValueError, match="cannot change the ready-made policy"):
         make_policy(Exhaustive(3), n_samples=5)
+
+
+def test_the_paired_test_is_undecided_when_its_budget_ends_with_classes_not_separated():
+    """Two classes that are the same prompt in all but name cannot be separated: at max_samples
+    both are left, and the result says so; a clear winner is a decision."""
+    policy = PairedTest(alpha=0.01, min_samples=4, max_samples=8, check_every=2)
+    g = torch.Generator().manual_seed(5)
+    base = torch.rand(8, generator=g) + 0.5
+    tied = torch.stack([base, base, base + 1.0])  # classes 0 and 1 are one class twice; 2 is far worse
+    alive, n = [0, 1, 2], policy.first_round()
+    while n is not None:
+        alive, n = policy.next_round(tied[alive, :n], alive)
+    assert alive == [0, 1] and not policy.decided(alive)
+    assert policy.decided([2])

@@ -84,3 +84,8 @@ class PairedTest(Policy):
         if len(kept) == 1 or n_done >= self.max_samples:
             return kept, None
         return kept, min(n_done + self.check_every, self.max_samples)
+
+    def decided(self, alive: list[int]) -> bool:
+        """Whether the run ended with one class standing (False: `max_samples` came first, with
+        the classes left not separated from the leader by the test)."""
+        return len(alive) == 1
