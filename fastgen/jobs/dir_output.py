@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fastgen.jobs.local import needs_computing
-from fastgen.jobs.output_lock import OutputLock
+from fastgen.jobs.output_lock import OutputLock, lock_then_check
 from fastgen.jobs.results_dir import foreign_entries, is_results_dir, remove_temporary_parts, write_dir_header
 from fastgen.jobs.results_file import (
     ResultsContents,
@@ -38,14 +38,7 @@ def claim_results_dir(out: Path) -> OutputLock:
     parent = next((p for p in out.parents if p.exists()), Path("."))
     if not out.exists() and not os.access(parent, os.W_OK | os.X_OK):
         raise ResultsFileError(unwritable_message(out, f"permission denied in {parent}"))
-    lock = OutputLock(out)
-    lock.acquire()
-    try:
-        check_not_foreign_dir(out)
-    except BaseException:
-        lock.release()
-        raise
-    return lock
+    return lock_then_check(out, check_not_foreign_dir)
 
 
 def check_not_foreign_dir(out: Path) -> None:

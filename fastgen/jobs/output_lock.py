@@ -20,7 +20,7 @@ import contextlib
 import fcntl
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from fastgen.jobs.results_file import ResultsFileError, check_not_foreign, check_writable, unwritable_message
@@ -99,18 +99,24 @@ def _holder(fd: int) -> str:
     return f"pid {words[0]} on host {words[1]}"
 
 
-def claim_output(out: Path) -> OutputLock:
-    """Check that `out` can be written, lock it, then refuse it if it is not fastgen's: all
-    before a model is loaded. The caller releases the returned lock when the run ends."""
-    check_writable(out)
+def lock_then_check(out: Path, check: Callable[[Path], None]) -> OutputLock:
+    """Lock `out`, then run `check` on it (what it holds is only read under the lock); the lock
+    is released when the check refuses `out`. The caller releases the returned lock."""
     lock = OutputLock(out)
     lock.acquire()
     try:
-        check_not_foreign(out)
+        check(out)
     except BaseException:
         lock.release()
         raise
     return lock
+
+
+def claim_output(out: Path) -> OutputLock:
+    """Check that `out` can be written, lock it, then refuse it if it is not fastgen's: all
+    before a model is loaded. The caller releases the returned lock when the run ends."""
+    check_writable(out)
+    return lock_then_check(out, check_not_foreign)
 
 
 @contextlib.contextmanager
