@@ -19,6 +19,15 @@ Two steps, so that the expensive one runs once:
     nice -n 19 python bench/bench_policies.py tables --split heldout --per-class 15 --seed 0 --n 64
     nice -n 19 python bench/bench_policies.py tables --split heldout --per-class 15 --seed 1 --n 128
     nice -n 19 python bench/bench_policies.py replay --split heldout --per-class 15
+
+A hard regime: `--shift NAME:STRENGTH` (`noise:SIGMA`, `blur:SIGMA_PX`, `contrast:FACTOR`, the
+shifts of `fastgen.eval.shifts`) applies a deterministic shift to the split's images before they
+are scored, as `fastgen demo --shifts` does (float pixels in [0, 1]); the tables of each shift are
+cached under their own name, and the replay must be given the same shift.
+
+    nice -n 19 python bench/bench_policies.py tables --per-class 0 --seed 0 --n 64 --shift blur:1.0
+    nice -n 19 python bench/bench_policies.py tables --per-class 0 --seed 1 --n 128 --shift blur:1.0
+    nice -n 19 python bench/bench_policies.py replay --per-class 0 --short --shift blur:1.0
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from fastgen.builtin.digits_data import CLASS_NAMES, digits_split, to_pil
 from fastgen.engine.policies import Exhaustive, PairedTest, Policy, describe_policy, paired_p_values
 from fastgen.engine.policies.base import best_row
 from fastgen.engine.policies.sequential import SequentialElimination, mixture_z_boundary
+from fastgen.eval.shifts import Shift, blur, contrast, gaussian_noise
 
 RESULTS = Path(__file__).parent / "results"
 CACHE = RESULTS / "policy_tables"  # not committed: the tables are large
@@ -47,16 +57,49 @@ TIE_P = 0.01
 
 
 # -- the images --------------------------------------------------------------------------------
-def select_images(split: str, per_class: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(images uint8 [N, 8, 8], labels [N], index into the split) of the first `per_class` images
-    of each class in the split's order (all of them when None)."""
+SHIFTS = {"noise": gaussian_noise, "blur": blur, "contrast": contrast}
+
+
+def parse_shift(text: str | None) -> tuple[str, float] | None:
+    """`NAME:STRENGTH` (noise:SIGMA, blur:SIGMA_PX, contrast:FACTOR) as (name, strength)."""
+    if not text:
+        return None
+    name, _, strength = text.partition(":")
+    if name not in SHIFTS or not strength:
+        raise argparse.ArgumentTypeError(f"expected NAME:STRENGTH with NAME one of {', '.join(SHIFTS)}; got {text!r}")
+    return name, float(strength)
+
+
+def shift_tag(shift: tuple[str, float] | None) -> str:
+    """The shift as it appears in cache file names ('' for none): 'blur1', 'contrast0.3'."""
+    return "" if shift is None else f"{shift[0]}{shift[1]:g}"
+
+
+def select_images(
+    split: str, per_class: int | None, shift: tuple[str, float] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images [N, 8, 8], labels [N], index into the split) of the first `per_class` images of each
+    class in the split's order (all of them when None). Without a shift the images are uint8 as
+    stored; with one they are float in [0, 1], the shift applied to the whole split before the
+    selection, so an image is shifted the same way (the same noise) in every selection."""
     train_x, train_y, test_x, test_y = digits_split()
     images, labels = (test_x, test_y) if split == "heldout" else (train_x, train_y)
+    if shift is not None:
+        apply: Shift = SHIFTS[shift[0]](shift[1])
+        images = apply(images / 255.0).astype(np.float32)
     if per_class is None:
         index = np.arange(len(labels))
     else:
         index = np.sort(np.concatenate([np.flatnonzero(labels == k)[:per_class] for k in range(10)]))
     return images[index], labels[index], index
+
+
+def engine_inputs(images: np.ndarray) -> list:
+    """What the classifier is given: uint8 images as grayscale PIL images, shifted float images as
+    [1, H, W] tensors in [0, 1] (as `fastgen demo --shifts` passes them)."""
+    if images.dtype == np.uint8:
+        return [to_pil(image) for image in images]
+    return [torch.from_numpy(image[None]) for image in images]
 
 
 # -- tables --------------------------------------------------------------------------------------
@@ -78,8 +121,9 @@ def cpu_name() -> str:
     return f"{name or platform.processor()}, {'with' if 'avx512_bf16' in text else 'no'} avx512_bf16"
 
 
-def table_path(split: str, per_class: int | None, seed: int, n: int) -> Path:
-    return CACHE / f"{split}_{per_class or 'all'}_seed{seed}_n{n}.npz"
+def table_path(split: str, per_class: int | None, seed: int, n: int, shift: tuple[str, float] | None = None) -> Path:
+    tag = f"_{shift_tag(shift)}" if shift is not None else ""
+    return CACHE / f"{split}_{per_class or 'all'}{tag}_seed{seed}_n{n}.npz"
 
 
 def compute_tables(images: np.ndarray, *, seed: int, n: int, batch_size: int) -> np.ndarray:
@@ -90,7 +134,7 @@ def compute_tables(images: np.ndarray, *, seed: int, n: int, batch_size: int) ->
     tables = np.empty((len(images), 10, n), dtype=np.float32)
     for start in range(0, len(images), 10):
         _RECORDED.clear()
-        chunk = [to_pil(image) for image in images[start : start + 10]]
+        chunk = engine_inputs(images[start : start + 10])
         results = clf.classify(chunk)
         # The engine finishes images in completion order: match each recorded table to its image
         # by its row means, which are the result's errors exactly.
@@ -104,13 +148,13 @@ def compute_tables(images: np.ndarray, *, seed: int, n: int, batch_size: int) ->
 
 
 def cmd_tables(args) -> None:
-    images, labels, index = select_images(args.split, args.per_class)
-    path = table_path(args.split, args.per_class, args.seed, args.n)
+    images, labels, index = select_images(args.split, args.per_class, args.shift)
+    path = table_path(args.split, args.per_class, args.seed, args.n, args.shift)
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tables = compute_tables(images, seed=args.seed, n=args.n, batch_size=args.batch_size)
     seconds = time.perf_counter() - start
-    np.savez_compressed(path, tables=tables, labels=labels, index=index, seed=args.seed)
+    np.savez_compressed(path, tables=tables, labels=labels, index=index, seed=args.seed, shift=shift_tag(args.shift))
     print(
         json.dumps(
             {
@@ -118,6 +162,7 @@ def cmd_tables(args) -> None:
                 "images": len(images),
                 "n": args.n,
                 "seed": args.seed,
+                "shift": shift_tag(args.shift) or None,
                 "seconds": round(seconds, 1),
                 "cpu": cpu_name(),
                 "threads": torch.get_num_threads(),
@@ -258,29 +303,36 @@ def score_policy(policy: Policy, tables: np.ndarray, labels: np.ndarray, winners
     }
 
 
-def load_tables(split: str, per_class: int | None, seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    path = table_path(split, per_class, seed, n)
+def load_tables(
+    split: str, per_class: int | None, seed: int, n: int, shift: tuple[str, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    path = table_path(split, per_class, seed, n, shift)
     if not path.exists():
+        shift_arg = f" --shift {shift[0]}:{shift[1]:g}" if shift is not None else ""
         raise SystemExit(
-            f"{path} is missing: run `bench/bench_policies.py tables --split {split} --seed {seed} --n {n}`"
+            f"{path} is missing: run `bench/bench_policies.py tables --split {split} --per-class {per_class or 0}"
+            f" --seed {seed} --n {n}{shift_arg}`"
         )
     data = np.load(path)
     return data["tables"], data["labels"]
 
 
 def cmd_replay(args) -> None:
-    tables, labels = load_tables(args.split, args.per_class, args.seed, args.n)
-    ref_tables, ref_labels = load_tables(args.split, args.per_class, args.reference_seed, args.reference_n)
+    tables, labels = load_tables(args.split, args.per_class, args.seed, args.n, args.shift)
+    ref_tables, ref_labels = load_tables(args.split, args.per_class, args.reference_seed, args.reference_n, args.shift)
     assert np.array_equal(labels, ref_labels)
     winners, ties = reference_decisions(ref_tables)
-    settings = {"split": args.split, "per_class": args.per_class, "policy_seed": args.seed, "policy_table_n": args.n,
+    shift = None if args.shift is None else {"name": args.shift[0], "strength": args.shift[1]}
+    settings = {"split": args.split, "per_class": args.per_class, "shift": shift, "policy_seed": args.seed,
+                "policy_table_n": args.n,
                 "reference_seed": args.reference_seed, "reference_n": args.reference_n, "tie_p": TIE_P,
                 "reference_accuracy": float(np.mean(winners == labels)),
                 "reference_ties": int(sum(len(t) > 1 for t in ties)), "cpu": cpu_name(), "torch": torch.__version__,
                 "command": "python bench/bench_policies.py " + " ".join(sys.argv[1:])}  # fmt: skip
     policies = short_list(args.n) if args.short else candidate_policies(args.n)
     rows = [score_policy(policy, tables, labels, winners, ties) for policy in policies]
-    out = Path(args.out or RESULTS / f"policies_replay_{args.split}_{args.per_class or 'all'}.json")
+    tag = f"_{shift_tag(args.shift)}" if args.shift is not None else ""
+    out = Path(args.out or RESULTS / f"policies_replay_{args.split}_{args.per_class or 'all'}{tag}.json")
     out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
     print(json.dumps(settings))
     for row in rows:
@@ -343,8 +395,8 @@ def cmd_validity(args) -> None:
 def cmd_check(args) -> None:
     """Replay against the engine: the same policies on the first `--images` images of the cached
     seed-0 tables, run by the engine as users run it; every count and decision must agree."""
-    tables, _ = load_tables(args.split, args.per_class, args.seed, args.n)
-    images, _, _ = select_images(args.split, args.per_class)
+    tables, _ = load_tables(args.split, args.per_class, args.seed, args.n, args.shift)
+    images, _, _ = select_images(args.split, args.per_class, args.shift)
     images, tables = images[: args.images], tables[: args.images]
     rows = []
     for policy in (
@@ -352,7 +404,7 @@ def cmd_check(args) -> None:
         PairedTest(alpha=1e-2, min_samples=4, max_samples=args.n),
     ):
         clf = DiffusionClassifier.from_pretrained("builtin:digits", policy=policy, seed=args.seed, device="cpu")
-        results = clf.classify([to_pil(image) for image in images])
+        results = clf.classify(engine_inputs(images))
         bound = policy.bind(CLASS_NAMES)
         replayed = [replay_policy(bound, table) for table in tables]
         same = [
@@ -373,6 +425,9 @@ def cmd_check(args) -> None:
         raise SystemExit("the replay differs from the engine")
 
 
+SHIFT_HELP = "a shift of the images, NAME:STRENGTH: noise:SIGMA, blur:SIGMA_PX or contrast:FACTOR (default: none)"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -383,6 +438,7 @@ def main(argv: list[str] | None = None) -> None:
     tables.add_argument("--n", type=int, required=True, help="samples per class")
     tables.add_argument("--batch-size", type=int, default=640)
     tables.add_argument("--threads", type=int, default=1)
+    tables.add_argument("--shift", type=parse_shift, default=None, help=SHIFT_HELP)
     replay = sub.add_parser("replay", help="replay the candidate policies on cached tables")
     replay.add_argument("--split", choices=("heldout", "train"), default="heldout")
     replay.add_argument("--per-class", type=int, default=15, help="images per class (0: all)")
@@ -392,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     replay.add_argument("--reference-n", type=int, default=128)
     replay.add_argument("--out", default=None)
     replay.add_argument("--short", action="store_true", help="only the fixed schedules, paired tests and chosen rule")
+    replay.add_argument("--shift", type=parse_shift, default=None, help=SHIFT_HELP)
     validity = sub.add_parser("validity", help="how often each rule eliminated the reference winner, over seeds")
     validity.add_argument("--split", choices=("heldout", "train"), default="heldout")
     validity.add_argument("--per-class", type=int, default=5, help="images per class of the seed tables")
@@ -407,6 +464,7 @@ def main(argv: list[str] | None = None) -> None:
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--n", type=int, default=64)
     check.add_argument("--images", type=int, default=10)
+    check.add_argument("--shift", type=parse_shift, default=None, help=SHIFT_HELP)
     args = parser.parse_args(argv)
     if getattr(args, "per_class", None) == 0:
         args.per_class = None
