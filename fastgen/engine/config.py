@@ -60,6 +60,9 @@ class ScoringConfig:
         object.__setattr__(self, "batch_size", int(self.batch_size))
         object.__setattr__(self, "weighting", float(self.weighting))
         object.__setattr__(self, "timestep_weights", _check_band_weights(self.timestep_weights))
+        check_scoring = getattr(self.policy, "check_scoring", None)
+        if check_scoring is not None:  # a policy fitted for some settings (a noise profile)
+            check_scoring({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "policy"})
 
     @classmethod
     def build(

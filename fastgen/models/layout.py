@@ -60,10 +60,11 @@ def read_model_index(folder: Path) -> dict[str, Any]:
 
 def read_defaults(folder: Path) -> dict[str, Any]:
     """The model's own `fastgen.json` (classes, templates, policy, scoring); a file the policy
-    names (a label tree) is resolved against the model folder."""
+    names (a label tree, a noise profile) is resolved against the model folder."""
     path = folder / FASTGEN_DEFAULTS
     defaults = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     policy = defaults.get("policy")
-    if isinstance(policy, dict) and isinstance(policy.get("tree"), str):
-        defaults["policy"] = {**policy, "tree": str(folder / policy["tree"])}
+    for key in ("tree", "noise_profile"):
+        if isinstance(policy, dict) and isinstance(policy.get(key), str) and policy[key]:
+            policy = defaults["policy"] = {**policy, key: str(folder / policy[key])}
     return defaults

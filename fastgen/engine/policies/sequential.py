@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from scipy import special
 
 from fastgen.engine.policies.base import Policy, best_row
+from fastgen.engine.policies.noise_profile import NoiseProfile
 from fastgen.engine.policies.paired import paired_p_values
 
-BOUNDS = ("mixture", "spending")
+BOUNDS = ("mixture", "spending", "profile")
 
 
 def mixture_z_boundary(n: int, alpha: float, tightest_at: float) -> float:
@@ -27,6 +29,14 @@ def mixture_z_boundary(n: int, alpha: float, tightest_at: float) -> float:
     probability that the sum ever crosses it is at most alpha."""
     v = n + tightest_at
     return math.sqrt(2.0 * v * math.log(math.sqrt(v / tightest_at) / (2.0 * alpha) + 1.0) / n)
+
+
+def mixture_sum_boundary(variance: float, alpha: float, rho: float) -> float:
+    """The same one-sided normal-mixture boundary for a sum of independent terms whose variances
+    are known and add up to `variance`: the value the sum must reach (mixture scale `rho`, in the
+    same units). The probability that the centred sum ever crosses it is at most alpha."""
+    v = variance + rho
+    return math.sqrt(2.0 * v * math.log(math.sqrt(v / rho) / (2.0 * alpha) + 1.0))
 
 
 def look_level(bound: str, n: int, look: int, alpha: float, tightest_at: float) -> float:
@@ -65,6 +75,15 @@ class SequentialElimination(Policy):
     `bench/bench_policies.py validity` measures the error on real tables. The error does not
     cover the final pick among undecided survivors.
 
+    `profile`: the same mixture boundary on the plain sum of the differences, with the variance
+    known from the model's noise profile (`noise_profile`, a file fitted on training images, see
+    `fastgen.engine.policies.noise_profile`) instead of estimated from the samples. The spread
+    of the expected difference over timesteps is then not counted as noise, which is what lets
+    a class whose disadvantage is plain at every timestep go after two or three samples. Exact
+    for normal noise whose sd at each timestep is at most the profile's; the profile states the
+    quantile of the per-pair noise it was fitted to cover, and it is refused for scoring
+    settings other than those it was fitted for.
+
     `min_samples`: the first look; `check_every`: samples between looks; `tightest_at`: the sample
     count where the mixture boundary is tightest. The defaults are the setting of fewest calls at
     full agreement on training digits (`bench/results/policies_replay_train_15.json`).
@@ -76,8 +95,10 @@ class SequentialElimination(Policy):
     check_every: int = 1
     bound: str = "mixture"
     tightest_at: float = 2.0
+    noise_profile: str = ""  # the profile file, for bound="profile"
     # Filled by `bind`: the number of classes the union bound spreads the error over.
     _n_classes: int = field(default=0, repr=False, compare=False)
+    _profile: NoiseProfile | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if not 0 < self.confidence < 1:
@@ -90,6 +111,22 @@ class SequentialElimination(Policy):
             raise ValueError(f"bound must be one of {BOUNDS}, got {self.bound!r}")
         if not self.tightest_at > 0:
             raise ValueError(f"tightest_at must be > 0, got {self.tightest_at}")
+        if (self.bound == "profile") != bool(self.noise_profile):
+            raise ValueError("bound='profile' and noise_profile=FILE go together: give both or neither")
+        if self.noise_profile and self._profile is None:
+            object.__setattr__(self, "_profile", NoiseProfile.load(self.noise_profile))
+
+    def check_scoring(self, settings: dict[str, Any]) -> None:
+        """Refuse scoring settings the noise profile was not fitted for (its variances would not
+        be those of the errors this run computes)."""
+        if self._profile is None:
+            return
+        mismatches = self._profile.mismatches(settings)
+        if mismatches:
+            raise ValueError(
+                f"the noise profile {self.noise_profile} does not hold for this run's scoring settings: "
+                f"{'; '.join(mismatches)}. Use bound='mixture', or fit a profile for these settings"
+            )
 
     def bind(self, class_names):
         return replace(self, _n_classes=len(class_names))
@@ -99,16 +136,26 @@ class SequentialElimination(Policy):
 
     def level(self, n_done: int, n_classes: int) -> float:
         """The p-value below which a class is dropped after `n_done` samples."""
-        pair_alpha = (1.0 - self.confidence) / max(n_classes - 1, 1)
         look = 1 + (n_done - self.min_samples) // self.check_every
-        return look_level(self.bound, n_done, look, pair_alpha, self.tightest_at)
+        return look_level(self.bound, n_done, look, self.pair_alpha(n_classes), self.tightest_at)
+
+    def pair_alpha(self, n_classes: int) -> float:
+        return (1.0 - self.confidence) / max(n_classes - 1, 1)
 
     def next_round(self, class_errors, alive):
         n_done = class_errors.shape[1]
         best = best_row(class_errors, alive)
-        threshold = self.level(n_done, max(self._n_classes, len(alive)))
-        p = paired_p_values(class_errors, best)
-        kept = [c for i, c in enumerate(alive) if i == best or not p[i] < threshold]
+        n_classes = max(self._n_classes, len(alive))
+        if self._profile is not None:
+            sums = (class_errors.double() - class_errors[best].double()).sum(dim=1).numpy()
+            variance = float((self._profile.sample_sd(n_done) ** 2).sum())
+            rho = self.tightest_at * self._profile.mean_variance()
+            limit = mixture_sum_boundary(variance, self.pair_alpha(n_classes), rho)
+            kept = [c for i, c in enumerate(alive) if i == best or not sums[i] >= limit]
+        else:
+            threshold = self.level(n_done, n_classes)
+            p = paired_p_values(class_errors, best)
+            kept = [c for i, c in enumerate(alive) if i == best or not p[i] < threshold]
         if len(kept) == 1 or n_done >= self.max_samples:
             return kept, None
         return kept, min(n_done + self.check_every, self.max_samples)

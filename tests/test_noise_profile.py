@@ -1,0 +1,168 @@
+"""The noise profile and the sequential rule's known-variance boundary: the fit recovers the
+noise per band, the boundary drops a plain loser where a t-test cannot, it keeps its stated
+error, engine and reference agree, and a profile is refused for settings it was not fitted for."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import small_classifier
+
+from fastgen.engine.config import ScoringConfig
+from fastgen.engine.policies import SequentialElimination, make_policy
+from fastgen.engine.policies.noise_profile import NoiseProfile
+from fastgen.engine.sampling import timestep_sequence
+from fastgen.eval.noise_fit import fit_noise_profile, profile_from_tables
+from fastgen.models.layout import read_defaults
+
+T = 1000
+BAND_SD = (0.02, 0.01, 0.005, 0.001)  # noise of one paired difference, per quarter of [0, T)
+
+
+def write_profile(path, band_sd=BAND_SD, **fitted_for) -> str:
+    settings = {"loss": "l2", "timesteps": "even", "weighting": 0.0, "timestep_weights": None, **fitted_for}
+    profile = NoiseProfile(tuple(band_sd), T, settings, {})
+    path.write_text(json.dumps(profile.as_dict()))
+    return str(path)
+
+
+def sample_sd(n: int) -> np.ndarray:
+    t = timestep_sequence(n, T).numpy()
+    return np.asarray(BAND_SD)[t * len(BAND_SD) // T]
+
+
+def timestep_tables(rng, gaps, n, *, seed_noise=None) -> np.ndarray:
+    """Errors [K, n]: a level that changes tenfold with the timestep (shared by every class),
+    each class's gap scaled by the same timestep profile, and per-class noise whose paired
+    difference has the sd of BAND_SD at that timestep."""
+    t = timestep_sequence(n, T).numpy()
+    level = 0.05 + 0.5 * np.sin(np.pi * (t + 1) / T)  # peaks mid-schedule
+    noise = seed_noise if seed_noise is not None else rng.standard_normal((len(gaps), n))
+    return level + np.asarray(gaps)[:, None] * level + noise * sample_sd(n) / math.sqrt(2)
+
+
+def replay(policy, table):
+    alive, n = list(range(table.shape[0])), policy.first_round()
+    errors = torch.from_numpy(table.astype(np.float32))
+    while True:
+        alive, next_n = policy.next_round(errors[alive, :n], alive)
+        if next_n is None:
+            return alive, n
+        assert next_n <= table.shape[1], "the policy asks for more samples than the table has"
+        n = next_n
+
+
+def test_the_fit_recovers_the_noise_of_each_band():
+    rng = np.random.default_rng(0)
+    n, n_images, gaps = 32, 60, [0.0, 0.3, 0.6, 1.0]
+    means = [timestep_tables(rng, gaps, n, seed_noise=np.zeros((4, n))) for _ in range(n_images)]
+    first = np.stack([m + rng.standard_normal((4, n)) * sample_sd(n) / math.sqrt(2) for m in means])
+    second = np.stack([m + rng.standard_normal((4, n)) * sample_sd(n) / math.sqrt(2) for m in means])
+    band_sd, typical, scale = profile_from_tables(
+        first, second, [0] * n_images, timestep_sequence(n, T).numpy(), num_train_timesteps=T, n_bands=4, quantile=0.9
+    )
+    np.testing.assert_allclose(typical, BAND_SD, rtol=0.15)
+    assert 1.0 <= scale < 1.5  # every pair has the same noise: only sampling spread above 1
+    np.testing.assert_allclose(band_sd, typical * scale)
+
+
+def test_a_plain_loser_goes_at_the_first_look_where_the_t_test_keeps_it(tmp_path):
+    """The gap is 30% of the error at every timestep, but the errors themselves change tenfold
+    with the timestep: the t-test counts that as noise, the profile does not."""
+    rng = np.random.default_rng(1)
+    table = timestep_tables(rng, [0.0, 0.3], 3)
+    profiled = SequentialElimination(
+        min_samples=3, bound="profile", noise_profile=write_profile(tmp_path / "p.json")
+    ).bind(["a", "b"])
+    t_test = SequentialElimination(min_samples=3).bind(["a", "b"])
+    assert replay(profiled, table) == ([0], 3)
+    kept, _ = t_test.next_round(torch.from_numpy(table.astype(np.float32)), [0, 1])
+    assert kept == [0, 1]
+
+
+def test_the_true_winner_is_eliminated_at_most_at_the_stated_rate(tmp_path):
+    """300 seeded tables, class 0 the winner by gaps of 0-2% of the error (nearly null
+    comparisons), looked at after every sample to 48: class 0 is eliminated in at most delta
+    plus 3 standard errors of a rate of delta over 300 tables."""
+    delta, n_tables = 0.05, 300
+    policy = SequentialElimination(
+        confidence=1 - delta, min_samples=2, max_samples=48, bound="profile",
+        noise_profile=write_profile(tmp_path / "p.json"),
+    ).bind([str(k) for k in range(5)])  # fmt: skip
+    rng = np.random.default_rng(2)
+    eliminated = sum(
+        0 not in replay(policy, timestep_tables(rng, [0, 0.005, 0.01, 0.015, 0.02], 48))[0] for _ in range(n_tables)
+    )
+    assert eliminated / n_tables <= delta + 3 * math.sqrt(delta * (1 - delta) / n_tables)
+
+
+@pytest.fixture(scope="module")
+def small_profile(model_dirs, tmp_path_factory):
+    """A profile fitted on the tiny pixel model itself (its default scoring settings)."""
+    g = torch.Generator().manual_seed(7)
+    pictures = [torch.rand(3, 16, 16, generator=g) for _ in range(4)]
+    clf = small_classifier(model_dirs["pixel-text"], "pixel-text")
+    profile = fit_noise_profile(clf, pictures, [0, 1, 2, 0], n_samples=8, n_bands=4, quantile=0.9)
+    path = tmp_path_factory.mktemp("profile") / "noise_profile.json"
+    path.write_text(json.dumps(profile.as_dict()))
+    return str(path), profile
+
+
+@pytest.mark.parametrize("batch_size", [5, 64])
+def test_engine_and_reference_decide_identically(model_dirs, images, small_profile, batch_size):
+    options = {
+        "confidence": 0.6,
+        "min_samples": 2,
+        "max_samples": 9,
+        "bound": "profile",
+        "noise_profile": small_profile[0],
+    }
+    clf = small_classifier(
+        model_dirs["pixel-text"], "pixel-text", policy="sequential", policy_options=options, batch_size=batch_size
+    )
+    results = clf.classify(images[:3])
+    assert any(r.n_samples.min() < r.n_samples.max() for r in results)  # the boundary dropped classes
+    for image, got in zip(images[:3], results):
+        want = clf.classify_reference(image)
+        np.testing.assert_allclose(got.partial_errors, want.partial_errors, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(got.n_samples, want.n_samples)
+        assert (got.prediction, got.unet_evals, got.decided, got.survivors) == (
+            want.prediction, want.unet_evals, want.decided, want.survivors,
+        )  # fmt: skip
+
+
+def test_the_fitted_profile_records_what_it_holds_for(small_profile):
+    _, profile = small_profile
+    assert profile.fitted_for == {"loss": "l2", "timesteps": "even", "weighting": 0.0, "timestep_weights": None}
+    assert len(profile.band_sd) == 4 and all(s > 0 for s in profile.band_sd)
+    assert profile.fit["scale"] >= 1.0 and profile.fit["images"] == 4
+
+
+def test_a_profile_is_refused_for_settings_it_was_not_fitted_for(tmp_path):
+    path = write_profile(tmp_path / "p.json")
+    policy = make_policy("sequential", bound="profile", noise_profile=path)
+    ScoringConfig(policy=policy)  # the settings it was fitted for
+    with pytest.raises(ValueError, match=r"loss='l1' \(fitted for 'l2'\)"):
+        ScoringConfig(policy=policy, loss="l1")
+    with pytest.raises(ValueError, match="weighting"):
+        ScoringConfig(policy=policy, weighting=2.0)
+    with pytest.raises(ValueError, match="timesteps"):
+        ScoringConfig(policy=policy, timesteps="random")
+    with pytest.raises(ValueError, match="go together"):
+        make_policy("sequential", bound="profile")
+    with pytest.raises(ValueError, match="go together"):
+        make_policy("sequential", noise_profile=path)
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ValueError, match="not a noise profile"):
+        make_policy("sequential", bound="profile", noise_profile=str(tmp_path / "bad.json"))
+
+
+def test_a_model_folder_names_its_profile_relative_to_itself(tmp_path):
+    (tmp_path / "fastgen.json").write_text(
+        json.dumps({"policy": {"name": "sequential", "bound": "profile", "noise_profile": "noise_profile.json"}})
+    )
+    assert read_defaults(tmp_path)["policy"]["noise_profile"] == str(tmp_path / "noise_profile.json")
