@@ -46,7 +46,7 @@ CONFIGS = {
 }
 
 
-def run_config(name: str, start: int, n_images: int, batch_size: int, exhaustive_samples: int) -> dict:
+def run_config(name: str, start: int, n_images: int, batch_size: int, exhaustive_samples: int, seed: int = 0) -> dict:
     policy, options = CONFIGS[name]
     if name == "exhaustive":
         options = {"n_samples": exhaustive_samples}
@@ -54,7 +54,7 @@ def run_config(name: str, start: int, n_images: int, batch_size: int, exhaustive
     images, labels = images[start:], labels[start:]
     reset_peak_memory(torch.device("cpu"))
     clf = fastgen.DiffusionClassifier.from_pretrained(
-        MODEL, device="cpu", policy=policy, policy_options=options, batch_size=batch_size
+        MODEL, device="cpu", policy=policy, policy_options=options, batch_size=batch_size, seed=seed
     )
     began = time.perf_counter()
     results = clf.classify(list(images))
@@ -64,6 +64,7 @@ def run_config(name: str, start: int, n_images: int, batch_size: int, exhaustive
     return {
         "config": name,
         "policy": clf.config.as_dict()["policy"],
+        "seed": seed,
         "images": n_images,
         "first_image": start,
         "accuracy": float(np.mean(np.array(predicted) == labels)),
@@ -100,7 +101,9 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
     """One row per configuration, its chunks joined by image index (the latest run of an image wins)."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        groups.setdefault(json.dumps([row["config"], row["policy"]], sort_keys=True), []).append(row)
+        groups.setdefault(json.dumps([row["config"], row["policy"], row.get("seed", 0)], sort_keys=True), []).append(
+            row
+        )
     joined = []
     for chunks in groups.values():
         predictions, evals, seconds, images = {}, 0.0, 0.0, 0
@@ -111,7 +114,8 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
             images += row["images"]
         labels = np.array(sorted(predictions)) % 1000
         joined.append({
-            "config": chunks[0]["config"], "policy": chunks[0]["policy"], "images": len(predictions),
+            "config": chunks[0]["config"], "policy": chunks[0]["policy"], "seed": chunks[0].get("seed", 0),
+            "images": len(predictions),
             "accuracy": float(np.mean(np.array([predictions[i] for i in sorted(predictions)]) == labels)),
             "unet_evals_per_image": round(evals / images, 1),
             "unet_evals_max": max(row["unet_evals_max"] for row in chunks),
@@ -139,6 +143,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--exhaustive-samples", type=int, default=6, help="samples per class of the reference")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the samples' seed (a reference on another seed shares no noise with the policies)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "numbers_cpu.jsonl")
     args = parser.parse_args()
     if args.threads:
@@ -151,7 +161,7 @@ def main() -> None:
     reference = next((by_image(r) for r in reversed(earlier) if is_reference(r, args.exhaustive_samples)), None)
     env = {**environment(torch.device("cpu")), "cpu_flags_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text()}
     for name in args.configs.split(","):
-        row = run_config(name, args.start, args.images, args.batch_size, args.exhaustive_samples)
+        row = run_config(name, args.start, args.images, args.batch_size, args.exhaustive_samples, args.seed)
         if is_reference(row, args.exhaustive_samples):
             reference = {**(reference or {}), **by_image(row)}
             row["agreement_with_exhaustive"] = None  # the reference itself: it would agree with itself

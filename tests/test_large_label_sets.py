@@ -98,6 +98,47 @@ def test_tree_policy_decides_identically_in_engine_and_reference(model_dirs, ima
         assert not math.isnan(result.errors[result.prediction_index])
 
 
+def test_tree_policy_with_the_sequential_rule_decides_identically_in_engine_and_reference(
+    model_dirs, images, tree_file
+):
+    policy = LabelTreePolicy(
+        tree=str(tree_file),
+        beam=1,
+        node_samples=6,
+        node_min_samples=2,
+        look_every=2,
+        min_samples=2,
+        max_samples=10,
+        confidence=0.5,
+    )
+    clf = _classifier(model_dirs["pixel-text"], ANIMALS, policy=policy)
+    reference = _assert_engine_equals_reference(clf, images[:3])
+    for result in reference:
+        assert (result.n_samples == 0).sum() >= 4  # subtrees never entered
+        assert result.decided == (len(result.survivors) == 1)
+
+
+def test_tree_levels_descend_as_soon_as_the_beam_holds_every_unit_standing(tree_file):
+    """Sequential tree: a level whose leader is far ahead of every other unit after three samples
+    descends at once; a level of near ties waits for `node_samples`."""
+    policy = LabelTreePolicy(
+        tree=str(tree_file), beam=1, node_samples=8, node_min_samples=3, min_samples=3, max_samples=20, confidence=0.99
+    ).bind(ANIMALS)
+    roots = policy.initial_units(len(ANIMALS))  # fish, ant, mammal, flying
+    rng = np.random.default_rng(3)
+    shared = rng.gamma(2.0, 0.5, size=3)
+    far = torch.tensor(shared + np.array([[5.0], [6.0], [0.0], [7.0]]) + 1e-4 * rng.standard_normal((4, 3)))
+    units, n_next = policy.next_round(far.float(), roots)
+    assert n_next == 3 and units == list(policy._children[roots[2]])  # mammal's children, at 3 samples
+    close = torch.tensor(shared + np.array([[0.01], [0.02], [0.0], [0.03]]) + 0.1 * rng.standard_normal((4, 3)))
+    units, n_next = policy.next_round(close.float(), roots)
+    assert n_next == 5 and units == roots  # nothing separated: the same units, looked at again
+    with pytest.raises(ValueError, match="give confidence"):
+        make_policy("tree", tree=str(tree_file), noise_profile="p.json")
+    with pytest.raises(ValueError, match="node_min_samples"):
+        make_policy("tree", tree=str(tree_file), confidence=0.9, node_min_samples=9, node_samples=8)
+
+
 def test_tree_policy_options_and_bad_trees(tmp_path, tree_file):
     policy = make_policy("tree", tree=str(tree_file), beam=2)
     bound = policy.bind(ANIMALS)

@@ -1,11 +1,16 @@
-"""Fit the noise profile of the built-in `digits` model on its training split and save it beside
-the model's `fastgen.json` (the `sequential` policy's `bound="profile"` reads it).
+"""Fit the noise profile of a built-in model on its training split and save it beside the
+model's `fastgen.json` (the `sequential` policy's `bound="profile"` and the tree policy read it).
 
     python -m training.fit_noise_profile --out fastgen/builtin/digits/noise_profile.json --threads 1
+    python -m training.fit_noise_profile --model builtin:numbers --per-class 2 --n-samples 32 \
+        --out fastgen/builtin/numbers/noise_profile.json --threads 1
 
-The profile is fitted under the model's default scoring settings (`fastgen.json`), on the first
-`--per-class` training digits of each class, with two seeds (`fastgen.eval.noise_fit`). No
-held-out digit is used.
+The profile is fitted under the model's default scoring settings (`fastgen.json`), with two seeds
+(`fastgen.eval.noise_fit`), on training images only. `builtin:digits`: the first `--per-class`
+training digits of each class, against all ten classes. `builtin:numbers`: 1,000 classes are too
+many to score twice, so the images are `--per-class` training compositions of each of 20 numbers
+(five groups of four that share their first two digits, so that close rivals are in), scored
+against those 20 classes.
 """
 
 from __future__ import annotations
@@ -21,7 +26,23 @@ import torch
 
 from fastgen import DiffusionClassifier
 from fastgen.builtin.digits_data import digits_split, to_pil
+from fastgen.builtin.numbers_data import DigitPool, class_name
 from fastgen.eval.noise_fit import fit_noise_profile
+
+
+def numbers_training_set(per_class: int, seed: int = 0) -> tuple[DiffusionClassifier, list, list[int]]:
+    """`builtin:numbers` on 20 of its classes, and `per_class` training compositions of each."""
+    rng = np.random.default_rng(seed)
+    numbers = []
+    for prefix in rng.choice(100, size=5, replace=False):
+        numbers.extend(int(prefix) * 10 + int(u) for u in rng.choice(10, size=4, replace=False))
+    clf = DiffusionClassifier.from_pretrained(
+        "builtin:numbers", device="cpu", policy="exhaustive", classes=[class_name(n) for n in numbers]
+    )
+    labels = np.repeat(np.arange(len(numbers)), per_class)
+    pool = DigitPool("train")
+    images = pool.compose(pool.draw(np.asarray(numbers)[labels], rng))
+    return clf, [to_pil(x) for x in images], labels.tolist()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,11 +56,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    train_x, train_y, _, _ = digits_split()
-    index = np.sort(np.concatenate([np.flatnonzero(train_y == k)[: args.per_class] for k in range(10)]))
-    clf = DiffusionClassifier.from_pretrained(args.model, device="cpu", policy="exhaustive")
+    if args.model == "builtin:numbers":
+        clf, images, labels = numbers_training_set(args.per_class)
+    else:
+        train_x, train_y, _, _ = digits_split()
+        index = np.sort(np.concatenate([np.flatnonzero(train_y == k)[: args.per_class] for k in range(10)]))
+        clf = DiffusionClassifier.from_pretrained(args.model, device="cpu", policy="exhaustive")
+        images, labels = [to_pil(x) for x in train_x[index]], train_y[index].tolist()
     profile = fit_noise_profile(
-        clf, [to_pil(x) for x in train_x[index]], train_y[index].tolist(),
+        clf, images, labels,
         n_samples=args.n_samples, n_bands=args.n_bands, quantile=args.quantile,
     )  # fmt: skip
     data = profile.as_dict()

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+import torch
 from scipy import special
 
 from fastgen.engine.policies.base import Policy, best_row
@@ -37,6 +39,18 @@ def mixture_sum_boundary(variance: float, alpha: float, rho: float) -> float:
     same units). The probability that the centred sum ever crosses it is at most alpha."""
     v = variance + rho
     return math.sqrt(2.0 * v * math.log(math.sqrt(v / rho) / (2.0 * alpha) + 1.0))
+
+
+def worse_than_best(
+    class_errors: torch.Tensor, best: int, profile: NoiseProfile, alpha: float, tightest_at: float
+) -> np.ndarray:
+    """Per row: whether the sum of its paired differences with row `best` has crossed the
+    known-variance mixture boundary at level `alpha` (variances from `profile`; the mixture scale
+    is `tightest_at` samples of the profile's mean variance)."""
+    n_done = class_errors.shape[1]
+    sums = (class_errors.double() - class_errors[best].double()).sum(dim=1).numpy()
+    variance = float((profile.sample_sd(n_done) ** 2).sum())
+    return sums >= mixture_sum_boundary(variance, alpha, tightest_at * profile.mean_variance())
 
 
 def look_level(bound: str, n: int, look: int, alpha: float, tightest_at: float) -> float:
@@ -147,11 +161,8 @@ class SequentialElimination(Policy):
         best = best_row(class_errors, alive)
         n_classes = max(self._n_classes, len(alive))
         if self._profile is not None:
-            sums = (class_errors.double() - class_errors[best].double()).sum(dim=1).numpy()
-            variance = float((self._profile.sample_sd(n_done) ** 2).sum())
-            rho = self.tightest_at * self._profile.mean_variance()
-            limit = mixture_sum_boundary(variance, self.pair_alpha(n_classes), rho)
-            kept = [c for i, c in enumerate(alive) if i == best or not sums[i] >= limit]
+            worse = worse_than_best(class_errors, best, self._profile, self.pair_alpha(n_classes), self.tightest_at)
+            kept = [c for i, c in enumerate(alive) if i == best or not worse[i]]
         else:
             threshold = self.level(n_done, n_classes)
             p = paired_p_values(class_errors, best)

@@ -10,6 +10,15 @@ Round by round:
 * once only classes are alive, it is `PairedTest`: from `min_samples` on, every `check_every`
   samples, drop classes with p < `alpha`, until one is left or `max_samples`.
 
+With `confidence` set, every test is the sequential rule instead (`SequentialElimination`: a
+boundary that holds under repeated looks) and node levels get adaptive sample counts: a level is
+first looked at after `node_min_samples`, then every `look_every` samples; it descends as soon
+as at most `beam` units are left standing, or at `node_samples` (then the `beam` best by mean
+error go on). Leaves are then looked at every `look_every` samples from the first round they are
+all classes, until one is left or `max_samples` (undecided, with its survivors, otherwise).
+With `noise_profile` as well, the tests use the known-variance boundary of that profile
+(`SequentialElimination`'s `bound="profile"`) instead of the t-test.
+
 Classes in subtrees never entered get no score (NaN, 0 samples), like pruned classes.
 """
 
@@ -19,10 +28,10 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from fastgen.engine.policies.base import Policy, best_row, mean_errors
+from fastgen.engine.policies.noise_profile import NoiseProfile
 from fastgen.engine.policies.paired import paired_p_values
+from fastgen.engine.policies.sequential import look_level, worse_than_best
 from fastgen.inputs.label_tree import LabelTree, load_label_tree
 
 
@@ -35,11 +44,19 @@ class LabelTreePolicy(Policy):
     min_samples: int = 16
     max_samples: int = 200
     check_every: int = 8
+    confidence: float | None = None
+    node_min_samples: int = 4
+    look_every: int = 2
+    noise_profile: str = ""  # with `confidence`: the known-variance boundary of this profile file
     # Filled by `bind` for one set of classes: unit -> children units (inner nodes only),
     # the first round's units, and the inner nodes' (name, prompts).
     _children: dict[int, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
     _roots: tuple[int, ...] = field(default=(), repr=False, compare=False)
     _nodes: tuple[tuple[str, tuple[str, ...]], ...] = field(default=(), repr=False, compare=False)
+    # For the sequential rule: the most units one level can hold and the number of levels.
+    _width: int = field(default=0, repr=False, compare=False)
+    _depth: int = field(default=0, repr=False, compare=False)
+    _profile: NoiseProfile | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if not self.tree:
@@ -55,6 +72,30 @@ class LabelTreePolicy(Policy):
             )
         if self.check_every < 1:
             raise ValueError(f"check_every must be >= 1, got {self.check_every}")
+        if self.confidence is not None and not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+        if (
+            not 2
+            <= self.node_min_samples
+            <= (self.node_samples if self.confidence is not None else self.node_min_samples)
+        ):
+            raise ValueError(
+                f"need 2 <= node_min_samples <= node_samples, got {self.node_min_samples}, {self.node_samples}"
+            )
+        if self.look_every < 1:
+            raise ValueError(f"look_every must be >= 1, got {self.look_every}")
+        if self.noise_profile and self.confidence is None:
+            raise ValueError("noise_profile is used by the sequential rule: give confidence as well")
+        if self.noise_profile and self._profile is None:
+            object.__setattr__(self, "_profile", NoiseProfile.load(self.noise_profile))
+
+    def check_scoring(self, settings: dict) -> None:
+        """Refuse scoring settings the noise profile was not fitted for."""
+        if self._profile is not None and self._profile.mismatches(settings):
+            raise ValueError(
+                f"the noise profile {self.noise_profile} does not hold for this run's scoring settings: "
+                f"{'; '.join(self._profile.mismatches(settings))}"
+            )
 
     # -- binding to a set of classes ------------------------------------------------------------
     def bind(self, class_names: Sequence[str]) -> LabelTreePolicy:
@@ -69,7 +110,11 @@ class LabelTreePolicy(Policy):
         has_parent = {c for kids in children.values() for c in kids}
         roots = tuple(u for u in range(len(unit)) if u not in has_parent)
         nodes = tuple((n.name, n.prompts) for n in tree.nodes)
-        return dataclasses.replace(self, _children=children, _roots=roots, _nodes=nodes)
+        widest = max((len(kids) for kids in children.values()), default=1)
+        return dataclasses.replace(
+            self, _children=children, _roots=roots, _nodes=nodes,
+            _width=max(len(roots), self.beam * widest), _depth=_levels(children, roots),
+        )  # fmt: skip
 
     def extra_units(self) -> list[tuple[str, tuple[str, ...]]]:
         return list(self._nodes)
@@ -81,14 +126,23 @@ class LabelTreePolicy(Policy):
 
     # -- decisions ------------------------------------------------------------------------------
     def first_round(self) -> int:
-        return self.node_samples
+        return self.node_samples if self.confidence is None else self.node_min_samples
+
+    def pair_alpha(self) -> float:
+        """The sequential rule's error per comparison: 1 - `confidence` split evenly over the
+        tree's levels (the leaves' round included), and within a level over the comparisons with
+        the leader (a union bound over the widest level)."""
+        return (1.0 - self.confidence) / max(self._depth, 1) / max(self._width - 1, 1)
 
     def next_round(self, class_errors, alive):
+        if self.confidence is not None:
+            return self._next_round_sequential(class_errors, alive)
         n_done = class_errors.shape[1]
         best = best_row(class_errors, alive)
         p = paired_p_values(class_errors, best)
         if any(u in self._children for u in alive):
-            return self._descend(class_errors, alive, p, best), n_done
+            passing = [i for i in range(len(alive)) if i == best or p[i] >= self.alpha]
+            return self._descend(class_errors, alive, passing), n_done
         if n_done < self.min_samples:
             return list(alive), self.min_samples
         kept = [c for i, c in enumerate(alive) if i == best or p[i] >= self.alpha]
@@ -96,13 +150,45 @@ class LabelTreePolicy(Policy):
             return kept, None
         return kept, min(n_done + self.check_every, self.max_samples)
 
-    def _descend(self, class_errors, alive: list[int], p: np.ndarray, best: int) -> list[int]:
-        """The `beam` best units that pass the test, inner nodes replaced by their children."""
+    def _next_round_sequential(self, class_errors, alive):
+        n_done = class_errors.shape[1]
+        best = best_row(class_errors, alive)
+        if self._profile is not None:
+            worse = worse_than_best(class_errors, best, self._profile, self.pair_alpha(), tightest_at=1.0)
+        else:
+            worse = paired_p_values(class_errors, best) < look_level("mixture", n_done, 0, self.pair_alpha(), 2.0)
+        standing = [i for i in range(len(alive)) if i == best or not worse[i]]
+        if any(u in self._children for u in alive):
+            if len(standing) <= self.beam or n_done >= self.node_samples:
+                return self._descend(class_errors, alive, standing), n_done
+            return [alive[i] for i in standing], min(n_done + self.look_every, self.node_samples)
+        kept = [alive[i] for i in standing]
+        if len(kept) == 1 or n_done >= self.max_samples:
+            return kept, None
+        return kept, min(n_done + self.look_every, self.max_samples)
+
+    def decided(self, alive: list[int]) -> bool:
+        """Whether the run ended with one class standing (False: `max_samples` came first)."""
+        return len(alive) == 1
+
+    def _descend(self, class_errors, alive: list[int], passing: list[int]) -> list[int]:
+        """The `beam` best of the units that pass the test (rows `passing`), inner nodes replaced
+        by their children."""
         means = mean_errors(class_errors).numpy()
-        passing = [i for i in range(len(alive)) if i == best or p[i] >= self.alpha]
         chosen = sorted(passing, key=lambda i: (means[i], alive[i]))[: self.beam]
         next_units: list[int] = []
         for i in sorted(chosen):
             unit = alive[i]
             next_units.extend(self._children.get(unit, (unit,)))
         return next_units
+
+
+def _levels(children: dict[int, tuple[int, ...]], roots: tuple[int, ...]) -> int:
+    """The number of rounds a descent can take: the inner levels on the longest path, plus the
+    leaves' round."""
+
+    def inner_depth(unit: int) -> int:
+        kids = children.get(unit)
+        return 0 if kids is None else 1 + max(inner_depth(k) for k in kids)
+
+    return max((inner_depth(r) for r in roots), default=0) + 1
