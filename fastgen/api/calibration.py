@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from fastgen.engine.result import all_right_temperature
+
 FORMAT = 1
 ECE_BINS = 15
 
@@ -215,13 +217,26 @@ def metrics(p: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 # -- fitting ------------------------------------------------------------------------------------
 def fit_temperature(errors: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature minimising NLL, searched on log T around the errors' own scale."""
+    """The temperature minimising NLL, searched on log T around the errors' own scale.
+
+    When every fitting image is right, the NLL only falls as T shrinks and its minimum is the
+    edge of the search, a calibration that puts probability ~1 on every answer and near 0 on the
+    truth of the first wrong one. Then T is the one whose mean top-class probability on the
+    fitting images is (n + 1) / (n + 2), Laplace's estimate of the accuracy after n right
+    answers out of n (`all_right_temperature`)."""
     from scipy.optimize import minimize_scalar
 
     spread = float(np.median(np.std(errors, axis=1))) or 1.0
-    objective = lambda log_t: negative_log_likelihood(softmax_of_errors(errors, math.exp(log_t)), labels)
     centre = math.log(spread)
-    found = minimize_scalar(objective, bounds=(centre - 12, centre + 6), method="bounded")
+    low, high = centre - 12, centre + 6
+    n = len(labels)
+    if n and np.all(np.argmin(errors, axis=1) == labels):
+        top = lambda log_t: float(softmax_of_errors(errors, math.exp(log_t)).max(axis=1).mean())
+        log_t = all_right_temperature(top, n, low, high)
+        if log_t is not None:
+            return float(math.exp(log_t))
+    objective = lambda log_t: negative_log_likelihood(softmax_of_errors(errors, math.exp(log_t)), labels)
+    found = minimize_scalar(objective, bounds=(low, high), method="bounded")
     return float(math.exp(found.x))
 
 

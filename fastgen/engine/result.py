@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,9 +72,26 @@ def softmax_neg_errors(errors: np.ndarray, temperature: float = 1.0) -> np.ndarr
     return weights / weights.sum(axis=1, keepdims=True)
 
 
+def all_right_temperature(
+    mean_top_probability: Callable[[float], float], n: int, low: float, high: float
+) -> float | None:
+    """log T for a fitting set on which every answer is right, or None when there is none in
+    [low, high]. There the NLL only falls as T shrinks (its minimum is the edge of any search),
+    so T is instead set where the mean top-class probability is (n + 1) / (n + 2), Laplace's
+    estimate of the accuracy after n right answers out of n."""
+    from scipy.optimize import brentq
+
+    target = (n + 1) / (n + 2)
+    gap = lambda log_t: mean_top_probability(log_t) - target
+    if not gap(low) > 0 > gap(high):
+        return None
+    return float(brentq(gap, low, high, xtol=1e-6))
+
+
 def fit_temperature(errors: np.ndarray, labels: np.ndarray) -> float:
     """The temperature minimising the negative log-likelihood of `labels` under
-    softmax(-errors / T), fitted on labelled data (rows of finite errors, e.g. exhaustive)."""
+    softmax(-errors / T), fitted on labelled data (rows of finite errors, e.g. exhaustive).
+    When every image is right, the rule of `all_right_temperature` instead."""
     from scipy.optimize import minimize_scalar
 
     errors = np.asarray(errors, dtype=np.float64)
@@ -88,5 +106,10 @@ def fit_temperature(errors: np.ndarray, labels: np.ndarray) -> float:
         probs = softmax_neg_errors(errors, math.exp(log_t) * spread)
         return -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-300, None)).mean()
 
+    if np.all(np.nanargmin(np.where(np.isnan(errors), np.inf, errors), axis=1) == labels):
+        top = lambda log_t: float(softmax_neg_errors(errors, math.exp(log_t) * spread).max(axis=1).mean())
+        log_t = all_right_temperature(top, len(labels), -12.0, 12.0)
+        if log_t is not None:
+            return float(math.exp(log_t) * spread)
     best = minimize_scalar(nll, bounds=(-12.0, 12.0), method="bounded")
     return float(math.exp(best.x) * spread)
