@@ -38,10 +38,17 @@ from fastgen.eval.benchmark import environment, peak_memory, reset_peak_memory
 
 MODEL = "builtin:numbers"
 TREE = str(resolve_builtin(MODEL) / "label_tree.json")
+PROFILE = str(resolve_builtin(MODEL) / "noise_profile.json")
 CONFIGS = {
     "exhaustive": ("exhaustive", {}),  # n_samples from --exhaustive-samples
     "li": ("stages", LI_IMAGENET),
     "tree": ("tree", {"tree": TREE, "beam": 3, "node_samples": 16, "min_samples": 16, "max_samples": 64}),
+    # The tree with the sequential rule (stated error) at every level, t-test or noise-profile boundary.
+    "tree-sequential": ("tree", {"tree": TREE, "beam": 3, "node_samples": 16, "max_samples": 64, "confidence": 0.99}),
+    "tree-profile": (
+        "tree",
+        {"tree": TREE, "beam": 3, "node_samples": 16, "max_samples": 64, "confidence": 0.99, "noise_profile": PROFILE},
+    ),
     "screened": ("paired", {"screen_samples": 2, "screen_keep": 30, "min_samples": 16, "max_samples": 64}),
 }
 

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from fastgen import DiffusionClassifier
+from fastgen.builtin import resolve_builtin
 from fastgen.builtin.digits_data import CLASS_NAMES, digits_split, to_pil
 from fastgen.engine.policies import Exhaustive, PairedTest, Policy, describe_policy, paired_p_values
 from fastgen.engine.policies.base import best_row
@@ -52,6 +53,7 @@ from fastgen.engine.policies.sequential import SequentialElimination, mixture_z_
 from fastgen.eval.shifts import Shift, blur, contrast, gaussian_noise
 
 RESULTS = Path(__file__).parent / "results"
+NOISE_PROFILE = resolve_builtin("builtin:digits") / "noise_profile.json"
 CACHE = RESULTS / "policy_tables"  # not committed: the tables are large
 TIE_P = 0.01
 
@@ -191,6 +193,15 @@ class PlugInMixture(SequentialElimination):
         return kept, min(n_done + self.check_every, self.max_samples)
 
 
+def profiled(**options) -> SequentialElimination:
+    """The sequential rule with the known-variance boundary of the model's own noise profile."""
+    return SequentialElimination(bound="profile", noise_profile=str(NOISE_PROFILE), **options)
+
+
+# The setting of fewest calls at full agreement on training digits (`replay --split train`).
+CHOSEN_PROFILE = {"confidence": 0.99, "min_samples": 2, "check_every": 1, "tightest_at": 1.0}
+
+
 def candidate_policies(budget: int) -> list[Policy]:
     """Fixed schedules, the shipped paired test (its budget capped at the table's length) and
     its variants, and the sequential rule at several settings."""
@@ -216,6 +227,8 @@ def candidate_policies(budget: int) -> list[Policy]:
                     sequential.append(
                         PlugInMixture(bound="mixture", check_every=check_every, tightest_at=tightest_at, **common)
                     )
+                for tightest_at in (1.0, 2.0, 4.0):
+                    sequential.append(profiled(check_every=check_every, tightest_at=tightest_at, **common))
     return fixed + paired + [p.bind(CLASS_NAMES) for p in sequential]
 
 
@@ -228,6 +241,8 @@ def short_list(budget: int) -> list[Policy]:
         PairedTest(alpha=1e-2, min_samples=4, max_samples=budget, check_every=2),
         SequentialElimination(max_samples=budget).bind(CLASS_NAMES),
         PlugInMixture(max_samples=budget).bind(CLASS_NAMES),
+        profiled(max_samples=budget, **CHOSEN_PROFILE).bind(CLASS_NAMES),
+        profiled(max_samples=budget, **{**CHOSEN_PROFILE, "confidence": 0.95}).bind(CLASS_NAMES),
     ]
 
 
@@ -350,6 +365,8 @@ def validity_policies(budget: int) -> list[Policy]:
         *(PlugInMixture(max_samples=budget, min_samples=m).bind(CLASS_NAMES) for m in (2, 3, 4)),
         PairedTest(max_samples=budget),
         PairedTest(alpha=1e-2, min_samples=4, max_samples=budget, check_every=2),
+        profiled(max_samples=budget, **CHOSEN_PROFILE).bind(CLASS_NAMES),
+        profiled(max_samples=budget, **{**CHOSEN_PROFILE, "confidence": 0.95}).bind(CLASS_NAMES),
     ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,16 @@ def test_a_model_folder_names_its_profile_relative_to_itself(tmp_path):
         json.dumps({"policy": {"name": "sequential", "bound": "profile", "noise_profile": "noise_profile.json"}})
     )
     assert read_defaults(tmp_path)["policy"]["noise_profile"] == str(tmp_path / "noise_profile.json")
+
+
+def test_builtin_digits_defaults_to_the_profile_rule_and_a_caller_can_leave_it(tmp_path):
+    from fastgen import DiffusionClassifier
+
+    clf = DiffusionClassifier.from_pretrained("builtin:digits", device="cpu")
+    policy = clf.policy
+    assert (type(policy).__name__, policy.bound, policy.confidence) == ("SequentialElimination", "profile", 0.99)
+    assert Path(policy.noise_profile).is_file() and Path(policy.noise_profile).parent.name == "digits"
+    other = DiffusionClassifier.from_pretrained("builtin:digits", device="cpu", policy_options={"bound": "mixture"})
+    assert (other.policy.bound, other.policy.noise_profile) == ("mixture", "")  # the file's profile goes with it
+    with pytest.raises(ValueError, match=r"loss='l1' \(fitted for 'l2'\).*--bound mixture"):
+        DiffusionClassifier.from_pretrained("builtin:digits", device="cpu", loss="l1")

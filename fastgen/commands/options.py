@@ -20,11 +20,13 @@ from fastgen.commands.types import (
     finite_float,
     int_in,
     open_probability,
+    positive_float,
     positive_int,
     positive_int_list,
     seed_value,
 )
 from fastgen.engine.policies import POLICIES, policy_options
+from fastgen.engine.policies.sequential import BOUNDS
 from fastgen.engine.sampling import TIMESTEP_MODES
 from fastgen.export.loading import EXPORT_OPTIONS
 from fastgen.inputs.classes import AGGREGATES
@@ -118,6 +120,16 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="sequential: probability that the best class is never dropped (default 0.99)",
     )  # fmt: skip
     policy.add_argument(
+        "--bound", choices=BOUNDS,
+        help="sequential: the boundary; profile needs --noise-profile (default mixture; builtin:digits: profile)",
+    )  # fmt: skip
+    policy.add_argument(
+        "--noise-profile", help="sequential, tree: a model's noise-profile JSON file (fastgen.eval.noise_fit)"
+    )
+    policy.add_argument(
+        "--tightest-at", type=positive_float, help="sequential: samples where the mixture boundary is tightest"
+    )
+    policy.add_argument(
         "--min-samples", type=int_in(2), help="paired, sequential, tree: samples before the first test (>= 2)"
     )
     policy.add_argument("--max-samples", type=positive_int, help="paired, sequential, tree: cap on samples per class")
@@ -129,6 +141,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     policy.add_argument("--tree", help="tree: label-tree JSON file (inner nodes with prompts over the classes)")
     policy.add_argument("--beam", type=positive_int, help="tree: inner nodes kept per round")
     policy.add_argument("--node-samples", type=int_in(2), help="tree: samples per inner-node round")
+    policy.add_argument(
+        "--node-min-samples", type=int_in(2), help="tree with --confidence: samples before a level's first look"
+    )
+    policy.add_argument("--look-every", type=positive_int, help="tree with --confidence: samples between looks")
 
 
 def _sequence_options() -> frozenset[str]:

@@ -142,6 +142,8 @@ def _policy_with_model_default(
     if policy is not None:
         return make_policy(policy, **options)
     name = from_file.pop("name", None)
+    if options.get("bound") not in (None, "profile"):  # another boundary over the file's: its profile goes too
+        from_file.pop("noise_profile", None)
     default = "the model's default policy" if model_policy else "the default policy"
     try:
         return make_policy(name, **{**from_file, **options})

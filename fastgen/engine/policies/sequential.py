@@ -139,7 +139,7 @@ class SequentialElimination(Policy):
         if mismatches:
             raise ValueError(
                 f"the noise profile {self.noise_profile} does not hold for this run's scoring settings: "
-                f"{'; '.join(mismatches)}. Use bound='mixture', or fit a profile for these settings"
+                f"{'; '.join(mismatches)}. Give another boundary (bound='mixture', --bound mixture) or fit a profile for these settings"
             )
 
     def bind(self, class_names):
