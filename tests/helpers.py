@@ -8,6 +8,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fastgen import DiffusionClassifier
 from fastgen.jobs.results_file import is_header
@@ -68,3 +69,16 @@ def assert_same_predictions(results, reference, atol: float) -> None:
             f"predicted {got.prediction!r} where the reference predicts {want.prediction!r} "
             f"by a margin of {margin:.3g}, more than twice the tolerance {atol:g}"
         )
+
+
+def run_policy_on_table(policy, table: np.ndarray) -> tuple[list[int], int]:
+    """(units standing at the end, samples used) of `policy` on per-sample errors [K, N], called
+    the way the engine calls it; a policy asking for more samples than the table has fails."""
+    alive, n = list(range(table.shape[0])), policy.first_round()
+    errors = torch.from_numpy(table.astype(np.float32))
+    while True:
+        alive, next_n = policy.next_round(errors[alive, :n], alive)
+        if next_n is None:
+            return alive, n
+        assert next_n <= table.shape[1], "the policy asks for more samples than the table has"
+        n = next_n

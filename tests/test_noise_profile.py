@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import small_classifier
+from helpers import run_policy_on_table, small_classifier
 
 from fastgen.engine.config import ScoringConfig
 from fastgen.engine.policies import SequentialElimination, make_policy
@@ -46,17 +46,6 @@ def timestep_tables(rng, gaps, n, *, seed_noise=None) -> np.ndarray:
     return level + np.asarray(gaps)[:, None] * level + noise * sample_sd(n) / math.sqrt(2)
 
 
-def replay(policy, table):
-    alive, n = list(range(table.shape[0])), policy.first_round()
-    errors = torch.from_numpy(table.astype(np.float32))
-    while True:
-        alive, next_n = policy.next_round(errors[alive, :n], alive)
-        if next_n is None:
-            return alive, n
-        assert next_n <= table.shape[1], "the policy asks for more samples than the table has"
-        n = next_n
-
-
 def test_the_fit_recovers_the_noise_of_each_band():
     rng = np.random.default_rng(0)
     n, n_images, gaps = 32, 60, [0.0, 0.3, 0.6, 1.0]
@@ -80,7 +69,7 @@ def test_a_plain_loser_goes_at_the_first_look_where_the_t_test_keeps_it(tmp_path
         min_samples=3, bound="profile", noise_profile=write_profile(tmp_path / "p.json")
     ).bind(["a", "b"])
     t_test = SequentialElimination(min_samples=3).bind(["a", "b"])
-    assert replay(profiled, table) == ([0], 3)
+    assert run_policy_on_table(profiled, table) == ([0], 3)
     kept, _ = t_test.next_round(torch.from_numpy(table.astype(np.float32)), [0, 1])
     assert kept == [0, 1]
 
@@ -96,7 +85,8 @@ def test_the_true_winner_is_eliminated_at_most_at_the_stated_rate(tmp_path):
     ).bind([str(k) for k in range(5)])  # fmt: skip
     rng = np.random.default_rng(2)
     eliminated = sum(
-        0 not in replay(policy, timestep_tables(rng, [0, 0.005, 0.01, 0.015, 0.02], 48))[0] for _ in range(n_tables)
+        0 not in run_policy_on_table(policy, timestep_tables(rng, [0, 0.005, 0.01, 0.015, 0.02], 48))[0]
+        for _ in range(n_tables)
     )
     assert eliminated / n_tables <= delta + 3 * math.sqrt(delta * (1 - delta) / n_tables)
 

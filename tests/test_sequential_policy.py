@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import small_classifier
+from helpers import run_policy_on_table, small_classifier
 
 from fastgen import DiffusionClassifier
 from fastgen.commands.main import main
@@ -17,18 +17,6 @@ from fastgen.engine.policies import SequentialElimination, make_policy
 from fastgen.engine.result import ImageResult
 from fastgen.inputs.classes import ClassSpec
 from fastgen.jobs.results_file import result_record
-
-
-def run_on_table(policy: SequentialElimination, table: np.ndarray) -> tuple[list[int], int]:
-    """(classes standing at the end, samples used) of `policy` on per-sample errors [K, N], the
-    way the engine calls it."""
-    alive, n = list(range(table.shape[0])), policy.first_round()
-    errors = torch.from_numpy(table.astype(np.float32))
-    while True:
-        alive, next_n = policy.next_round(errors[alive, :n], alive)
-        if next_n is None:
-            return alive, n
-        n = next_n
 
 
 def shared_noise_table(rng: np.random.Generator, gaps: list[float], n: int, spread: float) -> np.ndarray:
@@ -85,7 +73,7 @@ def test_the_true_winner_is_eliminated_at_most_at_the_stated_rate(bound):
     eliminated = 0
     for _ in range(n_tables):
         table = shared_noise_table(rng, [0.0, 0.01, 0.02, 0.03, 0.04], 48, spread=1.0)
-        alive, _ = run_on_table(policy, table)
+        alive, _ = run_policy_on_table(policy, table)
         eliminated += 0 not in alive
     margin = 3 * math.sqrt(delta * (1 - delta) / n_tables)
     assert eliminated / n_tables <= delta + margin
