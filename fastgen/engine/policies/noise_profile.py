@@ -7,7 +7,7 @@ then has two parts: the noise, and how much the expected difference changes with
 Only the first is random given the timesteps; a t-test, which estimates the spread from the
 samples, counts both and needs many samples to drop a class whose advantage is plain at every
 timestep. A profile states the noise part per band of timesteps, fitted on a model's training
-images (`fastgen.eval.noise_profile`), so a test can use it as a known variance.
+images (`fastgen.eval.noise_fit`), so a test can use it as a known variance.
 
 The file (`noise_profile.json` beside a model's `fastgen.json`):
 
@@ -95,6 +95,16 @@ class NoiseProfile:
                 out.append(f"{name}={run!r} (fitted for {fitted!r})")
         return out
 
+    def refuse_mismatches(self, settings: dict[str, Any], path: str) -> None:
+        """Raise a ValueError naming the scoring settings the profile (file `path`) was not fitted
+        for: its variances would not be those of the errors such a run computes."""
+        mismatches = self.mismatches(settings)
+        if mismatches:
+            raise ValueError(
+                f"the noise profile {path} does not hold for this run's scoring settings: {'; '.join(mismatches)}. "
+                "Give another boundary (bound='mixture', --bound mixture) or fit a profile for these settings"
+            )
+
     def sample_sd(self, n: int) -> np.ndarray:
         """The noise sd of the paired difference of samples 0..n-1, from their timesteps."""
         t = timestep_sequence(
@@ -102,6 +112,17 @@ class NoiseProfile:
         ).numpy()
         bands = np.minimum(t * len(self.band_sd) // self.num_train_timesteps, len(self.band_sd) - 1)
         return np.asarray(self.band_sd, dtype=np.float64)[bands]
+
+    def summed_variance(self, n: int) -> float:
+        """The variance of the sum of n paired differences (samples 0..n-1). Asked at every look
+        of every image, so the per-sample variances are computed once, for twice the largest n
+        asked so far."""
+        cached = self.__dict__.get("_cumulative")
+        if cached is None or len(cached) <= n:
+            cumulative = np.concatenate([[0.0], np.cumsum(self.sample_sd(max(2 * n, 64)) ** 2)])
+            object.__setattr__(self, "_cumulative", cumulative)
+            cached = cumulative
+        return float(cached[n])
 
     def mean_variance(self) -> float:
         """The variance of one sample, averaged over the bands (the scale of the boundary's mixture)."""

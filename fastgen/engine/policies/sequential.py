@@ -49,7 +49,7 @@ def worse_than_best(
     is `tightest_at` samples of the profile's mean variance)."""
     n_done = class_errors.shape[1]
     sums = (class_errors.double() - class_errors[best].double()).sum(dim=1).numpy()
-    variance = float((profile.sample_sd(n_done) ** 2).sum())
+    variance = profile.summed_variance(n_done)
     return sums >= mixture_sum_boundary(variance, alpha, tightest_at * profile.mean_variance())
 
 
@@ -133,14 +133,8 @@ class SequentialElimination(Policy):
     def check_scoring(self, settings: dict[str, Any]) -> None:
         """Refuse scoring settings the noise profile was not fitted for (its variances would not
         be those of the errors this run computes)."""
-        if self._profile is None:
-            return
-        mismatches = self._profile.mismatches(settings)
-        if mismatches:
-            raise ValueError(
-                f"the noise profile {self.noise_profile} does not hold for this run's scoring settings: "
-                f"{'; '.join(mismatches)}. Give another boundary (bound='mixture', --bound mixture) or fit a profile for these settings"
-            )
+        if self._profile is not None:
+            self._profile.refuse_mismatches(settings, self.noise_profile)
 
     def bind(self, class_names):
         return replace(self, _n_classes=len(class_names))

@@ -74,11 +74,9 @@ class LabelTreePolicy(Policy):
             raise ValueError(f"check_every must be >= 1, got {self.check_every}")
         if self.confidence is not None and not 0 < self.confidence < 1:
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
-        if (
-            not 2
-            <= self.node_min_samples
-            <= (self.node_samples if self.confidence is not None else self.node_min_samples)
-        ):
+        # node_min_samples is read only by the sequential rule; node_samples caps it there.
+        most = self.node_samples if self.confidence is not None else self.node_min_samples
+        if not 2 <= self.node_min_samples <= most:
             raise ValueError(
                 f"need 2 <= node_min_samples <= node_samples, got {self.node_min_samples}, {self.node_samples}"
             )
@@ -91,11 +89,8 @@ class LabelTreePolicy(Policy):
 
     def check_scoring(self, settings: dict) -> None:
         """Refuse scoring settings the noise profile was not fitted for."""
-        if self._profile is not None and self._profile.mismatches(settings):
-            raise ValueError(
-                f"the noise profile {self.noise_profile} does not hold for this run's scoring settings: "
-                f"{'; '.join(self._profile.mismatches(settings))}"
-            )
+        if self._profile is not None:
+            self._profile.refuse_mismatches(settings, self.noise_profile)
 
     # -- binding to a set of classes ------------------------------------------------------------
     def bind(self, class_names: Sequence[str]) -> LabelTreePolicy:
