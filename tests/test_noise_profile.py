@@ -128,7 +128,13 @@ def test_engine_and_reference_decide_identically(model_dirs, images, small_profi
 
 def test_the_fitted_profile_records_what_it_holds_for(small_profile):
     _, profile = small_profile
-    assert profile.fitted_for == {"loss": "l2", "timesteps": "even", "weighting": 0.0, "timestep_weights": None}
+    assert profile.fitted_for == {
+        "loss": "l2",
+        "timesteps": "even",
+        "weighting": 0.0,
+        "timestep_weights": None,
+        "error_weights": None,
+    }
     assert len(profile.band_sd) == 4 and all(s > 0 for s in profile.band_sd)
     assert profile.fit["scale"] >= 1.0 and profile.fit["images"] == 4
 

@@ -223,6 +223,7 @@ class DiffusionClassifier:
         seed: int = 0,
         batch_size: int = 64,
         timestep_weights: Sequence[float] | None = None,
+        error_weights: Sequence[float] | None = None,
         flow_timesteps: str | None = None,
         flow_weighting: str | None = None,
         conditioning: dict[str, Any] | None = None,
@@ -246,7 +247,9 @@ class DiffusionClassifier:
         (default), `stages`, `exhaustive` or `tree`, with `policy_options` such as
         `{"n_samples": 100}` or `{"n_samples": (50, 500), "to_keep": (5, 1)}`. A
         `config` (`ScoringConfig`) replaces the policy and every scoring keyword at once.
-        `timestep_weights` defaults to the model's fitted ones (its `fastgen.json` `scoring`).
+        `timestep_weights` (where timesteps are drawn) and `error_weights` (how much each
+        timestep's error counts) default to the model's fitted ones (its `fastgen.json`
+        `scoring`); equal weights, such as `error_weights=[1]`, turn the model's off.
         Flow-matching models (SD3, Flux) take `flow_timesteps` (`uniform`, `shifted`,
         `logit-normal`) and `flow_weighting` (`velocity`, `epsilon`, `sd3`) instead of
         `weighting`, and `conditioning` for their model settings (`max_sequence_length`; Flux also
@@ -298,7 +301,8 @@ class DiffusionClassifier:
             config = ScoringConfig.build(
                 policy=policy, policy_options=policy_options, model_defaults=defaults, loss=loss,
                 timesteps=timesteps, weighting=weighting, seed=seed, aggregate=aggregate, batch_size=batch_size,
-                timestep_weights=timestep_weights, flow_timesteps=flow_timesteps, flow_weighting=flow_weighting,
+                timestep_weights=timestep_weights, error_weights=error_weights, flow_timesteps=flow_timesteps,
+                flow_weighting=flow_weighting,
             )  # fmt: skip
         spec = build_classes(classes, templates=templates, aggregate=config.aggregate)
         classifier = cls(adapter, spec, config=config, max_pixels=max_pixels, invert=invert)

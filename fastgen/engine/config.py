@@ -38,6 +38,10 @@ class ScoringConfig:
     # Fitted per model (fastgen.eval.timestep_fit): relative weights of K equal bands of [0, T);
     # timesteps are drawn with density proportional to them. None: uniform over [0, T).
     timestep_weights: tuple[float, ...] | None = None
+    # Fitted per model (fastgen.eval.error_weight_fit): relative weights of K equal bands of
+    # [0, T) that multiply each sample's error, so the score leans on the timesteps where the
+    # classes differ most for their spread. None: every sample's error counts the same.
+    error_weights: tuple[float, ...] | None = None
     # Flow-matching models only (SD3, Flux): the density of noise levels drawn and the weight of
     # each sample's velocity error; None is the model's default (docs/flow_matching.md).
     flow_timesteps: str | None = None
@@ -59,7 +63,8 @@ class ScoringConfig:
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "batch_size", int(self.batch_size))
         object.__setattr__(self, "weighting", float(self.weighting))
-        object.__setattr__(self, "timestep_weights", _check_band_weights(self.timestep_weights))
+        object.__setattr__(self, "timestep_weights", _check_band_weights("timestep_weights", self.timestep_weights))
+        object.__setattr__(self, "error_weights", _check_band_weights("error_weights", self.error_weights))
         check_scoring = getattr(self.policy, "check_scoring", None)
         if check_scoring is not None:  # a policy fitted for some settings (a noise profile)
             check_scoring({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "policy"})
@@ -156,12 +161,12 @@ def _policy_with_model_default(
         raise PolicyOptionError(error.unknown, error.policy, error.valid, whose=whose) from None
 
 
-def _check_band_weights(weights: Any) -> tuple[float, ...] | None:
+def _check_band_weights(name: str, weights: Any) -> tuple[float, ...] | None:
     if weights is None:
         return None
     values = tuple(float(w) for w in weights)
     if not values or any(not math.isfinite(w) or w < 0 for w in values) or not any(values):
-        raise ValueError(f"timestep_weights must be finite, >= 0 and not all zero, got {weights!r}")
+        raise ValueError(f"{name} must be finite, >= 0 and not all zero, got {weights!r}")
     return values
 
 

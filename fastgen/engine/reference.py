@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from fastgen.engine.config import ScoringConfig
 from fastgen.engine.result import ImageResult
-from fastgen.engine.sampling import NoiseBank, SamplePlan
+from fastgen.engine.sampling import NoiseBank, SamplePlan, band_error_weight
 from fastgen.inputs.classes import ClassSpec
 from fastgen.models.base import Adapter
 from fastgen.models.schedules import FLOW_DEFAULTS
@@ -110,6 +110,9 @@ def reference_classify(
     plan = SamplePlan.for_config(adapter.schedule, config)
     noise = NoiseBank(tuple(x0.shape), seed=config.seed, device=adapter.device)
 
+    def band_weight(t: int) -> float:
+        return float(band_error_weight(torch.tensor([t]), config.error_weights, adapter.num_train_timesteps)[0])
+
     errors: dict[int, dict[int, float]] = {p: {} for p in range(len(conditions))}
     alive = policy.initial_units(len(classes))
     final: dict[int, tuple[float, int]] = {}
@@ -122,7 +125,8 @@ def reference_classify(
                         continue
                     t = int(plan.timesteps(s + 1)[s])
                     eps = noise.get([s])[0]
-                    errors[p][s] = score(adapter, x0, conditions[p], t, eps, loss=loss, weighting=weighting)
+                    error = score(adapter, x0, conditions[p], t, eps, loss=loss, weighting=weighting)
+                    errors[p][s] = error * band_weight(t)
                     evals += 1
         per_class = [class_sample_errors(errors, prompts_of[k], n_target, config.aggregate) for k in alive]
         kept, next_target = policy.next_round(torch.tensor(per_class, dtype=torch.float32), alive)

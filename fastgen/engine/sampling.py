@@ -42,6 +42,16 @@ def warp_by_band_weights(u: torch.Tensor, weights: tuple[float, ...]) -> torch.T
     return ((band + inside.clamp(0, 1 - 1e-12)) / len(weights)).clamp(0, 1 - 1e-12)
 
 
+def band_error_weight(t: torch.Tensor, weights: tuple[float, ...] | None, num_train_timesteps: int) -> torch.Tensor:
+    """The factor each timestep's error is multiplied by under `error_weights` (the weight of its
+    band among len(weights) equal bands of [0, T)), in float64; 1 when there are none."""
+    t = torch.as_tensor(t)
+    if weights is None:
+        return torch.ones(t.shape, dtype=torch.float64, device=t.device)
+    band = (t.long() * len(weights) // num_train_timesteps).clamp(0, len(weights) - 1)
+    return torch.tensor(weights, dtype=torch.float64, device=t.device)[band]
+
+
 def timestep_sequence(
     n: int,
     num_train_timesteps: int,
@@ -123,7 +133,8 @@ class SamplePlan:
 
     def __init__(self, schedule: Any, config: Any):
         """`schedule`: the adapter's (`fastgen.models.schedules`); `config`: a `ScoringConfig`
-        (its timesteps, seed, weighting, timestep_weights and flow settings are read)."""
+        (its timesteps, seed, weighting, timestep_weights, error_weights and flow settings are
+        read)."""
         schedule.check_config(config)
         self.schedule = schedule
         self.num_train_timesteps = int(schedule.num_train_timesteps)
@@ -150,5 +161,7 @@ class SamplePlan:
         return self._timesteps[:n]
 
     def weight(self, t: torch.Tensor) -> torch.Tensor:
-        """Each timestep's weight in fp32 (the schedule's rule for the config)."""
-        return self.schedule.weight(t, self.config).float()
+        """Each timestep's weight in fp32: the schedule's rule for the config, times the band
+        weight of `error_weights` when the config has them."""
+        band = band_error_weight(t, self.config.error_weights, self.num_train_timesteps)
+        return (self.schedule.weight(t, self.config) * band.to(t.device)).float()

@@ -12,7 +12,8 @@ images (`fastgen.eval.noise_fit`), so a test can use it as a known variance.
 The file (`noise_profile.json` beside a model's `fastgen.json`):
 
     {"format": "fastgen-noise-profile-1", "band_sd": [...], "num_train_timesteps": 1000,
-     "fitted_for": {"loss": "l2", "timesteps": "even", "weighting": 0.0, "timestep_weights": null},
+     "fitted_for": {"loss": "l2", "timesteps": "even", "weighting": 0.0, "timestep_weights": null,
+                    "error_weights": null},
      "fit": {...how it was fitted...}}
 
 `band_sd[j]` is the noise sd of one paired difference at a timestep in band j of len(band_sd)
@@ -31,7 +32,8 @@ import numpy as np
 from fastgen.engine.sampling import timestep_sequence
 
 FORMAT = "fastgen-noise-profile-1"
-FITTED_FOR = ("loss", "timesteps", "weighting", "timestep_weights")
+FITTED_FOR = ("loss", "timesteps", "weighting", "timestep_weights", "error_weights")
+BAND_SETTINGS = ("timestep_weights", "error_weights")  # tuples in memory, lists in the file
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class NoiseProfile:
         sd = np.asarray(self.band_sd, dtype=np.float64)
         if sd.ndim != 1 or sd.size == 0 or not np.all(np.isfinite(sd)) or not np.all(sd > 0):
             raise ValueError(f"band_sd must be a non-empty list of finite numbers > 0, got {self.band_sd!r}")
+        # Profiles from before `error_weights` existed were fitted without them.
+        object.__setattr__(self, "fitted_for", {"error_weights": None, **self.fitted_for})
         if self.fitted_for.get("timesteps") != "even":
             raise ValueError("a noise profile needs timesteps='even' (sample s must have the same timestep every run)")
         missing = [k for k in FITTED_FOR if k not in self.fitted_for]
@@ -61,8 +65,9 @@ class NoiseProfile:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NoiseProfile:
         fitted_for = dict(data["fitted_for"])
-        if fitted_for.get("timestep_weights") is not None:
-            fitted_for["timestep_weights"] = tuple(float(w) for w in fitted_for["timestep_weights"])
+        for name in BAND_SETTINGS:
+            if fitted_for.get(name) is not None:
+                fitted_for[name] = tuple(float(w) for w in fitted_for[name])
         fitted_for["weighting"] = float(fitted_for.get("weighting", 0.0))
         return cls(
             band_sd=tuple(float(s) for s in data["band_sd"]),
@@ -73,8 +78,9 @@ class NoiseProfile:
 
     def as_dict(self) -> dict[str, Any]:
         fitted_for = dict(self.fitted_for)
-        if fitted_for.get("timestep_weights") is not None:
-            fitted_for["timestep_weights"] = list(fitted_for["timestep_weights"])
+        for name in BAND_SETTINGS:
+            if fitted_for.get(name) is not None:
+                fitted_for[name] = list(fitted_for[name])
         return {
             "format": FORMAT,
             "band_sd": list(self.band_sd),
