@@ -50,10 +50,15 @@ from fastgen.builtin.digits_data import CLASS_NAMES, digits_split, to_pil
 from fastgen.engine.policies import Exhaustive, PairedTest, Policy, describe_policy, paired_p_values
 from fastgen.engine.policies.base import best_row
 from fastgen.engine.policies.sequential import SequentialElimination, mixture_z_boundary
+from fastgen.engine.sampling import band_error_weight, timestep_sequence
 from fastgen.eval.shifts import Shift, blur, contrast, gaussian_noise
 
 RESULTS = Path(__file__).parent / "results"
 NOISE_PROFILE = resolve_builtin("builtin:digits") / "noise_profile.json"
+# `--plain`: the score without the model's error weights (every sample's error counts the same,
+# the default before they were fitted), with the noise profile fitted for that score.
+PLAIN_NOISE_PROFILE = RESULTS / "noise_profile_digits_plain.json"
+PLAIN = {"on": False}
 CACHE = RESULTS / "policy_tables"  # not committed: the tables are large
 TIE_P = 0.01
 
@@ -124,14 +129,19 @@ def cpu_name() -> str:
 
 
 def table_path(split: str, per_class: int | None, seed: int, n: int, shift: tuple[str, float] | None = None) -> Path:
-    tag = f"_{shift_tag(shift)}" if shift is not None else ""
+    tag = (f"_{shift_tag(shift)}" if shift is not None else "") + ("_plain" if PLAIN["on"] else "")
     return CACHE / f"{split}_{per_class or 'all'}{tag}_seed{seed}_n{n}.npz"
 
 
 def compute_tables(images: np.ndarray, *, seed: int, n: int, batch_size: int) -> np.ndarray:
     """Per-sample errors [N, K, n] of every class of every image, from the engine."""
     clf = DiffusionClassifier.from_pretrained(
-        "builtin:digits", policy=RecordingExhaustive(n_samples=n), seed=seed, batch_size=batch_size, device="cpu"
+        "builtin:digits",
+        policy=RecordingExhaustive(n_samples=n),
+        seed=seed,
+        batch_size=batch_size,
+        device="cpu",
+        error_weights=(1.0,) if PLAIN["on"] else None,
     )
     tables = np.empty((len(images), 10, n), dtype=np.float32)
     for start in range(0, len(images), 10):
@@ -173,6 +183,31 @@ def cmd_tables(args) -> None:
     )
 
 
+def cmd_weigh(args) -> None:
+    """The model-scored tables from `--plain` ones: the engine multiplies each sample's error by
+    the weight of its timestep's band (`error_weights`), so the plain table times those weights is
+    the table the engine computes, up to fp32 rounding (`--compare` measures that against a table
+    the engine computed)."""
+    PLAIN["on"] = True
+    plain_path = table_path(args.split, args.per_class, args.seed, args.n, args.shift)
+    PLAIN["on"] = False
+    path = table_path(args.split, args.per_class, args.seed, args.n, args.shift)
+    data = dict(np.load(plain_path))
+    weights = DiffusionClassifier.from_pretrained("builtin:digits", device="cpu").config.error_weights
+    factor = band_error_weight(timestep_sequence(args.n, 1000, mode="even"), weights, 1000).float().numpy()
+    weighted = data["tables"] * factor
+    if args.compare:
+        engine = np.load(path)["tables"]
+        scale = float(np.abs(engine).max())
+        print(json.dumps({"compared_with": str(path), "max_abs_difference": float(np.abs(weighted - engine).max()),
+                          "largest_error": scale}))  # fmt: skip
+        return
+    if path.exists():
+        raise SystemExit(f"{path} exists (computed by the engine?): not overwritten")
+    np.savez_compressed(path, **{**data, "tables": weighted, "weighed_from": str(plain_path.name)})
+    print(json.dumps({"tables": str(path), "from": str(plain_path)}))
+
+
 # -- the policies replayed ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class PlugInMixture(SequentialElimination):
@@ -195,7 +230,8 @@ class PlugInMixture(SequentialElimination):
 
 def profiled(**options) -> SequentialElimination:
     """The sequential rule with the known-variance boundary of the model's own noise profile."""
-    return SequentialElimination(bound="profile", noise_profile=str(NOISE_PROFILE), **options)
+    profile = PLAIN_NOISE_PROFILE if PLAIN["on"] else NOISE_PROFILE
+    return SequentialElimination(bound="profile", noise_profile=str(profile), **options)
 
 
 # The setting of fewest calls at full agreement on training digits (`replay --split train`).
@@ -334,11 +370,15 @@ def load_tables(
 
 def cmd_replay(args) -> None:
     tables, labels = load_tables(args.split, args.per_class, args.seed, args.n, args.shift)
+    plain, PLAIN["on"] = PLAIN["on"], args.plain or args.reference_plain
     ref_tables, ref_labels = load_tables(args.split, args.per_class, args.reference_seed, args.reference_n, args.shift)
+    PLAIN["on"] = plain
     assert np.array_equal(labels, ref_labels)
     winners, ties = reference_decisions(ref_tables)
     shift = None if args.shift is None else {"name": args.shift[0], "strength": args.shift[1]}
-    settings = {"split": args.split, "per_class": args.per_class, "shift": shift, "policy_seed": args.seed,
+    settings = {"split": args.split, "per_class": args.per_class, "shift": shift,
+                "error_weights": "none (--plain)" if PLAIN["on"] else "the model's", "policy_seed": args.seed,
+                "reference_error_weights": "none" if PLAIN["on"] or args.reference_plain else "the model's",
                 "policy_table_n": args.n,
                 "reference_seed": args.reference_seed, "reference_n": args.reference_n, "tie_p": TIE_P,
                 "reference_accuracy": float(np.mean(winners == labels)),
@@ -347,6 +387,7 @@ def cmd_replay(args) -> None:
     policies = short_list(args.n) if args.short else candidate_policies(args.n)
     rows = [score_policy(policy, tables, labels, winners, ties) for policy in policies]
     tag = f"_{shift_tag(args.shift)}" if args.shift is not None else ""
+    tag += "_plain" if PLAIN["on"] else ""
     out = Path(args.out or RESULTS / f"policies_replay_{args.split}_{args.per_class or 'all'}{tag}.json")
     out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
     print(json.dumps(settings))
@@ -403,7 +444,8 @@ def cmd_validity(args) -> None:
     settings = {"split": args.split, "per_class": args.per_class, "seeds": seeds, "n": args.n,
                 "reference_seed": args.reference_seed, "reference_n": args.reference_n, "cpu": cpu_name(),
                 "command": "python bench/bench_policies.py " + " ".join(sys.argv[1:])}  # fmt: skip
-    out = RESULTS / f"policies_validity_{args.split}_{args.per_class or 'all'}.json"
+    plain = "_plain" if PLAIN["on"] else ""
+    out = RESULTS / f"policies_validity_{args.split}_{args.per_class or 'all'}{plain}.json"
     out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
     for row in rows:
         print(json.dumps(row))
@@ -420,7 +462,9 @@ def cmd_check(args) -> None:
         SequentialElimination(max_samples=args.n),
         PairedTest(alpha=1e-2, min_samples=4, max_samples=args.n),
     ):
-        clf = DiffusionClassifier.from_pretrained("builtin:digits", policy=policy, seed=args.seed, device="cpu")
+        clf = DiffusionClassifier.from_pretrained(
+            "builtin:digits", policy=policy, seed=args.seed, device="cpu", error_weights=(1.0,) if PLAIN["on"] else None
+        )
         results = clf.classify(engine_inputs(images))
         bound = policy.bind(CLASS_NAMES)
         replayed = [replay_policy(bound, table) for table in tables]
@@ -466,6 +510,9 @@ def main(argv: list[str] | None = None) -> None:
     replay.add_argument("--out", default=None)
     replay.add_argument("--short", action="store_true", help="only the fixed schedules, paired tests and chosen rule")
     replay.add_argument("--shift", type=parse_shift, default=None, help=SHIFT_HELP)
+    replay.add_argument(
+        "--reference-plain", action="store_true", help="the reference scored without error weights (--plain tables)"
+    )
     validity = sub.add_parser("validity", help="how often each rule eliminated the reference winner, over seeds")
     validity.add_argument("--split", choices=("heldout", "train"), default="heldout")
     validity.add_argument("--per-class", type=int, default=5, help="images per class of the seed tables")
@@ -475,6 +522,13 @@ def main(argv: list[str] | None = None) -> None:
     validity.add_argument("--reference-per-class", type=int, default=15)
     validity.add_argument("--reference-seed", type=int, default=1)
     validity.add_argument("--reference-n", type=int, default=128)
+    weigh = sub.add_parser("weigh", help="model-scored tables from --plain ones (times the error weights)")
+    weigh.add_argument("--split", choices=("heldout", "train"), default="heldout")
+    weigh.add_argument("--per-class", type=int, default=15, help="images per class (0: all)")
+    weigh.add_argument("--seed", type=int, required=True)
+    weigh.add_argument("--n", type=int, required=True)
+    weigh.add_argument("--shift", type=parse_shift, default=None, help=SHIFT_HELP)
+    weigh.add_argument("--compare", action="store_true", help="compare with the engine's table instead of writing")
     check = sub.add_parser("check", help="the replay against the engine on a few images")
     check.add_argument("--split", choices=("heldout", "train"), default="heldout")
     check.add_argument("--per-class", type=int, default=15)
@@ -482,11 +536,21 @@ def main(argv: list[str] | None = None) -> None:
     check.add_argument("--n", type=int, default=64)
     check.add_argument("--images", type=int, default=10)
     check.add_argument("--shift", type=parse_shift, default=None, help=SHIFT_HELP)
+    for command in (tables, replay, validity, check):
+        command.add_argument("--plain", action="store_true", help="score without the model's error weights")
     args = parser.parse_args(argv)
+    PLAIN["on"] = getattr(args, "plain", False)
     if getattr(args, "per_class", None) == 0:
         args.per_class = None
     torch.set_num_threads(getattr(args, "threads", 1))
-    {"tables": cmd_tables, "replay": cmd_replay, "validity": cmd_validity, "check": cmd_check}[args.command](args)
+    commands = {
+        "tables": cmd_tables,
+        "replay": cmd_replay,
+        "validity": cmd_validity,
+        "check": cmd_check,
+        "weigh": cmd_weigh,
+    }
+    commands[args.command](args)
 
 
 if __name__ == "__main__":
