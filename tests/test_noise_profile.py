@@ -16,6 +16,7 @@ from helpers import run_policy_on_table, small_classifier
 from fastgen.engine.config import ScoringConfig
 from fastgen.engine.policies import SequentialElimination, make_policy
 from fastgen.engine.policies.noise_profile import NoiseProfile
+from fastgen.engine.policies.sequential import mixture_sum_boundary
 from fastgen.engine.sampling import timestep_sequence
 from fastgen.eval.noise_fit import fit_noise_profile, profile_from_tables
 from fastgen.models.layout import read_defaults
@@ -52,7 +53,7 @@ def test_the_fit_recovers_the_noise_of_each_band():
     means = [timestep_tables(rng, gaps, n, seed_noise=np.zeros((4, n))) for _ in range(n_images)]
     first = np.stack([m + rng.standard_normal((4, n)) * sample_sd(n) / math.sqrt(2) for m in means])
     second = np.stack([m + rng.standard_normal((4, n)) * sample_sd(n) / math.sqrt(2) for m in means])
-    band_sd, typical, scale = profile_from_tables(
+    band_sd, typical, scale, _ = profile_from_tables(
         first, second, [0] * n_images, timestep_sequence(n, T).numpy(), num_train_timesteps=T, n_bands=4, quantile=0.9
     )
     np.testing.assert_allclose(typical, BAND_SD, rtol=0.15)
@@ -172,7 +173,68 @@ def test_builtin_digits_defaults_to_the_profile_rule_and_a_caller_can_leave_it(t
     policy = clf.policy
     assert (type(policy).__name__, policy.bound, policy.confidence) == ("SequentialElimination", "profile", 0.99)
     assert Path(policy.noise_profile).is_file() and Path(policy.noise_profile).parent.name == "digits"
+    assert policy.coverage == "average" and policy._profile.fitted_for["error_weights"] == clf.config.error_weights
     other = DiffusionClassifier.from_pretrained("builtin:digits", device="cpu", policy_options={"bound": "mixture"})
-    assert (other.policy.bound, other.policy.noise_profile) == ("mixture", "")  # the file's profile goes with it
+    # The file's profile, and the coverage that needs it, go with the boundary it was for.
+    assert (other.policy.bound, other.policy.noise_profile, other.policy.coverage) == ("mixture", "", "quantile")
     with pytest.raises(ValueError, match=r"loss='l1' \(fitted for 'l2'\).*--bound mixture"):
         DiffusionClassifier.from_pretrained("builtin:digits", device="cpu", loss="l1")
+
+
+# -- coverage="average": the error stated on average over pairs ---------------------------------
+SPREAD = tuple(
+    float(s)
+    for s in np.quantile(np.exp(np.random.default_rng(4).normal(0.0, 0.3, 4000)), np.arange(200) / 200 + 0.0025)
+)
+
+
+def spread_profile(pair_scales=SPREAD) -> NoiseProfile:
+    settings = {"loss": "l2", "timesteps": "even", "weighting": 0.0, "timestep_weights": None}
+    scale = float(np.quantile(pair_scales, 0.99))
+    fit = {"typical_sd": list(BAND_SD), "scale": scale, "pair_scales": list(pair_scales)}
+    return NoiseProfile(tuple(np.asarray(BAND_SD) * scale), T, settings, fit)
+
+
+def crossing_rate(profile: NoiseProfile, level: float, *, n: int, walks: int, seed: int) -> float:
+    """Monte Carlo: the share of pure-noise walks (each pair's noise the typical one times a scale
+    drawn from the profile's spread) that ever reach the typical-noise boundary at `level`."""
+    rng = np.random.default_rng(seed)
+    scales = rng.choice(profile.pair_scales(), size=walks)
+    steps = rng.standard_normal((walks, n)) * profile.sample_sd(n, typical=True) * scales[:, None]
+    sums = np.cumsum(steps, axis=1)[:, 1:]  # looks at 2..n samples
+    rho = profile.mean_variance(typical=True)
+    bounds = np.array(
+        [mixture_sum_boundary(profile.summed_variance(k, typical=True), level, rho) for k in range(2, n + 1)]
+    )
+    return float(np.mean((sums >= bounds).any(axis=1)))
+
+
+def test_the_average_level_keeps_the_error_averaged_over_pairs_and_the_plain_level_does_not():
+    profile, alpha, n = spread_profile(), 0.02, 48
+    level = profile.average_level(alpha, 1.0, n)
+    assert level < alpha / 2  # noisier pairs than the typical one cost a tighter level
+    walks = 40_000
+    kept = crossing_rate(profile, level, n=n, walks=walks, seed=1)
+    assert kept <= alpha
+    # The typical noise at the plain level errs more often than stated: the adjustment matters.
+    assert crossing_rate(profile, alpha, n=n, walks=walks, seed=1) > alpha
+    # Pairs that all have the typical noise need no adjustment.
+    assert spread_profile(pair_scales=(1.0,) * 50).average_level(alpha, 1.0, n) == alpha
+
+
+def test_the_average_rule_drops_a_plain_loser_sooner_than_the_quantile_rule(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(spread_profile().as_dict()))
+    rng = np.random.default_rng(5)
+    table = torch.tensor(timestep_tables(rng, [0.0, 0.05], 64))
+    rounds = {}
+    for coverage in ("quantile", "average"):
+        policy = SequentialElimination(
+            min_samples=2, max_samples=64, bound="profile", noise_profile=str(path), coverage=coverage
+        ).bind(["a", "b"])
+        rounds[coverage] = run_policy_on_table(policy, table.numpy())[1]
+    assert rounds["average"] < rounds["quantile"]
+    with pytest.raises(ValueError, match="coverage='average' needs"):
+        SequentialElimination(bound="profile", noise_profile=write_profile(tmp_path / "old.json"), coverage="average")
+    with pytest.raises(ValueError, match="coverage must be one of"):
+        SequentialElimination(coverage="mean")

@@ -26,7 +26,7 @@ from fastgen.commands.types import (
     seed_value,
 )
 from fastgen.engine.policies import POLICIES, policy_options
-from fastgen.engine.policies.sequential import BOUNDS
+from fastgen.engine.policies.sequential import BOUNDS, COVERAGES
 from fastgen.engine.sampling import TIMESTEP_MODES
 from fastgen.export.loading import EXPORT_OPTIONS
 from fastgen.inputs.classes import AGGREGATES
@@ -126,6 +126,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     policy.add_argument(
         "--noise-profile", help="sequential, tree: a model's noise-profile JSON file (fastgen.eval.noise_fit)"
     )
+    policy.add_argument(
+        "--coverage", choices=COVERAGES,
+        help="sequential with a noise profile: the error holds per pair up to the profile's quantile, or on "
+        "average over pairs (builtin:digits: average)",
+    )  # fmt: skip
     policy.add_argument(
         "--tightest-at", type=positive_float, help="sequential: samples where the mixture boundary is tightest"
     )

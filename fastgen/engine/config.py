@@ -149,6 +149,7 @@ def _policy_with_model_default(
     name = from_file.pop("name", None)
     if options.get("bound") not in (None, "profile"):  # another boundary over the file's: its profile goes too
         from_file.pop("noise_profile", None)
+        from_file.pop("coverage", None)
     default = "the model's default policy" if model_policy else "the default policy"
     try:
         return make_policy(name, **{**from_file, **options})

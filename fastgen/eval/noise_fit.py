@@ -8,7 +8,9 @@ differs by noise alone: (d_a - d_b) / sqrt(2) is one draw of that noise at sampl
 Per band of timesteps, the root mean square of those draws over all images and rivals is the
 band's typical noise. Pairs differ in how noisy they are, so the profile is that typical noise
 scaled up by the `quantile` of the pairs' own scale (each pair's root mean square of its draws
-over the typical noise at their timesteps): a profile meant to cover that share of pairs.
+over the typical noise at their timesteps): a profile meant to cover that share of pairs. The
+spread of those scales is recorded too (`PAIR_SCALE_POINTS` quantiles), for a boundary that
+states its error on average over pairs (`coverage="average"`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from fastgen.api import DiffusionClassifier
 from fastgen.engine.policies import Exhaustive
 from fastgen.engine.policies.noise_profile import FITTED_FOR, NoiseProfile
 from fastgen.engine.sampling import timestep_sequence
+
+PAIR_SCALE_POINTS = 200  # quantiles of the pairs' noise scale kept in the profile
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,10 @@ def sample_errors(clf: DiffusionClassifier, images: Sequence[Any], *, n_samples:
 def profile_from_tables(
     first: np.ndarray, second: np.ndarray, labels: Sequence[int], timesteps: np.ndarray, *,
     num_train_timesteps: int, n_bands: int, quantile: float,
-) -> tuple[np.ndarray, np.ndarray, float]:  # fmt: skip
-    """(band sd [n_bands], typical band noise [n_bands], scale) from two seeds' tables [N, K, n]
-    on the same timesteps [n] (the rule in the module docstring)."""
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:  # fmt: skip
+    """(band sd [n_bands], typical band noise [n_bands], scale, quantiles of the pairs' noise
+    scale) from two seeds' tables [N, K, n] on the same timesteps [n] (the rule in the module
+    docstring)."""
     labels = np.asarray(labels)
     n_images, n_classes, _ = first.shape
     rows = np.arange(n_images)
@@ -77,7 +82,8 @@ def profile_from_tables(
     typical = np.where(np.isnan(typical), np.nanmax(typical), np.maximum(typical, np.nanmax(typical) * 1e-6))
     pair_scale = np.sqrt(np.mean((noise / typical[bands]) ** 2, axis=1))
     scale = max(1.0, float(np.quantile(pair_scale, quantile)))
-    return typical * scale, typical, scale
+    points = (np.arange(PAIR_SCALE_POINTS) + 0.5) / PAIR_SCALE_POINTS
+    return typical * scale, typical, scale, np.quantile(pair_scale, points)
 
 
 def fit_noise_profile(
@@ -107,7 +113,7 @@ def fit_noise_profile(
         n_samples, num_train_timesteps, mode="even", band_weights=clf.config.timestep_weights
     ).numpy()
     first, second = (sample_errors(clf, images, n_samples=n_samples, seed=s) for s in seeds)
-    band_sd, typical, scale = profile_from_tables(
+    band_sd, typical, scale, pair_scales = profile_from_tables(
         first, second, labels, timesteps, num_train_timesteps=num_train_timesteps, n_bands=n_bands, quantile=quantile
     )
     return NoiseProfile(
@@ -117,5 +123,6 @@ def fit_noise_profile(
         fit={
             "images": len(images), "classes": len(clf.classes), "n_samples": n_samples, "seeds": list(seeds),
             "quantile": quantile, "scale": round(scale, 4), "typical_sd": [round(float(s), 6) for s in typical],
+            "pair_scales": [round(float(s), 4) for s in pair_scales],
         },
     )  # fmt: skip

@@ -17,17 +17,24 @@ The file (`noise_profile.json` beside a model's `fastgen.json`):
      "fit": {...how it was fitted...}}
 
 `band_sd[j]` is the noise sd of one paired difference at a timestep in band j of len(band_sd)
-equal bands of [0, T). A profile holds only for the scoring settings it was fitted for.
+equal bands of [0, T), at the quantile of the pairs' noise the profile was fitted to cover. The
+fit also records the typical noise per band (`fit.typical_sd`) and how the pairs' own noise
+scales, relative to it, are spread (`fit.pair_scales`: quantiles at (i + 0.5) / m); from these
+`average_level` finds the level at which a boundary on the typical noise errs, averaged over
+pairs spread like the fitted ones, no more often than asked. A profile holds only for the
+scoring settings it was fitted for.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import optimize, special
 
 from fastgen.engine.sampling import timestep_sequence
 
@@ -111,25 +118,84 @@ class NoiseProfile:
                 "Give another boundary (bound='mixture', --bound mixture) or fit a profile for these settings"
             )
 
-    def sample_sd(self, n: int) -> np.ndarray:
-        """The noise sd of the paired difference of samples 0..n-1, from their timesteps."""
+    def sample_sd(self, n: int, typical: bool = False) -> np.ndarray:
+        """The noise sd of the paired difference of samples 0..n-1, from their timesteps (at the
+        profile's quantile, or for the typical pair)."""
         t = timestep_sequence(
             n, self.num_train_timesteps, mode="even", band_weights=self.fitted_for.get("timestep_weights")
         ).numpy()
         bands = np.minimum(t * len(self.band_sd) // self.num_train_timesteps, len(self.band_sd) - 1)
-        return np.asarray(self.band_sd, dtype=np.float64)[bands]
+        return self.bands_sd(typical)[bands]
 
-    def summed_variance(self, n: int) -> float:
-        """The variance of the sum of n paired differences (samples 0..n-1). Asked at every look
-        of every image, so the per-sample variances are computed once, for twice the largest n
-        asked so far."""
-        cached = self.__dict__.get("_cumulative")
+    def bands_sd(self, typical: bool = False) -> np.ndarray:
+        """The noise sd per band: `band_sd`, or the typical noise it was scaled up from."""
+        if not typical:
+            return np.asarray(self.band_sd, dtype=np.float64)
+        recorded = self.fit.get("typical_sd")
+        if recorded is None:
+            return np.asarray(self.band_sd, dtype=np.float64) / float(self.fit.get("scale", 1.0))
+        return np.maximum(np.asarray(recorded, dtype=np.float64), 1e-12)
+
+    def summed_variance(self, n: int, typical: bool = False) -> float:
+        """The variance of the sum of n paired differences (samples 0..n-1), at the profile's
+        quantile or (`typical`) for the typical pair. Asked at every look of every image, so the
+        per-sample variances are computed once, for twice the largest n asked so far."""
+        key = "_cumulative_typical" if typical else "_cumulative"
+        cached = self.__dict__.get(key)
         if cached is None or len(cached) <= n:
-            cumulative = np.concatenate([[0.0], np.cumsum(self.sample_sd(max(2 * n, 64)) ** 2)])
-            object.__setattr__(self, "_cumulative", cumulative)
-            cached = cumulative
+            sd = self.sample_sd(max(2 * n, 64), typical=typical)
+            cached = np.concatenate([[0.0], np.cumsum(sd**2)])
+            object.__setattr__(self, key, cached)
         return float(cached[n])
 
-    def mean_variance(self) -> float:
+    def mean_variance(self, typical: bool = False) -> float:
         """The variance of one sample, averaged over the bands (the scale of the boundary's mixture)."""
-        return float(np.mean(np.square(self.band_sd)))
+        return float(np.mean(np.square(self.bands_sd(typical))))
+
+    def pair_scales(self) -> np.ndarray:
+        """Quantiles of the pairs' noise scale relative to the typical noise (empty when the
+        profile was fitted before they were recorded)."""
+        return np.asarray(self.fit.get("pair_scales") or [], dtype=np.float64)
+
+    def average_level(self, alpha: float, tightest_at: float, max_samples: int) -> float:
+        """The level alpha' for a one-sided normal-mixture boundary on the typical noise
+        (`mixture_sum_boundary(summed_variance(n, typical=True), alpha', rho)`, rho = `tightest_at`
+        typical samples) whose chance of ever being crossed by the noise alone, averaged over
+        pairs whose noise is the typical one times a scale s spread as `pair_scales`, is at most
+        `alpha` over looks at 2..`max_samples` samples.
+
+        For a pair of scale s the crossing chance is bounded by Ville's inequality applied to the
+        one-sided normal mixture martingale of that pair's own variance (mixture scale s^2 rho):
+        at a crossing after n samples it is at least 2 Phi(sqrt(2 L_n) / s) (r_n / (2 alpha') +
+        1)^(1 / s^2) / r_n, with r_n = sqrt((V_n + rho) / rho) and L_n the boundary's log term, so
+        the chance is at most the inverse of its smallest value over n (exactly alpha' or less
+        for s = 1; more for noisier pairs, less for quieter ones)."""
+        scales = self.pair_scales()
+        if scales.size == 0:
+            raise ValueError(
+                "this noise profile records no spread of the pairs' noise (fit.pair_scales): fit it again "
+                "(python -m training.fit_noise_profile, fastgen.eval.noise_fit) to use coverage='average'"
+            )
+        key = (alpha, tightest_at, max_samples)
+        cache = self.__dict__.setdefault("_average_levels", {})
+        if key not in cache:
+            variance = np.array([self.summed_variance(n, typical=True) for n in range(2, max_samples + 1)])
+            r = np.sqrt(
+                (variance + tightest_at * self.mean_variance(typical=True))
+                / (tightest_at * self.mean_variance(typical=True))
+            )
+
+            def average_error(log_level: float) -> float:
+                log_term = np.log(r / (2.0 * math.exp(log_level)) + 1.0)
+                per_scale = [
+                    np.max(r * np.exp(-log_term / s**2) / (2.0 * special.ndtr(np.sqrt(2.0 * log_term) / s)))
+                    for s in scales
+                ]
+                return float(np.mean(np.minimum(per_scale, 1.0)))
+
+            low, high = math.log(alpha) - 60.0, math.log(alpha)
+            if average_error(high) <= alpha:
+                cache[key] = alpha
+            else:
+                cache[key] = math.exp(optimize.brentq(lambda x: average_error(x) - alpha, low, high, xtol=1e-6))
+        return cache[key]

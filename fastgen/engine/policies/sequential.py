@@ -22,6 +22,7 @@ from fastgen.engine.policies.noise_profile import NoiseProfile
 from fastgen.engine.policies.paired import paired_p_values
 
 BOUNDS = ("mixture", "spending", "profile")
+COVERAGES = ("quantile", "average")
 
 
 def mixture_z_boundary(n: int, alpha: float, tightest_at: float) -> float:
@@ -42,15 +43,27 @@ def mixture_sum_boundary(variance: float, alpha: float, rho: float) -> float:
 
 
 def worse_than_best(
-    class_errors: torch.Tensor, best: int, profile: NoiseProfile, alpha: float, tightest_at: float
+    class_errors: torch.Tensor,
+    best: int,
+    profile: NoiseProfile,
+    alpha: float,
+    tightest_at: float,
+    coverage: str = "quantile",
+    max_samples: int = 0,
 ) -> np.ndarray:
     """Per row: whether the sum of its paired differences with row `best` has crossed the
     known-variance mixture boundary at level `alpha` (variances from `profile`; the mixture scale
-    is `tightest_at` samples of the profile's mean variance)."""
+    is `tightest_at` samples of the profile's mean variance). `coverage="quantile"`: the
+    profile's variances, which cover its fitted quantile of pairs; `"average"`: the typical
+    variances at the level that errs at most `alpha` on average over pairs spread as the
+    profile's (`NoiseProfile.average_level`, for looks up to `max_samples`)."""
     n_done = class_errors.shape[1]
     sums = (class_errors.double() - class_errors[best].double()).sum(dim=1).numpy()
-    variance = profile.summed_variance(n_done)
-    return sums >= mixture_sum_boundary(variance, alpha, tightest_at * profile.mean_variance())
+    typical = coverage == "average"
+    if typical:
+        alpha = profile.average_level(alpha, tightest_at, max(max_samples, n_done))
+    variance = profile.summed_variance(n_done, typical=typical)
+    return sums >= mixture_sum_boundary(variance, alpha, tightest_at * profile.mean_variance(typical=typical))
 
 
 def look_level(bound: str, n: int, look: int, alpha: float, tightest_at: float) -> float:
@@ -96,7 +109,11 @@ class SequentialElimination(Policy):
     a class whose disadvantage is plain at every timestep go after two or three samples. Exact
     for normal noise whose sd at each timestep is at most the profile's; the profile states the
     quantile of the per-pair noise it was fitted to cover, and it is refused for scoring
-    settings other than those it was fitted for.
+    settings other than those it was fitted for. `coverage="average"` states the error on
+    average over pairs instead: the boundary is on the typical noise, at the level that keeps
+    the error averaged over pairs whose noise is spread as the profile's fitted pairs' at most
+    delta / (K - 1) per comparison (`NoiseProfile.average_level`); a pair noisier than the
+    typical one then errs more often than that, a quieter one less.
 
     `min_samples`: the first look; `check_every`: samples between looks; `tightest_at`: the sample
     count where the mixture boundary is tightest. The defaults are the setting of fewest calls at
@@ -110,6 +127,7 @@ class SequentialElimination(Policy):
     bound: str = "mixture"
     tightest_at: float = 2.0
     noise_profile: str = ""  # the profile file, for bound="profile"
+    coverage: str = "quantile"  # bound="profile": per pair up to the profile's quantile, or on average
     # Filled by `bind`: the number of classes the union bound spreads the error over.
     _n_classes: int = field(default=0, repr=False, compare=False)
     _profile: NoiseProfile | None = field(default=None, repr=False, compare=False)
@@ -127,8 +145,15 @@ class SequentialElimination(Policy):
             raise ValueError(f"tightest_at must be > 0, got {self.tightest_at}")
         if (self.bound == "profile") != bool(self.noise_profile):
             raise ValueError("bound='profile' and noise_profile=FILE go together: give both or neither")
+        if self.coverage not in COVERAGES:
+            raise ValueError(f"coverage must be one of {COVERAGES}, got {self.coverage!r}")
         if self.noise_profile and self._profile is None:
             object.__setattr__(self, "_profile", NoiseProfile.load(self.noise_profile))
+        if self.coverage == "average" and (self._profile is None or not self._profile.pair_scales().size):
+            raise ValueError(
+                "coverage='average' needs bound='profile' with a noise profile that records its pairs' "
+                "noise scales (fit.pair_scales; fit the profile again if it has none)"
+            )
 
     def check_scoring(self, settings: dict[str, Any]) -> None:
         """Refuse scoring settings the noise profile was not fitted for (its variances would not
@@ -155,7 +180,10 @@ class SequentialElimination(Policy):
         best = best_row(class_errors, alive)
         n_classes = max(self._n_classes, len(alive))
         if self._profile is not None:
-            worse = worse_than_best(class_errors, best, self._profile, self.pair_alpha(n_classes), self.tightest_at)
+            worse = worse_than_best(
+                class_errors, best, self._profile, self.pair_alpha(n_classes), self.tightest_at,
+                coverage=self.coverage, max_samples=self.max_samples,
+            )  # fmt: skip
             kept = [c for i, c in enumerate(alive) if i == best or not worse[i]]
         else:
             threshold = self.level(n_done, n_classes)
