@@ -35,6 +35,7 @@ from fastgen.builtin import resolve_builtin
 from fastgen.builtin.numbers_data import heldout_numbers
 from fastgen.engine.policies import LI_IMAGENET
 from fastgen.eval.benchmark import environment, peak_memory, reset_peak_memory
+from fastgen.models.layout import read_defaults
 
 MODEL = "builtin:numbers"
 TREE = str(resolve_builtin(MODEL) / "label_tree.json")
@@ -49,11 +50,25 @@ CONFIGS = {
         "tree",
         {"tree": TREE, "beam": 3, "node_samples": 16, "max_samples": 64, "confidence": 0.99, "noise_profile": PROFILE},
     ),
+    "tree-profile-average": (
+        "tree",
+        {
+            "tree": TREE,
+            "beam": 3,
+            "node_samples": 16,
+            "max_samples": 64,
+            "confidence": 0.99,
+            "noise_profile": PROFILE,
+            "coverage": "average",
+        },
+    ),  # fmt: skip
     "screened": ("paired", {"screen_samples": 2, "screen_keep": 30, "min_samples": 16, "max_samples": 64}),
 }
 
 
-def run_config(name: str, start: int, n_images: int, batch_size: int, exhaustive_samples: int, seed: int = 0) -> dict:
+def run_config(
+    name: str, start: int, n_images: int, batch_size: int, exhaustive_samples: int, seed: int = 0, plain: bool = False
+) -> dict:
     policy, options = CONFIGS[name]
     if name == "exhaustive":
         options = {"n_samples": exhaustive_samples}
@@ -61,8 +76,9 @@ def run_config(name: str, start: int, n_images: int, batch_size: int, exhaustive
     images, labels = images[start:], labels[start:]
     reset_peak_memory(torch.device("cpu"))
     clf = fastgen.DiffusionClassifier.from_pretrained(
-        MODEL, device="cpu", policy=policy, policy_options=options, batch_size=batch_size, seed=seed
-    )
+        MODEL, device="cpu", policy=policy, policy_options=options, batch_size=batch_size, seed=seed,
+        error_weights=(1.0,) if plain else None,
+    )  # fmt: skip
     began = time.perf_counter()
     results = clf.classify(list(images))
     seconds = time.perf_counter() - began
@@ -72,6 +88,7 @@ def run_config(name: str, start: int, n_images: int, batch_size: int, exhaustive
         "config": name,
         "policy": clf.config.as_dict()["policy"],
         "seed": seed,
+        "error_weights": weights_of(clf.config.error_weights),
         "images": n_images,
         "first_image": start,
         "accuracy": float(np.mean(np.array(predicted) == labels)),
@@ -83,6 +100,14 @@ def run_config(name: str, start: int, n_images: int, batch_size: int, exhaustive
         "batch_size": batch_size,
         "predictions": predicted,
     }
+
+
+def weights_of(error_weights) -> list[float] | None:
+    """The scoring's error weights as a row records them: None when every sample counts the same
+    (rows from before error weights existed have none)."""
+    if error_weights is None or len(set(error_weights)) == 1:
+        return None
+    return list(error_weights)
 
 
 def by_image(row: dict) -> dict[int, int]:
@@ -108,9 +133,8 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
     """One row per configuration, its chunks joined by image index (the latest run of an image wins)."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        groups.setdefault(json.dumps([row["config"], row["policy"], row.get("seed", 0)], sort_keys=True), []).append(
-            row
-        )
+        key = [row["config"], row["policy"], row.get("seed", 0), row.get("error_weights")]
+        groups.setdefault(json.dumps(key, sort_keys=True), []).append(row)
     joined = []
     for chunks in groups.values():
         predictions, evals, seconds, images = {}, 0.0, 0.0, 0
@@ -122,6 +146,7 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
         labels = np.array(sorted(predictions)) % 1000
         joined.append({
             "config": chunks[0]["config"], "policy": chunks[0]["policy"], "seed": chunks[0].get("seed", 0),
+            "error_weights": chunks[0].get("error_weights"),
             "images": len(predictions),
             "accuracy": float(np.mean(np.array([predictions[i] for i in sorted(predictions)]) == labels)),
             "unet_evals_per_image": round(evals / images, 1),
@@ -130,12 +155,16 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
             "peak_rss_mib": max(row["peak_rss_mib"] for row in chunks),
             "predictions": predictions,
         })  # fmt: skip
-    reference = next((row["predictions"] for row in joined if is_reference(row, exhaustive_samples)), None)
+    # Each row is compared with the reference scored the same way (the same error weights).
+    references = {
+        json.dumps(row["error_weights"]): row["predictions"] for row in joined if is_reference(row, exhaustive_samples)
+    }
     for row in joined:
         predictions = row.pop("predictions")
         if is_reference(row, exhaustive_samples):
             row["agreement_with_exhaustive"], row["agreement_images"] = None, 0
         else:
+            reference = references.get(json.dumps(row["error_weights"]))
             row["agreement_with_exhaustive"], row["agreement_images"] = agreement(predictions, reference)
         row["exhaustive_samples"] = exhaustive_samples
     return joined
@@ -156,6 +185,7 @@ def main() -> None:
         default=0,
         help="the samples' seed (a reference on another seed shares no noise with the policies)",
     )
+    parser.add_argument("--plain", action="store_true", help="score without the model's error weights")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "numbers_cpu.jsonl")
     args = parser.parse_args()
     if args.threads:
@@ -165,10 +195,18 @@ def main() -> None:
         for row in summarise(earlier, args.exhaustive_samples):
             print(json.dumps(row), flush=True)
         return
-    reference = next((by_image(r) for r in reversed(earlier) if is_reference(r, args.exhaustive_samples)), None)
+    model_weights = read_defaults(resolve_builtin(MODEL)).get("scoring", {}).get("error_weights")
+    weights = weights_of((1.0,) if args.plain else model_weights)
+    reference = next(
+        (
+            by_image(r) for r in reversed(earlier)
+            if is_reference(r, args.exhaustive_samples) and r.get("error_weights") == weights
+        ),
+        None,
+    )  # fmt: skip
     env = {**environment(torch.device("cpu")), "cpu_flags_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text()}
     for name in args.configs.split(","):
-        row = run_config(name, args.start, args.images, args.batch_size, args.exhaustive_samples, args.seed)
+        row = run_config(name, args.start, args.images, args.batch_size, args.exhaustive_samples, args.seed, args.plain)
         if is_reference(row, args.exhaustive_samples):
             reference = {**(reference or {}), **by_image(row)}
             row["agreement_with_exhaustive"] = None  # the reference itself: it would agree with itself

@@ -238,3 +238,25 @@ def test_the_average_rule_drops_a_plain_loser_sooner_than_the_quantile_rule(tmp_
         SequentialElimination(bound="profile", noise_profile=write_profile(tmp_path / "old.json"), coverage="average")
     with pytest.raises(ValueError, match="coverage must be one of"):
         SequentialElimination(coverage="mean")
+
+
+def test_the_tree_takes_the_same_coverage_and_refuses_what_it_cannot_hold(tmp_path):
+    from fastgen.engine.policies import LabelTreePolicy
+
+    tree = tmp_path / "tree.json"
+    tree.write_text(
+        json.dumps({
+            "format": "fastgen-label-tree-1", "roots": ["low", "high"],
+            "nodes": {"low": {"prompt": "a low thing", "children": ["a", "b"]},
+                      "high": {"prompt": "a high thing", "children": ["c", "d"]}},
+        })
+    )  # fmt: skip
+    spread = tmp_path / "spread.json"
+    spread.write_text(json.dumps(spread_profile().as_dict()))
+    options = {"tree": str(tree), "confidence": 0.99, "node_samples": 8, "max_samples": 32}
+    policy = LabelTreePolicy(noise_profile=str(spread), coverage="average", **options).bind(["a", "b", "c", "d"])
+    assert policy.coverage == "average"
+    with pytest.raises(ValueError, match="coverage='average' needs"):
+        LabelTreePolicy(noise_profile=write_profile(tmp_path / "old.json"), coverage="average", **options)
+    with pytest.raises(ValueError, match="coverage must be one of"):
+        LabelTreePolicy(coverage="mean", **options)

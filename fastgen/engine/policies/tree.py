@@ -17,7 +17,7 @@ as at most `beam` units are left standing, or at `node_samples` (then the `beam`
 error go on). Leaves are then looked at every `look_every` samples from the first round they are
 all classes, until one is left or `max_samples` (undecided, with its survivors, otherwise).
 With `noise_profile` as well, the tests use the known-variance boundary of that profile
-(`SequentialElimination`'s `bound="profile"`) instead of the t-test.
+(`SequentialElimination`'s `bound="profile"`, with its `coverage`) instead of the t-test.
 
 Classes in subtrees never entered get no score (NaN, 0 samples), like pruned classes.
 """
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from fastgen.engine.policies.base import Policy, best_row, mean_errors
 from fastgen.engine.policies.noise_profile import NoiseProfile
 from fastgen.engine.policies.paired import paired_p_values
-from fastgen.engine.policies.sequential import look_level, worse_than_best
+from fastgen.engine.policies.sequential import COVERAGES, look_level, worse_than_best
 from fastgen.inputs.label_tree import LabelTree, load_label_tree
 
 
@@ -48,6 +48,7 @@ class LabelTreePolicy(Policy):
     node_min_samples: int = 4
     look_every: int = 2
     noise_profile: str = ""  # with `confidence`: the known-variance boundary of this profile file
+    coverage: str = "quantile"  # with `noise_profile`: the error per pair, or on average over pairs
     # Filled by `bind` for one set of classes: unit -> children units (inner nodes only),
     # the first round's units, and the inner nodes' (name, prompts).
     _children: dict[int, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
@@ -84,8 +85,14 @@ class LabelTreePolicy(Policy):
             raise ValueError(f"look_every must be >= 1, got {self.look_every}")
         if self.noise_profile and self.confidence is None:
             raise ValueError("noise_profile is used by the sequential rule: give confidence as well")
+        if self.coverage not in COVERAGES:
+            raise ValueError(f"coverage must be one of {COVERAGES}, got {self.coverage!r}")
         if self.noise_profile and self._profile is None:
             object.__setattr__(self, "_profile", NoiseProfile.load(self.noise_profile))
+        if self.coverage == "average" and (self._profile is None or not self._profile.pair_scales().size):
+            raise ValueError(
+                "coverage='average' needs a noise profile that records its pairs' noise scales (fit.pair_scales)"
+            )
 
     def check_scoring(self, settings: dict) -> None:
         """Refuse scoring settings the noise profile was not fitted for."""
@@ -149,7 +156,10 @@ class LabelTreePolicy(Policy):
         n_done = class_errors.shape[1]
         best = best_row(class_errors, alive)
         if self._profile is not None:
-            worse = worse_than_best(class_errors, best, self._profile, self.pair_alpha(), tightest_at=1.0)
+            worse = worse_than_best(
+                class_errors, best, self._profile, self.pair_alpha(), tightest_at=1.0,
+                coverage=self.coverage, max_samples=self.max_samples,
+            )  # fmt: skip
         else:
             worse = paired_p_values(class_errors, best) < look_level("mixture", n_done, 0, self.pair_alpha(), 2.0)
         standing = [i for i in range(len(alive)) if i == best or not worse[i]]
