@@ -208,6 +208,40 @@ def cmd_weigh(args) -> None:
     print(json.dumps({"tables": str(path), "from": str(plain_path)}))
 
 
+def cmd_weightings(args) -> None:
+    """How the error-weighting rules compare on training digits only (`--plain` tables of the
+    training split: clean, for the fit, and the three hard-regime shifts): the accuracy of
+    exhaustive scoring on the 64 samples of seed 0 under each rule's weights, all fitted on the
+    clean training tables. Fitted rule: mean / variance of the paired difference per band (the
+    diagonal Fisher discriminant, `fastgen.eval.error_weight_fit`); the others: 1 / sd, squared
+    signal-to-noise, 1 / sqrt(noise sd), and none."""
+    PLAIN["on"] = True
+    fit = np.load(table_path("train", 15, 0, 128))
+    tables, labels = fit["tables"].astype(np.float64), fit["labels"]
+    bands = timestep_sequence(128, 1000, mode="even").numpy() * 16 // 1000
+    rows = np.arange(len(labels))
+    rivals = np.arange(10)[None, :] != labels[:, None]
+    diffs = (tables - tables[rows, labels][:, None, :])[rivals]
+    mean = np.array([diffs[:, bands == b].mean() for b in range(16)])
+    sd = np.array([diffs[:, bands == b].std() for b in range(16)])
+    noise = np.asarray(json.loads(PLAIN_NOISE_PROFILE.read_text())["fit"]["typical_sd"])
+    rules = {
+        "none": np.ones(16), "mean / variance (fitted rule)": np.maximum(mean, 0) / sd**2, "1 / sd": 1 / sd,
+        "(mean / sd)^2": (mean / sd) ** 2, "1 / sqrt(noise sd)": noise**-0.5,
+    }  # fmt: skip
+    out = {"command": "python bench/bench_policies.py weightings", "cpu": cpu_name(), "rows": []}
+    for tag, shift in [("clean", None), ("blur 1.0", ("blur", 1.0)), ("contrast 0.3", ("contrast", 0.3)),
+                       ("noise 0.5", ("noise", 0.5))]:  # fmt: skip
+        data = np.load(table_path("train", 15, 0, 64, shift))
+        row = {"images": tag}
+        for name, weights in rules.items():
+            scores = (data["tables"] * weights[bands[:64]]).mean(axis=2)
+            row[name] = round(float(np.mean(scores.argmin(axis=1) == data["labels"])), 3)
+        out["rows"].append(row)
+        print(json.dumps(row))
+    (RESULTS / "error_weightings_train.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
 # -- the policies replayed ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class PlugInMixture(SequentialElimination):
@@ -467,6 +501,7 @@ def cmd_check(args) -> None:
     for policy in (
         SequentialElimination(max_samples=args.n),
         PairedTest(alpha=1e-2, min_samples=4, max_samples=args.n),
+        profiled(max_samples=args.n, **CHOSEN_PROFILE),
     ):
         clf = DiffusionClassifier.from_pretrained(
             "builtin:digits", policy=policy, seed=args.seed, device="cpu", error_weights=(1.0,) if PLAIN["on"] else None
@@ -528,6 +563,7 @@ def main(argv: list[str] | None = None) -> None:
     validity.add_argument("--reference-per-class", type=int, default=15)
     validity.add_argument("--reference-seed", type=int, default=1)
     validity.add_argument("--reference-n", type=int, default=128)
+    sub.add_parser("weightings", help="error-weighting rules compared on training digits (clean and shifted)")
     weigh = sub.add_parser("weigh", help="model-scored tables from --plain ones (times the error weights)")
     weigh.add_argument("--split", choices=("heldout", "train"), default="heldout")
     weigh.add_argument("--per-class", type=int, default=15, help="images per class (0: all)")
@@ -555,6 +591,7 @@ def main(argv: list[str] | None = None) -> None:
         "validity": cmd_validity,
         "check": cmd_check,
         "weigh": cmd_weigh,
+        "weightings": cmd_weightings,
     }
     commands[args.command](args)
 

@@ -99,6 +99,8 @@ def test_bench_hands_its_engine_a_list_of_providers():
             "argument --fit-fraction: expected a number between 0 and 1",
         ),
         (["export", "--dtype", "half"], "argument --dtype: invalid choice: 'half'"),
+        (["classify", ".", "--error-weights", "1,-2"], "argument --error-weights: expected none or weights >= 0"),
+        (["classify", ".", "--error-weights", "0,0"], "argument --error-weights: expected none or weights >= 0"),
     ],
 )
 def test_out_of_range_values_are_one_line_errors_naming_the_option(argv, message, capsys):
@@ -248,3 +250,10 @@ def test_export_out_that_is_a_file_is_refused_untouched(tmp_path, capsys):
     err = _refused(["export", "--out", str(mine), "--model", MISSING_MODEL], capsys)
     assert "--out" in err and "is a file" in err and mine.read_bytes() == b"mine"
     assert Path(mine).is_file()
+
+
+def test_error_weights_none_is_equal_weights_and_a_list_is_kept():
+    parser = build_parser("classify")
+    assert parser.parse_args(["classify", ".", "--out", "r.jsonl", "--error-weights", "none"]).error_weights == (1.0,)
+    assert parser.parse_args(["classify", ".", "--out", "r.jsonl", "--error-weights", "0.5,2"]).error_weights == (0.5, 2.0)
+    assert parser.parse_args(["classify", ".", "--out", "r.jsonl"]).error_weights is None  # the model's own

@@ -17,6 +17,7 @@ from fastgen.api import DTYPES
 from fastgen.backends import BACKENDS
 from fastgen.commands.outputs import check_folder
 from fastgen.commands.types import (
+    error_weights_value,
     finite_float,
     int_in,
     open_probability,
@@ -86,6 +87,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--weighting", type=finite_float, default=0.0, help="epsilon/v models: k in w(t)=exp(-k t); 0 is uniform"
     )
+    group.add_argument(
+        "--error-weights", type=error_weights_value, default=None, metavar="W1,W2,...|none",
+        help="weight of each band of timesteps in a class's score (default: the model's fitted ones; none: equal)",
+    )  # fmt: skip
     group.add_argument(
         "--flow-timesteps", choices=FLOW_TIMESTEPS, default=None,
         help="flow models (SD3, Flux): density of the noise levels scored (default: the model's, else uniform)",
@@ -293,6 +298,7 @@ def _load_classifier(args: argparse.Namespace, device: str | None, backend_optio
         loss=args.loss,
         timesteps=args.timesteps,
         weighting=args.weighting,
+        error_weights=args.error_weights,
         flow_timesteps=args.flow_timesteps,
         flow_weighting=args.flow_weighting,
         conditioning=dict(args.conditioning or []) or None,

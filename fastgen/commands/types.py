@@ -55,6 +55,20 @@ def finite_float(text: str) -> float:
     return value
 
 
+def error_weights_value(text: str) -> tuple[float, ...]:
+    """`none` (every band of timesteps counts the same: (1.0,)) or a comma list of weights >= 0,
+    not all 0, such as 0.1,0.5,2."""
+    if text.strip().lower() == "none":
+        return (1.0,)
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or any(not math.isfinite(v) or v < 0 for v in values) or not any(values):
+        raise argparse.ArgumentTypeError(f"expected none or weights >= 0 separated by commas (not all 0), got {text!r}")
+    return values
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0."""
     value = finite_float(text)
