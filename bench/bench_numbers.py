@@ -35,6 +35,7 @@ from fastgen.builtin import resolve_builtin
 from fastgen.builtin.numbers_data import heldout_numbers
 from fastgen.engine.policies import LI_IMAGENET
 from fastgen.eval.benchmark import environment, peak_memory, reset_peak_memory
+from fastgen.eval.shifts import blur, contrast, gaussian_noise
 from fastgen.models.layout import read_defaults
 
 MODEL = "builtin:numbers"
@@ -66,14 +67,28 @@ CONFIGS = {
 }
 
 
+def shifted(images: np.ndarray, shift: str | None) -> list:
+    """The images as the classifier gets them: uint8 as stored, or with `shift` (NAME:STRENGTH,
+    `noise:SIGMA`, `blur:SIGMA_PX`, `contrast:FACTOR` of `fastgen.eval.shifts`) applied to all of
+    them at once as float images in [0, 1], passed as [1, H, W] tensors."""
+    if not shift:
+        return list(images)
+    name, _, strength = shift.partition(":")
+    apply = {"noise": gaussian_noise, "blur": blur, "contrast": contrast}[name](float(strength))
+    moved = apply(images / 255.0).astype(np.float32)
+    return [torch.from_numpy(image[None]) for image in moved]
+
+
 def run_config(
-    name: str, start: int, n_images: int, batch_size: int, exhaustive_samples: int, seed: int = 0, plain: bool = False
-) -> dict:
+    name: str, start: int, n_images: int, batch_size: int, exhaustive_samples: int, seed: int = 0, plain: bool = False,
+    shift: str | None = None,
+) -> dict:  # fmt: skip
     policy, options = CONFIGS[name]
     if name == "exhaustive":
         options = {"n_samples": exhaustive_samples}
     images, labels = heldout_numbers(start + n_images)
-    images, labels = images[start:], labels[start:]
+    # A shift is applied to images 0..start+n-1 together (seeded noise depends on the whole array).
+    images, labels = shifted(images, shift)[start:], labels[start:]
     reset_peak_memory(torch.device("cpu"))
     clf = fastgen.DiffusionClassifier.from_pretrained(
         MODEL, device="cpu", policy=policy, policy_options=options, batch_size=batch_size, seed=seed,
@@ -89,6 +104,7 @@ def run_config(
         "policy": clf.config.as_dict()["policy"],
         "seed": seed,
         "error_weights": weights_of(clf.config.error_weights),
+        "shift": shift,
         "images": n_images,
         "first_image": start,
         "accuracy": float(np.mean(np.array(predicted) == labels)),
@@ -133,7 +149,7 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
     """One row per configuration, its chunks joined by image index (the latest run of an image wins)."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        key = [row["config"], row["policy"], row.get("seed", 0), row.get("error_weights")]
+        key = [row["config"], row["policy"], row.get("seed", 0), row.get("error_weights"), row.get("shift")]
         groups.setdefault(json.dumps(key, sort_keys=True), []).append(row)
     joined = []
     for chunks in groups.values():
@@ -146,7 +162,7 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
         labels = np.array(sorted(predictions)) % 1000
         joined.append({
             "config": chunks[0]["config"], "policy": chunks[0]["policy"], "seed": chunks[0].get("seed", 0),
-            "error_weights": chunks[0].get("error_weights"),
+            "error_weights": chunks[0].get("error_weights"), "shift": chunks[0].get("shift"),
             "images": len(predictions),
             "accuracy": float(np.mean(np.array([predictions[i] for i in sorted(predictions)]) == labels)),
             "unet_evals_per_image": round(evals / images, 1),
@@ -157,14 +173,16 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
         })  # fmt: skip
     # Each row is compared with the reference scored the same way (the same error weights).
     references = {
-        json.dumps(row["error_weights"]): row["predictions"] for row in joined if is_reference(row, exhaustive_samples)
+        json.dumps([row["error_weights"], row["shift"]]): row["predictions"]
+        for row in joined
+        if is_reference(row, exhaustive_samples)
     }
     for row in joined:
         predictions = row.pop("predictions")
         if is_reference(row, exhaustive_samples):
             row["agreement_with_exhaustive"], row["agreement_images"] = None, 0
         else:
-            reference = references.get(json.dumps(row["error_weights"]))
+            reference = references.get(json.dumps([row["error_weights"], row["shift"]]))
             row["agreement_with_exhaustive"], row["agreement_images"] = agreement(predictions, reference)
         row["exhaustive_samples"] = exhaustive_samples
     return joined
@@ -186,6 +204,7 @@ def main() -> None:
         help="the samples' seed (a reference on another seed shares no noise with the policies)",
     )
     parser.add_argument("--plain", action="store_true", help="score without the model's error weights")
+    parser.add_argument("--shift", default=None, help="NAME:STRENGTH: noise:SIGMA, blur:SIGMA_PX or contrast:FACTOR")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "numbers_cpu.jsonl")
     args = parser.parse_args()
     if args.threads:
@@ -201,12 +220,15 @@ def main() -> None:
         (
             by_image(r) for r in reversed(earlier)
             if is_reference(r, args.exhaustive_samples) and r.get("error_weights") == weights
+            and r.get("shift") == args.shift
         ),
         None,
     )  # fmt: skip
     env = {**environment(torch.device("cpu")), "cpu_flags_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text()}
     for name in args.configs.split(","):
-        row = run_config(name, args.start, args.images, args.batch_size, args.exhaustive_samples, args.seed, args.plain)
+        row = run_config(
+            name, args.start, args.images, args.batch_size, args.exhaustive_samples, args.seed, args.plain, args.shift
+        )
         if is_reference(row, args.exhaustive_samples):
             reference = {**(reference or {}), **by_image(row)}
             row["agreement_with_exhaustive"] = None  # the reference itself: it would agree with itself

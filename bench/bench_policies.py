@@ -453,14 +453,15 @@ def validity_policies(budget: int) -> list[Policy]:
 
 def cmd_validity(args) -> None:
     """Over many policy seeds: how often each rule eliminated the reference winner."""
-    ref_data = np.load(table_path(args.split, args.reference_per_class, args.reference_seed, args.reference_n))
+    reference_per_class = None if args.reference_per_class == 0 else args.reference_per_class
+    ref_data = np.load(table_path(args.split, reference_per_class, args.reference_seed, args.reference_n, args.shift))
     winners_all, _ = reference_decisions(ref_data["tables"])
     winner_of = dict(zip(ref_data["index"].tolist(), winners_all.tolist()))
     policies = validity_policies(args.n)
     eliminated = np.zeros(len(policies), dtype=np.int64)
     runs, seeds, per_image = 0, [], {}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        path = table_path(args.split, args.per_class, seed, args.n)
+        path = table_path(args.split, args.per_class, seed, args.n, args.shift)
         if not path.exists():
             continue
         data = np.load(path)
@@ -481,11 +482,12 @@ def cmd_validity(args) -> None:
         }
         for j, policy in enumerate(policies)
     ]
-    settings = {"split": args.split, "per_class": args.per_class, "seeds": seeds, "n": args.n,
+    settings = {"split": args.split, "per_class": args.per_class, "shift": shift_tag(args.shift) or None, "seeds": seeds, "n": args.n,
                 "reference_seed": args.reference_seed, "reference_n": args.reference_n, "cpu": cpu_name(),
                 "command": "python bench/bench_policies.py " + " ".join(sys.argv[1:])}  # fmt: skip
     plain = "_plain" if PLAIN["on"] else ""
-    out = RESULTS / f"policies_validity_{args.split}_{args.per_class or 'all'}{plain}.json"
+    tag = f"_{shift_tag(args.shift)}" if args.shift is not None else ""
+    out = RESULTS / f"policies_validity_{args.split}_{args.per_class or 'all'}{tag}{plain}.json"
     out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
     for row in rows:
         print(json.dumps(row))
@@ -560,7 +562,8 @@ def main(argv: list[str] | None = None) -> None:
     validity.add_argument("--first-seed", type=int, default=2)
     validity.add_argument("--seeds", type=int, default=20)
     validity.add_argument("--n", type=int, default=64)
-    validity.add_argument("--reference-per-class", type=int, default=15)
+    validity.add_argument("--reference-per-class", type=int, default=15, help="(0: all)")
+    validity.add_argument("--shift", type=parse_shift, default=None, help=SHIFT_HELP)
     validity.add_argument("--reference-seed", type=int, default=1)
     validity.add_argument("--reference-n", type=int, default=128)
     sub.add_parser("weightings", help="error-weighting rules compared on training digits (clean and shifted)")
