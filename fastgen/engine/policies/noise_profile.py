@@ -168,8 +168,8 @@ class NoiseProfile:
         one-sided normal mixture martingale of that pair's own variance (mixture scale s^2 rho):
         at a crossing after n samples it is at least 2 Phi(sqrt(2 L_n) / s) (r_n / (2 alpha') +
         1)^(1 / s^2) / r_n, with r_n = sqrt((V_n + rho) / rho) and L_n the boundary's log term, so
-        the chance is at most the inverse of its smallest value over n (exactly alpha' or less
-        for s = 1; more for noisier pairs, less for quieter ones)."""
+        the chance is at most the inverse of its smallest value over n (about alpha' for s = 1,
+        more for noisier pairs, less for quieter ones)."""
         scales = self.pair_scales()
         if scales.size == 0:
             raise ValueError(
