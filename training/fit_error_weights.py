@@ -22,13 +22,10 @@ import platform
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from fastgen import DiffusionClassifier
-from fastgen.builtin.digits_data import digits_split, to_pil
 from fastgen.eval.error_weight_fit import fit_error_weights
-from training.fit_noise_profile import numbers_training_set
+from training.fit_noise_profile import training_set
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,13 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.model == "builtin:numbers":
-        clf, images, labels = numbers_training_set(args.per_class)
-    else:
-        train_x, train_y, _, _ = digits_split()
-        index = np.sort(np.concatenate([np.flatnonzero(train_y == k)[: args.per_class] for k in range(10)]))
-        clf = DiffusionClassifier.from_pretrained(args.model, device="cpu", policy="exhaustive")
-        images, labels = [to_pil(x) for x in train_x[index]], train_y[index].tolist()
+    clf, images, labels = training_set(args.model, args.per_class)
     weights = fit_error_weights(clf, images, labels, n_samples=args.n_samples, n_bands=args.n_bands, seed=args.seed)
     model = json.loads(args.model_file.read_text(encoding="utf-8"))
     model.setdefault("scoring", {})["error_weights"] = list(weights)

@@ -45,6 +45,18 @@ def numbers_training_set(per_class: int, seed: int = 0) -> tuple[DiffusionClassi
     return clf, [to_pil(x) for x in images], labels.tolist()
 
 
+def training_set(model: str, per_class: int) -> tuple[DiffusionClassifier, list, list[int]]:
+    """(classifier, images, labels) a fit runs on: `builtin:numbers` on 20 of its classes
+    (`numbers_training_set`), any other model on the first `per_class` training digits of each
+    class against all ten."""
+    if model == "builtin:numbers":
+        return numbers_training_set(per_class)
+    train_x, train_y, _, _ = digits_split()
+    index = np.sort(np.concatenate([np.flatnonzero(train_y == k)[:per_class] for k in range(10)]))
+    clf = DiffusionClassifier.from_pretrained(model, device="cpu", policy="exhaustive")
+    return clf, [to_pil(x) for x in train_x[index]], train_y[index].tolist()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -56,13 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.model == "builtin:numbers":
-        clf, images, labels = numbers_training_set(args.per_class)
-    else:
-        train_x, train_y, _, _ = digits_split()
-        index = np.sort(np.concatenate([np.flatnonzero(train_y == k)[: args.per_class] for k in range(10)]))
-        clf = DiffusionClassifier.from_pretrained(args.model, device="cpu", policy="exhaustive")
-        images, labels = [to_pil(x) for x in train_x[index]], train_y[index].tolist()
+    clf, images, labels = training_set(args.model, args.per_class)
     profile = fit_noise_profile(
         clf, images, labels,
         n_samples=args.n_samples, n_bands=args.n_bands, quantile=args.quantile,
