@@ -104,14 +104,16 @@ def small_profile(model_dirs, tmp_path_factory):
     return str(path), profile
 
 
+@pytest.mark.parametrize("coverage", ["quantile", "average"])
 @pytest.mark.parametrize("batch_size", [5, 64])
-def test_engine_and_reference_decide_identically(model_dirs, images, small_profile, batch_size):
+def test_engine_and_reference_decide_identically(model_dirs, images, small_profile, batch_size, coverage):
     options = {
         "confidence": 0.6,
         "min_samples": 2,
         "max_samples": 9,
         "bound": "profile",
         "noise_profile": small_profile[0],
+        "coverage": coverage,
     }
     clf = small_classifier(
         model_dirs["pixel-text"], "pixel-text", policy="sequential", policy_options=options, batch_size=batch_size
