@@ -33,12 +33,14 @@ import torch
 import fastgen
 from fastgen.builtin import resolve_builtin
 from fastgen.builtin.numbers_data import heldout_numbers
-from fastgen.engine.policies import LI_IMAGENET
+from fastgen.engine.policies import LI_IMAGENET, paired_p_values
 from fastgen.eval.benchmark import environment, peak_memory, reset_peak_memory
+from fastgen.eval.noise_fit import sample_errors
 from fastgen.eval.shifts import blur, contrast, gaussian_noise
 from fastgen.models.layout import read_defaults
 
 MODEL = "builtin:numbers"
+TIE_P = 0.01  # a reference tie: a class not worse than the winner at p >= 0.01 (one-sided paired t-test)
 TREE = str(resolve_builtin(MODEL) / "label_tree.json")
 PROFILE = str(resolve_builtin(MODEL) / "noise_profile.json")
 CONFIGS = {
@@ -81,7 +83,7 @@ def shifted(images: np.ndarray, shift: str | None) -> list:
 
 def run_config(
     name: str, start: int, n_images: int, batch_size: int, exhaustive_samples: int, seed: int = 0, plain: bool = False,
-    shift: str | None = None,
+    shift: str | None = None, ties: bool = False,
 ) -> dict:  # fmt: skip
     policy, options = CONFIGS[name]
     if name == "exhaustive":
@@ -95,10 +97,23 @@ def run_config(
         error_weights=(1.0,) if plain else None,
     )  # fmt: skip
     began = time.perf_counter()
-    results = clf.classify(list(images))
+    tied = None
+    if name == "exhaustive" and ties:
+        # The per-sample errors of every class, kept for the tie test; the decision is the same
+        # lowest mean error that exhaustive scoring takes.
+        tables = sample_errors(clf, list(images), n_samples=exhaustive_samples, seed=seed)
+        means = tables.mean(axis=2)
+        predicted = [int(np.argmin(m)) for m in means]
+        evals = [tables.shape[1] * tables.shape[2]] * len(tables)
+        tied = [
+            [k for k, p in enumerate(paired_p_values(torch.from_numpy(t), w).tolist()) if k == w or p >= TIE_P]
+            for t, w in zip(tables, predicted)
+        ]
+    else:
+        results = clf.classify(list(images))
+        predicted = [clf.classes.names.index(r.prediction) for r in results]
+        evals = [r.unet_evals for r in results]
     seconds = time.perf_counter() - began
-    predicted = [clf.classes.names.index(r.prediction) for r in results]
-    evals = [r.unet_evals for r in results]
     return {
         "config": name,
         "policy": clf.config.as_dict()["policy"],
@@ -115,6 +130,7 @@ def run_config(
         "peak_rss_mib": round(peak_memory(torch.device("cpu")) / 2**20, 1),
         "batch_size": batch_size,
         "predictions": predicted,
+        **({"ties": tied} if tied is not None else {}),
     }
 
 
@@ -153,9 +169,10 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
         groups.setdefault(json.dumps(key, sort_keys=True), []).append(row)
     joined = []
     for chunks in groups.values():
-        predictions, evals, seconds, images = {}, 0.0, 0.0, 0
+        predictions, ties, evals, seconds, images = {}, {}, 0.0, 0.0, 0
         for row in chunks:
             predictions.update(by_image(row))
+            ties.update({row.get("first_image", 0) + i: set(t) for i, t in enumerate(row.get("ties") or [])})
             evals += row["unet_evals_per_image"] * row["images"]
             seconds += row["seconds"]
             images += row["images"]
@@ -169,21 +186,25 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
             "unet_evals_max": max(row["unet_evals_max"] for row in chunks),
             "images_per_s": round(images / seconds, 4),
             "peak_rss_mib": max(row["peak_rss_mib"] for row in chunks),
-            "predictions": predictions,
+            "predictions": predictions, "ties": ties or None,
         })  # fmt: skip
     # Each row is compared with the reference scored the same way (the same error weights).
     references = {
-        json.dumps([row["error_weights"], row["shift"]]): row["predictions"]
+        json.dumps([row["error_weights"], row["shift"]]): (row["predictions"], row.get("ties"))
         for row in joined
         if is_reference(row, exhaustive_samples)
     }
     for row in joined:
         predictions = row.pop("predictions")
+        row.pop("ties")
         if is_reference(row, exhaustive_samples):
             row["agreement_with_exhaustive"], row["agreement_images"] = None, 0
         else:
-            reference = references.get(json.dumps([row["error_weights"], row["shift"]]))
+            reference, ties = references.get(json.dumps([row["error_weights"], row["shift"]]), (None, None))
             row["agreement_with_exhaustive"], row["agreement_images"] = agreement(predictions, reference)
+            if ties is not None:  # a prediction among the reference's ties counts as agreeing
+                shared = sorted(set(predictions) & set(ties))
+                row["agreement_ties_allowed"] = float(np.mean([predictions[i] in ties[i] for i in shared]))
         row["exhaustive_samples"] = exhaustive_samples
     return joined
 
@@ -204,6 +225,9 @@ def main() -> None:
         help="the samples' seed (a reference on another seed shares no noise with the policies)",
     )
     parser.add_argument("--plain", action="store_true", help="score without the model's error weights")
+    parser.add_argument(
+        "--ties", action="store_true", help="exhaustive: keep each image's classes tied with the winner (p >= 0.01)"
+    )
     parser.add_argument("--shift", default=None, help="NAME:STRENGTH: noise:SIGMA, blur:SIGMA_PX or contrast:FACTOR")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "numbers_cpu.jsonl")
     args = parser.parse_args()
@@ -227,8 +251,9 @@ def main() -> None:
     env = {**environment(torch.device("cpu")), "cpu_flags_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text()}
     for name in args.configs.split(","):
         row = run_config(
-            name, args.start, args.images, args.batch_size, args.exhaustive_samples, args.seed, args.plain, args.shift
-        )
+            name, args.start, args.images, args.batch_size, args.exhaustive_samples, args.seed, args.plain, args.shift,
+            args.ties,
+        )  # fmt: skip
         if is_reference(row, args.exhaustive_samples):
             reference = {**(reference or {}), **by_image(row)}
             row["agreement_with_exhaustive"] = None  # the reference itself: it would agree with itself
