@@ -255,5 +255,8 @@ def test_export_out_that_is_a_file_is_refused_untouched(tmp_path, capsys):
 def test_error_weights_none_is_equal_weights_and_a_list_is_kept():
     parser = build_parser("classify")
     assert parser.parse_args(["classify", ".", "--out", "r.jsonl", "--error-weights", "none"]).error_weights == (1.0,)
-    assert parser.parse_args(["classify", ".", "--out", "r.jsonl", "--error-weights", "0.5,2"]).error_weights == (0.5, 2.0)
+    assert parser.parse_args(["classify", ".", "--out", "r.jsonl", "--error-weights", "0.5,2"]).error_weights == (
+        0.5,
+        2.0,
+    )
     assert parser.parse_args(["classify", ".", "--out", "r.jsonl"]).error_weights is None  # the model's own
