@@ -14,7 +14,12 @@ Two steps, so that the expensive one runs once:
   no policy saw. A reference tie is a class not worse than the reference winner at p >= 0.01 by a
   one-sided paired t-test on the reference samples.
 * `validity`: the engine run with a policy at many seeds; the fraction of images where the rule
-  eliminated the reference winner.
+  eliminated the reference winner (`--shift`, `--n 128` for the hard regime above 64 samples).
+* Error weights: the tables are of the model's default score, with its fitted `error_weights`;
+  `--plain` scores without them (cached under their own names). `weigh` writes a weighted table
+  from a plain one (the plain table times each sample's band weight, which is what the engine
+  computes: `weigh --compare` measures the difference against an engine table), and `weightings`
+  compares error-weighting rules on training digits only.
 
     nice -n 19 python bench/bench_policies.py tables --split heldout --per-class 15 --seed 0 --n 64
     nice -n 19 python bench/bench_policies.py tables --split heldout --per-class 15 --seed 1 --n 128
