@@ -10,6 +10,13 @@ seed; image i always gets the same noise, so a slow configuration can be run in 
 (`--start`, `--images`) that are joined afterwards. One JSON object per configuration and chunk is
 appended to `--out` (default `bench/results/numbers_cpu.jsonl`) and printed last.
 
+Settings are chosen on training compositions, never on the held-out numbers: `--split train`
+scores the first of 200 compositions of random numbers from training digits (the same 200 in
+every run), and `--options JSON` runs a configuration with other policy settings, e.g.
+
+    python bench/bench_numbers.py --split train --images 40 --configs exhaustive --exhaustive-samples 32 --seed 1 --ties --out bench/results/numbers_train_cpu.jsonl
+    python bench/bench_numbers.py --split train --images 40 --configs tree --options '{"beam": 2}' --out bench/results/numbers_train_cpu.jsonl
+
 `--summary` joins the chunks of each configuration (same policy settings) by image index and
 prints one row per configuration: images, accuracy, UNet evaluations per image, images/s, peak
 memory, and agreement with the exhaustive reference of `--exhaustive-samples` samples per class on
@@ -32,7 +39,7 @@ import torch
 
 import fastgen
 from fastgen.builtin import resolve_builtin
-from fastgen.builtin.numbers_data import heldout_numbers
+from fastgen.builtin.numbers_data import heldout_numbers, training_numbers
 from fastgen.engine.policies import LI_IMAGENET, paired_p_values
 from fastgen.eval.benchmark import environment, peak_memory, reset_peak_memory
 from fastgen.eval.noise_fit import sample_errors
@@ -40,6 +47,8 @@ from fastgen.eval.shifts import blur, contrast, gaussian_noise
 from fastgen.models.layout import read_defaults
 
 MODEL = "builtin:numbers"
+TRAIN_SEED = 7  # the training compositions settings are chosen on (`--split train`)
+TRAIN_IMAGES = 200  # drawn at once, so that chunks of them are the same images
 TIE_P = 0.01  # a reference tie: a class not worse than the winner at p >= 0.01 (one-sided paired t-test)
 TREE = str(resolve_builtin(MODEL) / "label_tree.json")
 PROFILE = str(resolve_builtin(MODEL) / "noise_profile.json")
@@ -81,14 +90,24 @@ def shifted(images: np.ndarray, shift: str | None) -> list:
     return [torch.from_numpy(image[None]) for image in moved]
 
 
+def numbers(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first n images of a split and their labels: the held-out test set, or `TRAIN_IMAGES`
+    training compositions of random numbers (seed `TRAIN_SEED`), on which settings are chosen."""
+    if split == "heldout":
+        return heldout_numbers(n)
+    if n > TRAIN_IMAGES:
+        raise ValueError(f"the training split of this benchmark holds {TRAIN_IMAGES} images")
+    images, labels, _ = training_numbers(TRAIN_IMAGES, np.random.default_rng(TRAIN_SEED))
+    return images[:n], labels[:n]
+
+
 def run_config(
     name: str, start: int, n_images: int, batch_size: int, exhaustive_samples: int, seed: int = 0, plain: bool = False,
-    shift: str | None = None, ties: bool = False,
+    shift: str | None = None, ties: bool = False, split: str = "heldout", options: dict | None = None,
 ) -> dict:  # fmt: skip
-    policy, options = CONFIGS[name]
-    if name == "exhaustive":
-        options = {"n_samples": exhaustive_samples}
-    images, labels = heldout_numbers(start + n_images)
+    policy, defaults = CONFIGS[name]
+    options = {"n_samples": exhaustive_samples} if name == "exhaustive" else {**defaults, **(options or {})}
+    images, labels = numbers(split, start + n_images)
     # A shift is applied to images 0..start+n-1 together (seeded noise depends on the whole array).
     images, labels = shifted(images, shift)[start:], labels[start:]
     reset_peak_memory(torch.device("cpu"))
@@ -120,6 +139,7 @@ def run_config(
         "seed": seed,
         "error_weights": weights_of(clf.config.error_weights),
         "shift": shift,
+        "split": split,
         "images": n_images,
         "first_image": start,
         "accuracy": float(np.mean(np.array(predicted) == labels)),
@@ -165,21 +185,30 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
     """One row per configuration, its chunks joined by image index (the latest run of an image wins)."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        key = [row["config"], row["policy"], row.get("seed", 0), row.get("error_weights"), row.get("shift")]
+        key = [
+            row["config"],
+            row["policy"],
+            row.get("seed", 0),
+            row.get("error_weights"),
+            row.get("shift"),
+            row.get("split", "heldout"),
+        ]
         groups.setdefault(json.dumps(key, sort_keys=True), []).append(row)
     joined = []
     for chunks in groups.values():
         predictions, ties, evals, seconds, images = {}, {}, 0.0, 0.0, 0
+        split = chunks[0].get("split", "heldout")
+        truth = dict(enumerate(numbers(split, 1 + max(max(by_image(row)) for row in chunks))[1].tolist()))
         for row in chunks:
             predictions.update(by_image(row))
             ties.update({row.get("first_image", 0) + i: set(t) for i, t in enumerate(row.get("ties") or [])})
             evals += row["unet_evals_per_image"] * row["images"]
             seconds += row["seconds"]
             images += row["images"]
-        labels = np.array(sorted(predictions)) % 1000
+        labels = np.array([truth[i] for i in sorted(predictions)])
         joined.append({
             "config": chunks[0]["config"], "policy": chunks[0]["policy"], "seed": chunks[0].get("seed", 0),
-            "error_weights": chunks[0].get("error_weights"), "shift": chunks[0].get("shift"),
+            "error_weights": chunks[0].get("error_weights"), "shift": chunks[0].get("shift"), "split": split,
             "images": len(predictions),
             "accuracy": float(np.mean(np.array([predictions[i] for i in sorted(predictions)]) == labels)),
             "unet_evals_per_image": round(evals / images, 1),
@@ -190,7 +219,7 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
         })  # fmt: skip
     # Each row is compared with the reference scored the same way (the same error weights).
     references = {
-        json.dumps([row["error_weights"], row["shift"]]): (row["predictions"], row.get("ties"))
+        json.dumps([row["error_weights"], row["shift"], row["split"]]): (row["predictions"], row.get("ties"))
         for row in joined
         if is_reference(row, exhaustive_samples)
     }
@@ -200,7 +229,9 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
         if is_reference(row, exhaustive_samples):
             row["agreement_with_exhaustive"], row["agreement_images"] = None, 0
         else:
-            reference, ties = references.get(json.dumps([row["error_weights"], row["shift"]]), (None, None))
+            reference, ties = references.get(
+                json.dumps([row["error_weights"], row["shift"], row["split"]]), (None, None)
+            )
             row["agreement_with_exhaustive"], row["agreement_images"] = agreement(predictions, reference)
             if ties is not None:  # a prediction among the reference's ties counts as agreeing
                 shared = sorted(set(predictions) & set(ties))
@@ -228,6 +259,11 @@ def main() -> None:
     parser.add_argument(
         "--ties", action="store_true", help="exhaustive: keep each image's classes tied with the winner (p >= 0.01)"
     )
+    parser.add_argument(
+        "--split", choices=("heldout", "train"), default="heldout",
+        help="held-out numbers (the test set), or training compositions to choose settings on",
+    )  # fmt: skip
+    parser.add_argument("--options", type=json.loads, default=None, help="JSON: policy options over the config's own")
     parser.add_argument("--shift", default=None, help="NAME:STRENGTH: noise:SIGMA, blur:SIGMA_PX or contrast:FACTOR")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "numbers_cpu.jsonl")
     args = parser.parse_args()
@@ -244,7 +280,7 @@ def main() -> None:
         (
             by_image(r) for r in reversed(earlier)
             if is_reference(r, args.exhaustive_samples) and r.get("error_weights") == weights
-            and r.get("shift") == args.shift
+            and r.get("shift") == args.shift and r.get("split", "heldout") == args.split
         ),
         None,
     )  # fmt: skip
@@ -252,7 +288,7 @@ def main() -> None:
     for name in args.configs.split(","):
         row = run_config(
             name, args.start, args.images, args.batch_size, args.exhaustive_samples, args.seed, args.plain, args.shift,
-            args.ties,
+            args.ties, args.split, args.options,
         )  # fmt: skip
         if is_reference(row, args.exhaustive_samples):
             reference = {**(reference or {}), **by_image(row)}
@@ -260,7 +296,7 @@ def main() -> None:
         else:
             row["agreement_with_exhaustive"] = agreement(by_image(row), reference)[0]
         row.update(
-            command="python bench/bench_numbers.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "summary")),
+            command="python bench/bench_numbers.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "summary", "options")) + (f" --options '{json.dumps(args.options)}'" if args.options else ""),
             machine=platform.machine(), threads=torch.get_num_threads(), **env,
         )  # fmt: skip
         with args.out.open("a", encoding="utf-8") as handle:

@@ -178,3 +178,7 @@ def test_numbers_benchmark_compares_no_row_with_itself():
     assert summary[16]["agreement_with_exhaustive"] is None and summary[16]["agreement_images"] == 0
     assert summary[6]["agreement_with_exhaustive"] == 0.75 and summary[6]["agreement_images"] == 4
     assert summary["tree"]["agreement_with_exhaustive"] == 0.75 and summary["tree"]["images"] == 4
+    # a run on training compositions is never compared with the held-out reference
+    trained = {**row("tree", {"name": "tree", "beam": 2}, [0, 1, 2, 3]), "split": "train"}
+    (train_row,) = [r for r in bench_numbers.summarise([*rows, trained], 16) if r["split"] == "train"]
+    assert train_row["agreement_with_exhaustive"] is None and train_row["agreement_images"] == 0
