@@ -517,13 +517,15 @@ def _config_from_json(data: dict[str, Any]) -> NumbersConfig:
     return NumbersConfig(**data)
 
 
-# The label-tree policy measured in bench/bench_numbers.py (the tree path is relative to the model folder).
+# The label-tree policy chosen on training compositions in bench/bench_numbers.py (the tree path is
+# relative to the model folder).
 DEFAULT_POLICY = {
     "name": "tree",
     "tree": "label_tree.json",
-    "beam": 3,
-    "node_samples": 16,
-    "min_samples": 16,
+    "beam": 2,
+    "node_samples": 8,
+    "min_samples": 8,
+    "check_every": 4,
     "max_samples": 64,
 }
 
