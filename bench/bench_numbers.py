@@ -20,7 +20,9 @@ every run), and `--options JSON` runs a configuration with other policy settings
 `--summary` joins the chunks of each configuration (same policy settings) by image index and
 prints one row per configuration: images, accuracy, UNet evaluations per image, images/s, peak
 memory, and agreement with the exhaustive reference of `--exhaustive-samples` samples per class on
-the images both scored (none for the reference itself, which would agree with itself).
+the images both scored (none for the reference itself, which would agree with itself); for a
+policy that can end undecided, also how many images it left undecided and on how many it dropped
+the reference's winner (neither its answer nor among its survivors).
 
 `peak_rss_mib` is this process's peak resident set while one configuration loads and runs (the
 high-water mark is reset before it on Linux; elsewhere it is the process's peak so far).
@@ -121,7 +123,7 @@ def run_config(
         error_weights=(1.0,) if plain else None,
     )  # fmt: skip
     began = time.perf_counter()
-    tied = None
+    tied = standing = None
     if name == "exhaustive" and ties:
         # The per-sample errors of every class, kept for the tie test; the decision is the same
         # lowest mean error that exhaustive scoring takes.
@@ -137,6 +139,8 @@ def run_config(
         results = clf.classify(list(images))
         predicted = [clf.classes.names.index(r.prediction) for r in results]
         evals = [r.unet_evals for r in results]
+        # the classes each decision is among: the prediction alone, or the undecided survivors
+        standing = [[clf.classes.names.index(c) for c in r.survivors] for r in results]
     seconds = time.perf_counter() - began
     return {
         "config": name,
@@ -156,6 +160,7 @@ def run_config(
         "batch_size": batch_size,
         "predictions": predicted,
         **({"ties": tied} if tied is not None else {}),
+        **({"standing": standing} if standing is not None else {}),
     }
 
 
@@ -201,12 +206,13 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
         groups.setdefault(json.dumps(key, sort_keys=True), []).append(row)
     joined = []
     for chunks in groups.values():
-        predictions, ties, evals, seconds, images = {}, {}, 0.0, 0.0, 0
+        predictions, ties, standing, evals, seconds, images = {}, {}, {}, 0.0, 0.0, 0
         split = chunks[0].get("split", "heldout")
         truth = dict(enumerate(numbers(split, 1 + max(max(by_image(row)) for row in chunks))[1].tolist()))
         for row in chunks:
             predictions.update(by_image(row))
             ties.update({row.get("first_image", 0) + i: set(t) for i, t in enumerate(row.get("ties") or [])})
+            standing.update({row.get("first_image", 0) + i: set(t) for i, t in enumerate(row.get("standing") or [])})
             evals += row["unet_evals_per_image"] * row["images"]
             seconds += row["seconds"]
             images += row["images"]
@@ -220,7 +226,7 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
             "unet_evals_max": max(row["unet_evals_max"] for row in chunks),
             "images_per_s": round(images / seconds, 4),
             "peak_rss_mib": max(row["peak_rss_mib"] for row in chunks),
-            "predictions": predictions, "ties": ties or None,
+            "predictions": predictions, "ties": ties or None, "standing": standing or None,
         })  # fmt: skip
     # Each row is compared with the reference scored the same way (the same error weights).
     references = {
@@ -231,6 +237,7 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
     for row in joined:
         predictions = row.pop("predictions")
         row.pop("ties")
+        standing = row.pop("standing")
         if is_reference(row, exhaustive_samples):
             row["agreement_with_exhaustive"], row["agreement_images"] = None, 0
         else:
@@ -241,6 +248,11 @@ def summarise(rows: list[dict], exhaustive_samples: int) -> list[dict]:
             if ties is not None:  # a prediction among the reference's ties counts as agreeing
                 shared = sorted(set(predictions) & set(ties))
                 row["agreement_ties_allowed"] = float(np.mean([predictions[i] in ties[i] for i in shared]))
+            if standing is not None and reference is not None:
+                # the reference winner dropped: neither the answer nor among the undecided survivors
+                shared = sorted(set(standing) & set(reference))
+                row["undecided"] = sum(len(standing[i]) > 1 for i in standing)
+                row["winner_eliminated"] = sum(reference[i] not in standing[i] for i in shared)
         row["exhaustive_samples"] = exhaustive_samples
     return joined
 

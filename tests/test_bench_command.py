@@ -182,3 +182,7 @@ def test_numbers_benchmark_compares_no_row_with_itself():
     trained = {**row("tree", {"name": "tree", "beam": 2}, [0, 1, 2, 3]), "split": "train"}
     (train_row,) = [r for r in bench_numbers.summarise([*rows, trained], 16) if r["split"] == "train"]
     assert train_row["agreement_with_exhaustive"] is None and train_row["agreement_images"] == 0
+    # an adaptive run's undecided survivors: the reference winner of image 2 (class 2) was dropped
+    sequential = {**row("tree", {"name": "tree", "confidence": 0.99}, [0, 1, 7]), "standing": [[0], [1, 5], [7, 9]]}
+    (seq_row,) = [r for r in bench_numbers.summarise([*rows, sequential], 16) if r["policy"].get("confidence")]
+    assert (seq_row["undecided"], seq_row["winner_eliminated"]) == (2, 1)
