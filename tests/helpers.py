@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import struct
 import zlib
 from pathlib import Path
@@ -82,3 +83,10 @@ def run_policy_on_table(policy, table: np.ndarray) -> tuple[list[int], int]:
             return alive, n
         assert next_n <= table.shape[1], "the policy asks for more samples than the table has"
         n = next_n
+
+
+def default_ctrl_c() -> None:
+    """`preexec_fn` for a child that a test stops with SIGINT. A shell starts background jobs with
+    SIGINT ignored, children inherit that, and Python then never raises KeyboardInterrupt; so a
+    suite launched in the background would see Ctrl-C do nothing. The child gets the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

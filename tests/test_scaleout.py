@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import file_lines
+from helpers import default_ctrl_c, file_lines
 from PIL import Image
 
 from fastgen.commands.main import main as cli_main
@@ -105,7 +105,9 @@ def _start_and_stop(
     """Start `command`; once a first complete line appears in a watched file, freeze the process
     (or, with `workers`, its child processes), check that at least two images are still to do, send
     `sig` and let it go on: the signal is then handled midway through the run, never after it."""
-    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_ctrl_c
+    )
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import default_ctrl_c
 from torch import nn
 
 from fastgen.backends.worker_processes import WorkerProcesses
@@ -104,7 +105,7 @@ def _start_parent(tmp_path: Path, mode: str) -> tuple[subprocess.Popen, list[int
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     parent = subprocess.Popen(
         [sys.executable, str(script), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=default_ctrl_c,
     )  # fmt: skip
     line = parent.stdout.readline()  # blocks until the workers served a call, or the parent failed
     if not line.strip():
