@@ -57,11 +57,9 @@ PROFILE = str(resolve_builtin(MODEL) / "noise_profile.json")
 CONFIGS = {
     "exhaustive": ("exhaustive", {}),  # n_samples from --exhaustive-samples
     "li": ("stages", LI_IMAGENET),
-    # The default of builtin:numbers, and the default before it (3 nodes of 16 samples per level).
-    "tree": (
-        "tree",
-        {"tree": TREE, "beam": 2, "node_samples": 8, "min_samples": 8, "check_every": 4, "max_samples": 64},
-    ),
+    # The default of builtin:numbers, read from its fastgen.json, and the default before it (3
+    # nodes of 16 samples per level).
+    "tree": ("tree", {k: v for k, v in read_defaults(resolve_builtin(MODEL))["policy"].items() if k != "name"}),
     "tree-wide": ("tree", {"tree": TREE, "beam": 3, "node_samples": 16, "min_samples": 16, "max_samples": 64}),
     # The tree with the sequential rule (stated error) at every level, t-test or noise-profile boundary.
     "tree-sequential": ("tree", {"tree": TREE, "beam": 3, "node_samples": 16, "max_samples": 64, "confidence": 0.99}),

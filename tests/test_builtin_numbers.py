@@ -107,7 +107,7 @@ def test_builtin_numbers_loads_offline_small_with_its_label_tree():
 def test_builtin_numbers_reads_held_out_numbers():
     from fastgen import DiffusionClassifier
 
-    """The model's default policy, the label tree (the 2 best of 10 nodes per level on 8 samples),
+    """The model's default policy, the label tree (the 2 best nodes of each level on 8 samples),
     reads held-out numbers: its paired tests stop each search once the best leaf is ahead with
     p < 2e-3, so unlike an exhaustive run on a few samples, whose top-two margins were under 1.5%,
     its decisions do not hang on rounding. It read all of the first 100 held-out numbers right."""
