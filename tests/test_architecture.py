@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
 def _source_files() -> dict[str, Path]:
     """Module name -> file, for every module of the installed package (kernels/ included)."""
     files = {}
-    for base, package in ((ROOT / "fastgen", "fastgen"), (ROOT / "kernels", "fastgen.kernels")):
+    for base, package in ((ROOT / "fastgen", "fastgen"), (ROOT / "kernels" / "fastgen_kernels", "fastgen.kernels")):
         for path in base.rglob("*.py"):
             parts = list(path.relative_to(base).with_suffix("").parts)
             if parts[-1] == "__init__":

@@ -73,3 +73,42 @@ def test_not_a_model_folder(tmp_path):
 def test_an_unknown_hub_id_fails_offline_with_advice():
     with pytest.raises(ModelLoadError, match="cannot read model_index.json"):
         load_adapter("nobody/no-such-model", local_files_only=True)
+
+
+def test_a_component_class_the_library_lacks_is_named(model_dirs, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(model_dirs["pixel-text"], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["unet"] = ["diffusers", "UNetThatNoReleaseHas"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match=r"diffusers\.UNetThatNoReleaseHas, which diffusers \S+ does not have"):
+        load_adapter(folder, local_files_only=True)
+
+
+def test_a_broken_import_names_the_module_file_and_error(tmp_path):
+    """A folder named like a package that transformers imports, first on sys.path: the error
+    says which module came from which file and what the import said, not "upgrade"."""
+    import subprocess
+    import sys
+
+    shadow = tmp_path / "kernels"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("# not the package transformers wants\n")
+    probe = (
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
+        "from fastgen.models.loading import ModelLoadError, component_class\n"
+        "try:\n"
+        "    component_class('diffusers', 'AutoencoderKL', 'vae')\n"
+        "except ModelLoadError as error:\n"
+        "    print(error)\n"
+        "else:\n"
+        "    print('loaded')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    message = done.stdout.strip().splitlines()[-1]
+    if message == "loaded":
+        pytest.skip("this transformers/diffusers release does not import a top-level `kernels`")
+    assert "component 'vae' needs class diffusers.AutoencoderKL" in message
+    assert "module 'kernels'" in message and str(shadow / "__init__.py") in message
+    assert "ImportError: cannot import name" in message and "upgrade" not in message

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +89,51 @@ def require_components(
             )
 
 
+def _innermost_import_error(error: BaseException) -> BaseException:
+    """The deepest ImportError under `error`: diffusers and transformers import lazily and wrap
+    the real failure (a missing module, a name another package shadows) in a RuntimeError."""
+    found, seen = error, set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ImportError):
+            found = current
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def _library_version(library: str) -> str:
+    try:
+        return importlib.metadata.version(library)
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
+def component_class(library: str, class_name: str, component: str) -> type:
+    """The class `model_index.json` names for `component`, or a ModelLoadError that says what
+    failed: an import that breaks (its module, file and error) or a class the library lacks."""
+    try:
+        return getattr(importlib.import_module(library), class_name)
+    except AttributeError as error:
+        cause = _innermost_import_error(error)
+        if not isinstance(cause, ImportError):
+            raise ModelLoadError(
+                f"component '{component}' names class {library}.{class_name}, which {library} "
+                f"{_library_version(library)} does not have"
+            ) from None
+    except (ImportError, RuntimeError) as error:
+        cause = _innermost_import_error(error)
+    where = []
+    if isinstance(cause, ImportError):
+        where = [f"module {cause.name!r}"] if cause.name else []
+        where += [f"file {cause.path}"] if cause.path else []
+    raise ModelLoadError(
+        f"component '{component}' needs class {library}.{class_name}, and importing it failed"
+        + (f" ({', '.join(where)})" if where else "")
+        + f": {type(cause).__name__}: {cause}"
+    ) from cause
+
+
 def load_component(
     model: str | Path,
     index: dict[str, Any],
@@ -98,13 +144,7 @@ def load_component(
     dtype: torch.dtype | None = None,
 ) -> Any:
     library, class_name = index[name][:2]
-    try:
-        cls = getattr(importlib.import_module(library), class_name)
-    except (ImportError, AttributeError):
-        raise ModelLoadError(
-            f"component '{name}' names class {library}.{class_name}, which is not available; "
-            "upgrade diffusers/transformers"
-        ) from None
+    cls = component_class(library, class_name, name)
     kwargs: dict[str, Any] = {"subfolder": name, "local_files_only": local_files_only}
     is_weights = hasattr(cls, "save_pretrained") and hasattr(cls, "state_dict")
     if is_weights:
