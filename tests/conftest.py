@@ -18,6 +18,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     _isa = f"{torch.backends.cpu.get_cpu_capability()}-{os.environ.get('ONEDNN_MAX_CPU_ISA', 'default')}".lower()
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"fastgen-inductor-{_isa}")
+# Command lines run in-process keep the suite's thread count: an `auto` run would re-choose it
+# from the machine's load while other tests run (tests/test_cpu_threads.py checks `auto` itself).
+os.environ.setdefault("FASTGEN_THREADS", str(torch.get_num_threads()))
 # Without a GPU the Triton kernels run in the interpreter, which must be chosen before triton loads.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Lowest first; a module may import from its own layer and the layers before it.
 LAYERS: list[tuple[str, ...]] = [
-    ("fastgen.optional", "fastgen.losses"),
+    ("fastgen.optional", "fastgen.losses", "fastgen.cpu_threads"),
     ("fastgen.inputs",),
     ("fastgen.kernels",),
     ("fastgen.builtin", "fastgen.models", "fastgen.testing"),

@@ -156,6 +156,13 @@ def test_fp16_overflow_falls_back_to_an_fp32_copy(model_dirs, images):
     fallback = clf.guard.fp32_denoiser()
     assert fallback is not half and next(fallback.parameters()).dtype == torch.float32
     assert next(half.parameters()).dtype == torch.float16  # the fast path is left as it was
-    # scored in fp32 from fp16-rounded weights and prompt embeddings: close to the fp32 model
-    np.testing.assert_allclose(_errors(results), _errors(fp32), rtol=0, atol=5e-3)
     assert np.isfinite(_errors(results)).all()
+    # Every row was scored in fp32 from fp16-rounded weights and prompt embeddings: exactly what an
+    # fp32 run of that same fallback module with those embeddings computes.
+    rounded = _classifier(model_dirs["pixel-text"])
+    rounded.denoise, rounded.conditions = fallback, clf.conditions.float()
+    expected = rounded.classify(images[:2])
+    np.testing.assert_allclose(_errors(results), _errors(expected), rtol=0, atol=1e-6)
+    # and the rounding moves no prediction of the fp32 model's
+    assert [r.prediction for r in results] == [r.prediction for r in fp32]
+    np.testing.assert_allclose(_errors(results), _errors(fp32), rtol=0, atol=5e-3)

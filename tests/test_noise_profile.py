@@ -262,3 +262,82 @@ def test_the_tree_takes_the_same_coverage_and_refuses_what_it_cannot_hold(tmp_pa
         LabelTreePolicy(noise_profile=write_profile(tmp_path / "old.json"), coverage="average", **options)
     with pytest.raises(ValueError, match="coverage must be one of"):
         LabelTreePolicy(coverage="mean", **options)
+
+
+def _sum_between(low: float, high: float, n: int) -> np.ndarray:
+    """Errors [2, n] whose paired sum (row 1 minus row 0) is halfway between two boundaries,
+    on a level that changes with the timestep (so only the sum decides, not the spread)."""
+    base = 0.05 + np.linspace(0.0, 0.4, n)
+    return np.stack([base, base + (low + high) / 2 / n])
+
+
+def test_the_average_rule_draws_its_boundary_at_the_average_level(tmp_path):
+    """Between the typical-noise boundary at the plain level and at the average level: a rival
+    there is kept, which only the average level's adjustment (tighter) explains."""
+    from fastgen.engine.policies.sequential import worse_than_best
+
+    profile, alpha, n, rho = spread_profile(), 0.01, 6, 1.0
+    variance = profile.summed_variance(n, typical=True)
+    scale = rho * profile.mean_variance(typical=True)
+    plain = mixture_sum_boundary(variance, alpha, scale)
+    adjusted = mixture_sum_boundary(variance, profile.average_level(alpha, rho, 64), scale)
+    assert adjusted > plain * 1.05
+    kept = torch.from_numpy(_sum_between(plain, adjusted, n))
+    dropped = torch.from_numpy(_sum_between(adjusted, adjusted * 1.1, n))
+    for table, worse in ((kept, False), (dropped, True)):
+        flags = worse_than_best(table, 0, profile, alpha, rho, coverage="average", max_samples=64)
+        assert bool(flags[1]) is worse
+    # the quantile rule on the same sums uses the profile's own (larger) variances
+    assert not worse_than_best(dropped, 0, profile, alpha, rho, coverage="quantile")[1]
+
+
+@pytest.mark.parametrize("n_classes", [2, 5, 10])
+def test_the_error_is_split_over_the_comparisons_with_the_best(tmp_path, n_classes):
+    """One rival at a sum between the boundary at 1 - confidence and at (1 - confidence) / (K - 1):
+    dropped with 2 classes, kept with more (the union bound over the K - 1 comparisons)."""
+    path = write_profile(tmp_path / "p.json")
+    profile = NoiseProfile.load(path)
+    delta, n = 0.05, 4
+    variance, rho = profile.summed_variance(n), profile.mean_variance()
+    whole, split = mixture_sum_boundary(variance, delta, rho), mixture_sum_boundary(variance, delta / 9, rho)
+    pair = _sum_between(whole, split, n)
+    table = np.concatenate([pair, np.repeat(pair[:1], n_classes - 2, axis=0)])  # the rest tie the best
+    policy = SequentialElimination(
+        confidence=1 - delta, min_samples=n, max_samples=n + 4, bound="profile", noise_profile=path, tightest_at=1.0
+    ).bind([str(k) for k in range(n_classes)])
+    assert policy.pair_alpha(n_classes) == pytest.approx(delta / (n_classes - 1))
+    kept, _ = policy.next_round(torch.from_numpy(table), list(range(n_classes)))
+    assert (1 in kept) is (n_classes > 2)
+
+
+def _two_level_tree(tmp_path) -> str:
+    tree = tmp_path / "tree.json"
+    tree.write_text(
+        json.dumps({
+            "format": "fastgen-label-tree-1", "roots": ["low", "high"],
+            "nodes": {"low": {"prompt": "a low thing", "children": ["a", "b"]},
+                      "high": {"prompt": "a high thing", "children": ["c", "d"]}},
+        })
+    )  # fmt: skip
+    return str(tree)
+
+
+def test_the_tree_uses_the_profile_boundary_where_the_t_test_cannot_decide(tmp_path):
+    """A node that loses by 50% at every timestep goes at the first look (2 samples) with the
+    profile and the tree descends at once; with the t-test the same look keeps both nodes."""
+    from fastgen.engine.policies import LabelTreePolicy
+
+    rng = np.random.default_rng(3)
+    table = torch.from_numpy(timestep_tables(rng, [0.0, 0.5], 2).astype(np.float32))
+    options = {"tree": _two_level_tree(tmp_path), "confidence": 0.99, "beam": 1, "node_min_samples": 2}
+    options |= {"node_samples": 8, "max_samples": 32}
+    profiled = LabelTreePolicy(noise_profile=write_profile(tmp_path / "p.json"), **options)
+    profiled = profiled.bind(["a", "b", "c", "d"])
+    low, high = profiled.initial_units(4)
+    assert profiled.next_round(table, [low, high]) == ([0, 1], 2)  # low's children, from sample 0
+    t_test = LabelTreePolicy(**options).bind(["a", "b", "c", "d"])
+    assert t_test.next_round(table, [low, high]) == ([low, high], 4)
+    # the tree's error: 1 - confidence over its 2 levels, and over the comparisons of its widest
+    # level (beam 2 x 2 children: 4 units, 3 comparisons with the leader)
+    wide = LabelTreePolicy(**{**options, "beam": 2}).bind(["a", "b", "c", "d"])
+    assert wide.pair_alpha() == pytest.approx(0.01 / 2 / 3)

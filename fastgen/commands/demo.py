@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fastgen.cpu_threads import thread_report
     from fastgen.eval.demo import DEFAULT_N_IMAGES_BY_TASK, demo_task, run_demo, run_shift_table
 
     task = demo_task(args.model)
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
                     "policy": policy,
                     "config": config,
                     **summary,
+                    "threads": thread_report(),
                     "predictions": report["predictions"],
                 }
             )

@@ -25,6 +25,7 @@ from fastgen.commands.types import (
     positive_int,
     positive_int_list,
     seed_value,
+    threads_value,
 )
 from fastgen.engine.policies import POLICIES, policy_options
 from fastgen.engine.policies.sequential import BOUNDS, COVERAGES
@@ -212,6 +213,11 @@ def add_backend_options(parser: argparse.ArgumentParser, *, backends: tuple[str,
     )  # fmt: skip
     group.add_argument("--export-dir", type=Path, help="export cache (default: ~/.cache/fastgen/exports)")
     group.add_argument(
+        "--threads", type=threads_value, default=None, metavar="N|auto",
+        help="CPU threads for torch (default auto: the cores other processes leave idle, re-chosen as they come "
+        "and go; FASTGEN_THREADS or OMP_NUM_THREADS, when set, give a fixed count)",
+    )  # fmt: skip
+    group.add_argument(
         "--backend-option", type=parse_option, action="append", dest="backend_options", metavar="KEY=VALUE",
         help="e.g. compile=true, cuda_graphs=true, exporter=torchscript, batch_sizes=1,32,64 (repeatable; a list "
         "option such as providers= takes commas or repeats)",
@@ -262,6 +268,13 @@ def policy_options_from_args(args: argparse.Namespace, policy: str | None = None
     return check_policy_options(given, policy, chosen=args.policy is not None) if policy else given
 
 
+def set_threads_from_args(args: argparse.Namespace) -> None:
+    """torch's CPU threads for this run (`--threads`; see `fastgen.cpu_threads`)."""
+    from fastgen.cpu_threads import apply_threads, choose_threads
+
+    apply_threads(choose_threads(getattr(args, "threads", None)))
+
+
 def classifier_from_args(args: argparse.Namespace, *, device: str | None = None):
     """The classifier the model and scoring options describe; `device` overrides `--device`.
     Policy options are checked against `--policy` before the model loads, and against the
@@ -270,6 +283,7 @@ def classifier_from_args(args: argparse.Namespace, *, device: str | None = None)
 
     backend_options = backend_options_from_pairs(args.backend_options)
     check_backend_args(args.backend, args.export_dir, backend_options)
+    set_threads_from_args(args)
     try:
         clf = _load_classifier(args, device, backend_options)
     except PolicyOptionError as error:  # restated in flags, as typed

@@ -93,3 +93,16 @@ def positive_int_or_all(text: str) -> int | None:
     if value is None or value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'all', got {text!r}")
     return value
+
+
+def threads_value(text: str) -> int | str:
+    """`auto` or a whole number of threads >= 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number of threads >= 1, got {text!r}")
+    return value

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fastgen.cpu_threads import between_batches
 from fastgen.engine import ops
 from fastgen.engine.config import ScoringConfig
 from fastgen.engine.denoiser import Denoiser, as_denoiser
@@ -233,6 +234,7 @@ class Engine:
 
     @torch.inference_mode()
     def _run_batch(self, batch: Batch) -> None:
+        between_batches()  # a command-line run may re-choose its CPU threads here
         errors = self._batch_errors(self._batch_inputs(batch), self.denoise, self.dtype)
         if not torch.isfinite(errors).all():
             # Never average a non-finite row into a score: redo those rows in fp32.
