@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-images", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--first-repeat", type=int, default=0, help="number of the first repeat (to add to a file)")
     parser.add_argument("--busy", type=int, default=1, help="spinning processes beside the 'busy' runs")
     parser.add_argument(
         "--busy-after", type=float, default=8.0,
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     machine = cpu_description()
     rows = []
-    for repeat in range(args.repeats):
+    for repeat in range(args.first_repeat, args.first_repeat + args.repeats):
         for load in args.loads.split(","):
             for name in args.variants.split(","):
                 busy = 0 if load == "quiet" else args.busy
