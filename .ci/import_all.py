@@ -9,8 +9,6 @@ import pkgutil
 import sys
 import traceback
 
-import fastgen
-
 
 def main() -> int:
     import fastgen.kernels  # installed from kernels/fastgen_kernels/, beside the package folder

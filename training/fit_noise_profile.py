@@ -57,21 +57,42 @@ def training_set(model: str, per_class: int) -> tuple[DiffusionClassifier, list,
     return clf, [to_pil(x) for x in train_x[index]], train_y[index].tolist()
 
 
+def declared_prompts(model: str) -> list[str]:
+    """Every prompt the model's default classes and policy score (its classes in its templates,
+    and a label tree's inner nodes): what the profile is declared to hold for, whichever of them
+    the fit itself scored."""
+    clf = DiffusionClassifier.from_pretrained(model, device="cpu", policy="exhaustive")
+    defaults = clf.adapter.defaults.get("policy") or {}
+    if defaults.get("tree"):
+        tree_clf = DiffusionClassifier.from_pretrained(
+            model, device="cpu", policy="tree", policy_options={"tree": defaults["tree"]}
+        )
+        return list(tree_clf.units.flat_prompts)
+    return list(clf.units.flat_prompts)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", default="builtin:digits")
     parser.add_argument("--per-class", type=int, default=15, help="training digits per class")
-    parser.add_argument("--n-samples", type=int, default=64)
+    parser.add_argument("--n-samples", type=int, default=128)
     parser.add_argument("--n-bands", type=int, default=16)
     parser.add_argument("--quantile", type=float, default=0.99)
+    parser.add_argument("--ucl", type=float, default=0.95, help="upper confidence limit for the fit's own error")
+    parser.add_argument(
+        "--error-weights", default="model", choices=("model", "none"),
+        help="fit for the model's error weights, or for equal weights (none)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     clf, images, labels = training_set(args.model, args.per_class)
+    if args.error_weights == "none":
+        clf.config = clf.config.replace(error_weights=(1.0,))
     profile = fit_noise_profile(
-        clf, images, labels,
-        n_samples=args.n_samples, n_bands=args.n_bands, quantile=args.quantile,
+        clf, images, labels, n_samples=args.n_samples, n_bands=args.n_bands, quantile=args.quantile,
+        ucl=args.ucl, prompts=declared_prompts(args.model),
     )  # fmt: skip
     data = profile.as_dict()
     data["fit"].update(

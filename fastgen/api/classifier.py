@@ -21,6 +21,7 @@ from fastgen.engine.config import ScoringConfig
 from fastgen.engine.denoiser import Denoiser
 from fastgen.engine.faults import DenoiseGuard, fp32_copy
 from fastgen.engine.policies import Policy, make_policy
+from fastgen.engine.policies.noise_profile import SCORING_FIELDS
 from fastgen.engine.reference import reference_classify
 from fastgen.engine.result import ImageResult
 from fastgen.engine.runner import Engine
@@ -30,6 +31,7 @@ from fastgen.inputs.images import DEFAULT_MAX_PIXELS, ImageError, ImageInput, lo
 from fastgen.inputs.polarity import declared_polarity, polarity_rule
 from fastgen.losses import check_loss
 from fastgen.models import Adapter, load_adapter
+from fastgen.models.identity import denoiser_digest
 from fastgen.models.schedules import FLOW_DEFAULTS
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,20 @@ def with_schedule_defaults(config: ScoringConfig, schedule) -> ScoringConfig:
     return config.replace(**unset) if unset else config
 
 
+def run_facts(adapter: Adapter, units: ClassSpec, config: ScoringConfig) -> dict[str, Any]:
+    """What a fitted policy checks it was fitted for: the scoring settings and what the model is
+    (`fastgen.engine.policies.noise_profile.FITTED_FOR`)."""
+    prompts = units.flat_prompts if units.labels is None else [f"label {label}" for label in units.labels]
+    return {
+        **{name: getattr(config, name) for name in SCORING_FIELDS},
+        "model": adapter.name,
+        "denoiser": denoiser_digest(adapter),
+        "num_train_timesteps": int(adapter.num_train_timesteps),
+        "dtype": str(adapter.dtype).removeprefix("torch."),
+        "prompts": tuple(prompts),
+    }
+
+
 class DiffusionClassifier:
     """A diffusion model turned zero-shot classifier over a fixed set of classes.
 
@@ -164,6 +180,11 @@ class DiffusionClassifier:
         classes = dataclasses.replace(self.classes, aggregate=config.aggregate)
         bound_policy = config.policy.bind(classes.names)
         units = classes.with_units(bound_policy.extra_units())
+        if config.policy.needs_run_facts:  # a policy fitted for one model and run (a noise profile)
+            for_run = config.policy.for_run(run_facts(self.adapter, units, config))
+            if for_run is not config.policy:
+                config = config.replace(policy=for_run)
+                bound_policy = for_run.bind(classes.names)
         if len(units) > len(classes) and classes.labels is not None:
             raise ValueError("a label-tree policy scores prompts of inner nodes: it needs a text-conditioned model")
         conditions = self._conditions_for(units)
@@ -218,7 +239,7 @@ class DiffusionClassifier:
         policy: str | Policy | None = None,
         policy_options: dict[str, Any] | None = None,
         loss: str = "l2",
-        timesteps: str = "even",
+        timesteps: str | None = None,
         weighting: float = 0.0,
         seed: int = 0,
         batch_size: int = 64,
@@ -250,7 +271,8 @@ class DiffusionClassifier:
         `timestep_weights` (where timesteps are drawn) and `error_weights` (how much each
         timestep's error counts) default to the model's fitted ones (its `fastgen.json`
         `scoring`); equal weights, such as `error_weights=[1]`, turn the model's off.
-        Flow-matching models (SD3, Flux) take `flow_timesteps` (`uniform`, `shifted`,
+        `timesteps` (the order of the samples: `even`, `random` or `stratified`) defaults to the
+        model's, else `even`. Flow-matching models (SD3, Flux) take `flow_timesteps` (`uniform`, `shifted`,
         `logit-normal`) and `flow_weighting` (`velocity`, `epsilon`, `sd3`) instead of
         `weighting`, and `conditioning` for their model settings (`max_sequence_length`; Flux also
         `resolution` (H, W) and `guidance`), over the model's own fastgen.json.

@@ -28,7 +28,8 @@ from fastgen.commands.types import (
     threads_value,
 )
 from fastgen.engine.policies import POLICIES, policy_options
-from fastgen.engine.policies.sequential import BOUNDS, COVERAGES
+from fastgen.engine.policies.profile_bound import COVERAGES
+from fastgen.engine.policies.sequential import BOUNDS
 from fastgen.engine.sampling import TIMESTEP_MODES
 from fastgen.export.loading import EXPORT_OPTIONS
 from fastgen.inputs.classes import AGGREGATES
@@ -84,7 +85,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=positive_int, default=64, help="denoiser rows per batch")
     group.add_argument("--seed", type=seed_value, default=0, help="fixes every (timestep, noise) sample; 0..2**32-1")
     group.add_argument("--loss", choices=LOSSES, default="l2")
-    group.add_argument("--timesteps", choices=TIMESTEP_MODES, default="even")
+    group.add_argument(
+        "--timesteps", choices=TIMESTEP_MODES, default=None,
+        help="the order of the (timestep, noise) samples (default: the model's, else even)",
+    )  # fmt: skip
     group.add_argument(
         "--weighting", type=finite_float, default=0.0, help="epsilon/v models: k in w(t)=exp(-k t); 0 is uniform"
     )
@@ -123,7 +127,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     policy.add_argument("--alpha", type=open_probability, help="paired, tree: drop a class when p < alpha")
     policy.add_argument(
         "--confidence", type=open_probability,
-        help="sequential: probability that the best class is never dropped (default 0.99)",
+        help="sequential, tree: for each image, the probability that its best class is never dropped (default "
+        "0.99; with a noise profile and --coverage pair-average only on average over pairs)",
     )  # fmt: skip
     policy.add_argument(
         "--bound", choices=BOUNDS,
@@ -134,8 +139,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     policy.add_argument(
         "--coverage", choices=COVERAGES,
-        help="sequential with a noise profile: the error holds per pair up to the profile's quantile, or on "
-        "average over pairs (builtin:digits: average)",
+        help="sequential, tree with a noise profile: per-image (the default: --confidence is each image's chance "
+        "of keeping its best class, for images as quiet as the profile; noisier images are checked and bounded "
+        "without it) or pair-average (a weaker statement: the chance only on average over pairs like the "
+        "training pairs)",
     )  # fmt: skip
     policy.add_argument(
         "--tightest-at", type=positive_float, help="sequential: samples where the mixture boundary is tightest"

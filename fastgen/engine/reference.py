@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fastgen.engine.config import ScoringConfig
+from fastgen.engine.policies.base import call_next_round
 from fastgen.engine.result import ImageResult
 from fastgen.engine.sampling import NoiseBank, SamplePlan, band_error_weight
 from fastgen.inputs.classes import ClassSpec
@@ -117,6 +118,7 @@ def reference_classify(
     alive = policy.initial_units(len(classes))
     final: dict[int, tuple[float, int]] = {}
     evals, n_target = 0, policy.first_round()
+    state = policy.start_image()
     while True:
         for k in alive:
             for p in prompts_of[k]:
@@ -129,7 +131,7 @@ def reference_classify(
                     errors[p][s] = error * band_weight(t)
                     evals += 1
         per_class = [class_sample_errors(errors, prompts_of[k], n_target, config.aggregate) for k in alive]
-        kept, next_target = policy.next_round(torch.tensor(per_class, dtype=torch.float32), alive)
+        kept, next_target = call_next_round(policy, torch.tensor(per_class, dtype=torch.float32), alive, state)
         for k, row in zip(alive, per_class):
             if k < len(classes) and (k not in kept or next_target is None):
                 final[k] = (float(np.mean(np.array(row, dtype=np.float32), dtype=np.float64)), n_target)
@@ -143,4 +145,6 @@ def reference_classify(
     n_samples = np.array([final.get(k, never)[1] for k in range(len(classes))])
     errors_out = np.array([final[k][0] if k in alive else math.nan for k in range(len(classes))])
     decided = policy.decided([k for k in alive if k < len(classes)])
-    return ImageResult(classes.names, errors_out, partial, n_samples, evals, decided=decided)
+    return ImageResult(
+        classes.names, errors_out, partial, n_samples, evals, decided=decided, policy_record=policy.image_record(state)
+    )

@@ -23,6 +23,8 @@ class ImageResult:
       separated at its confidence (`survivors` names them); the prediction is then the survivor
       of lowest error, a guess among ties. Fixed schedules (exhaustive, stages) always decide:
       their answer is the class of lowest error by definition.
+    * `policy_record`: what the policy recorded of this image (the noise check of a profile
+      boundary: which boundary held it, `fastgen.engine.policies.profile_bound`), or None.
     """
 
     classes: tuple[str, ...]
@@ -32,6 +34,7 @@ class ImageResult:
     unet_evals: int
     path: str | None = None
     decided: bool = True
+    policy_record: dict | None = None
     prediction_index: int = field(init=False)
 
     def __post_init__(self):

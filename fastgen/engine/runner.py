@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from fastgen.engine.faults import DenoiseGuard
 from fastgen.engine.padding import fixed_batch_if_wanted
 from fastgen.engine.planner import Batch, RowQueue
 from fastgen.engine.policies import Policy
+from fastgen.engine.policies.base import call_next_round
 from fastgen.engine.result import ImageResult
 from fastgen.engine.sampling import NoiseBank, SamplePlan
 from fastgen.engine.transfer import stage
@@ -63,6 +65,7 @@ class _Job:
     pending: int = 0
     evals: int = 0
     partial: dict[int, tuple[float, int]] = field(default_factory=dict)  # stopped class -> (mean, n)
+    policy_state: Any = None  # what the policy keeps for this image from look to look
 
 
 @dataclass
@@ -151,6 +154,7 @@ class Engine:
         n_prompts = len(self.conditions)
         errors = torch.full((n_prompts, self.policy.max_samples), math.nan)
         job = _Job(key, self._take_slot(x0), errors, alive=self.policy.initial_units(len(self.class_names)))
+        job.policy_state = self.policy.start_image()
         self._start_round(job, self.policy.first_round())
 
     def _start_round(self, job: _Job, n_target: int) -> None:
@@ -248,7 +252,7 @@ class Engine:
     def _end_round(self, job: _Job) -> None:
         n = job.n_target
         class_errors = aggregate_classes(job.prompt_errors[:, :n], self.prompts_of, job.alive, self.config.aggregate)
-        kept, next_target = self.policy.next_round(class_errors, job.alive)
+        kept, next_target = call_next_round(self.policy, class_errors, job.alive, job.policy_state)
         staying = set(kept) if next_target is not None else set()
         n_classes = len(self.class_names)
         for row, k in enumerate(job.alive):
@@ -269,7 +273,10 @@ class Engine:
         n_samples = np.array([job.partial.get(k, never)[1] for k in range(k_all)], dtype=np.int64)
         errors = np.where(np.isin(np.arange(k_all), job.alive), partial, np.nan)
         decided = self.policy.decided([k for k in job.alive if k < k_all])
-        return ImageResult(self.class_names, errors, partial, n_samples, job.evals, decided=decided)
+        return ImageResult(
+            self.class_names, errors, partial, n_samples, job.evals, decided=decided,
+            policy_record=self.policy.image_record(job.policy_state),
+        )  # fmt: skip
 
     # -- the stream ---------------------------------------------------------------------------
     def run(

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-TIMESTEP_MODES = ("even", "random")
+TIMESTEP_MODES = ("even", "random", "stratified")
+STRATA = 16  # bands of [0, T) the stratified order visits in turn, unless the error weights have their own
 _NOISE_BLOCK = 64
 _TIMESTEP_BLOCK = 256
 
@@ -28,6 +29,36 @@ def van_der_corput(index: int) -> float:
         index >>= 1
         scale *= 0.5
     return value
+
+
+def bit_reversal_order(k: int) -> list[int]:
+    """0..k-1 in the order a base-2 radical inverse visits them: each prefix is spread evenly."""
+    return sorted(range(k), key=lambda i: (van_der_corput(i), i))
+
+
+def stratum_order(k: int, weights: tuple[float, ...] | None = None) -> list[int]:
+    """The order in which the stratified sequence visits k equal bands of [0, T): by decreasing
+    weight when the bands have weights (a model's fitted error weights: the bands that separate
+    classes best first), else from the highest band down, spread evenly (k - 1 - the bit-reversal
+    order): the high timesteps, where classes differ most for their noise, come first."""
+    spread = [k - 1 - i for i in bit_reversal_order(k)]
+    if weights is None or len(set(weights)) == 1:
+        return spread
+    position = {band: i for i, band in enumerate(spread)}
+    return sorted(range(k), key=lambda band: (-weights[band], position[band]))
+
+
+def stratified_fractions(n: int, order: list[int]) -> list[float]:
+    """Points in [0, 1) for samples 0..n-1: consecutive samples come in pairs that share a point
+    (their noises differ: the pair's difference is noise alone, which lets a run check its noise
+    from its second sample on); pair j falls in band order[j mod k], at a position within the band
+    that moves through a nested even grid from one round of k pairs to the next (the centre first)."""
+    k, out = len(order), []
+    for s in range(n):
+        round_, slot = divmod(s // 2, k)
+        within = (van_der_corput(round_) + 0.5) % 1.0
+        out.append((order[slot] + within) / k)
+    return out
 
 
 def warp_by_band_weights(u: torch.Tensor, weights: tuple[float, ...]) -> torch.Tensor:
@@ -60,12 +91,17 @@ def timestep_sequence(
     seed: int = 0,
     band_weights: tuple[float, ...] | None = None,
     density: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    stratum_weights: tuple[float, ...] | None = None,
 ) -> torch.Tensor:
     """The first `n` timesteps of the nested sequence, as int64.
 
     `even`: a low-discrepancy grid over [0, T) (the reference's even spacing, made nestable).
     `random`: i.i.d. uniform draws over [0, T) from `seed` (Clark & Jaini), also nested because
     draw s is fixed once the seed is.
+    `stratified`: samples in pairs that share a timestep, the pairs visiting equal bands of [0, T)
+    in turn (`stratified_fractions`), every band once in the first 2 x bands samples, in the order
+    of `stratum_weights` (a model's error weights: one band each) or from the highest band down
+    (`stratum_order`); a prefix then reaches the decisive bands in its first few samples.
     `band_weights` (fitted per model, see `fastgen.eval.timestep_fit`): the same points drawn
     with density proportional to the weight of each of K equal bands of [0, T) instead of
     uniformly, so the samples go where the model tells classes apart.
@@ -75,13 +111,20 @@ def timestep_sequence(
     """
     if mode not in TIMESTEP_MODES:
         raise ValueError(f"timesteps must be one of {TIMESTEP_MODES}, got {mode!r}")
+    if stratum_weights is not None and len(set(stratum_weights)) == 1:
+        stratum_weights = None  # equal weights are no weights: the bands keep their spread order
+    if mode == "stratified":
+        k = len(stratum_weights) if stratum_weights is not None else STRATA
+        points = stratified_fractions(n, stratum_order(k, stratum_weights))
+    else:
+        points = [van_der_corput(s) for s in range(n)]
     if band_weights is None and density is None:
-        if mode == "even":
-            values = [int(van_der_corput(s) * num_train_timesteps) for s in range(n)]
+        if mode in ("even", "stratified"):
+            values = [int(u * num_train_timesteps) for u in points]
             return torch.tensor(values, dtype=torch.int64)
         return _random_timesteps(n, num_train_timesteps, seed)
-    if mode == "even":
-        u = torch.tensor([van_der_corput(s) for s in range(n)], dtype=torch.float64)
+    if mode in ("even", "stratified"):
+        u = torch.tensor(points, dtype=torch.float64)
     else:
         u = (_random_timesteps(n, 1 << 30, seed).double() + 0.5) / (1 << 30)
     warped = warp_by_band_weights(u, band_weights) if band_weights is not None else density(u).double()
@@ -142,6 +185,7 @@ class SamplePlan:
         self.seed = config.seed
         self.config = config
         self.band_weights = config.timestep_weights
+        self.stratum_weights = config.error_weights
         self.density = schedule.density(config)
         timestep_sequence(1, self.num_train_timesteps, mode=self.mode, seed=self.seed)  # validates mode
         self._timesteps = torch.empty(0, dtype=torch.int64)
@@ -156,7 +200,7 @@ class SamplePlan:
             grown = max(n, 2 * self._timesteps.shape[0])
             self._timesteps = timestep_sequence(
                 grown, self.num_train_timesteps, mode=self.mode, seed=self.seed, band_weights=self.band_weights,
-                density=self.density,
+                density=self.density, stratum_weights=self.stratum_weights,
             )  # fmt: skip
         return self._timesteps[:n]
 

@@ -406,7 +406,8 @@ class ResultsWriter:
 def result_record(path: str, result) -> dict[str, Any]:
     """One image's line. An undecided result (an adaptive policy's budget ran out with several
     classes tied) adds `"decided": false` and its `"survivors"`; a line without them decided, so
-    older files and readers need no change."""
+    older files and readers need no change. A policy that records something of each image (a
+    noise profile's check) adds its keys."""
     record = {
         "path": path,
         "prediction": result.prediction,
@@ -421,6 +422,8 @@ def result_record(path: str, result) -> dict[str, Any]:
     }
     if not getattr(result, "decided", True):
         record.update(decided=False, survivors=list(result.survivors))
+    if getattr(result, "policy_record", None):
+        record.update(result.policy_record)  # e.g. "noise_check": which boundary held this image
     return record
 
 

@@ -65,6 +65,9 @@ def read_defaults(folder: Path) -> dict[str, Any]:
     defaults = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     policy = defaults.get("policy")
     for key in ("tree", "noise_profile"):
-        if isinstance(policy, dict) and isinstance(policy.get(key), str) and policy[key]:
-            policy = defaults["policy"] = {**policy, key: str(folder / policy[key])}
+        value = policy.get(key) if isinstance(policy, dict) else None
+        if isinstance(value, str) and value:
+            policy = defaults["policy"] = {**policy, key: str(folder / value)}
+        elif isinstance(value, list):  # several noise profiles: the run uses the first fitted for it
+            policy = defaults["policy"] = {**policy, key: [str(folder / v) for v in value]}
     return defaults

@@ -1,28 +1,34 @@
 """A model's noise profile: how much the paired difference of two classes' errors varies, at each
-timestep, from the noise alone.
+timestep, from the noise alone; and what it was fitted for.
 
-Every class of an image is scored on the same (timestep, noise) samples, and with `even`
-timesteps sample s always has the same timestep. The spread of the paired differences d_s over s
-then has two parts: the noise, and how much the expected difference changes with the timestep.
-Only the first is random given the timesteps; a t-test, which estimates the spread from the
-samples, counts both and needs many samples to drop a class whose advantage is plain at every
-timestep. A profile states the noise part per band of timesteps, fitted on a model's training
-images (`fastgen.eval.noise_fit`), so a test can use it as a known variance.
+Every class of an image is scored on the same (timestep, noise) samples. The spread of the paired
+differences d_s over samples s has two parts: the noise, and how much the expected difference
+changes with the timestep. Only the first is random given the timesteps; a t-test, which
+estimates the spread from the samples, counts both and needs many samples to drop a class whose
+advantage is plain at every timestep. A profile states the noise part per band of timesteps,
+fitted on a model's training images (`fastgen.eval.noise_fit`), so a test can use it as a known
+variance.
 
-The file (`noise_profile.json` beside a model's `fastgen.json`):
+**Fitted for, checked.** The numbers hold for one denoiser (a content hash of its weights, its
+config and its scheduler's), one set of prompts (the run's must be among them), one dtype and
+one set of scoring settings (loss, timesteps, weighting, timestep and error weights, aggregate,
+flow settings). A run with anything else is refused (`ProfileMismatch`), naming the fields that
+differ and how to get a valid run. Equal error weights of any length and none at all are the
+same score.
 
-    {"format": "fastgen-noise-profile-1", "band_sd": [...], "num_train_timesteps": 1000,
-     "fitted_for": {"loss": "l2", "timesteps": "even", "weighting": 0.0, "timestep_weights": null,
-                    "error_weights": null},
+The file (`noise_profile*.json` beside a model's `fastgen.json`):
+
+    {"format": "fastgen-noise-profile-2", "band_sd": [...], "num_train_timesteps": 1000,
+     "fitted_for": {"model": "builtin:digits", "denoiser": "sha256:...", "num_train_timesteps": 1000,
+                    "dtype": "float32", "prompts": [...], "loss": "l2", "timesteps": "stratified",
+                    "weighting": 0.0, "timestep_weights": null, "error_weights": [...],
+                    "aggregate": "mean", "flow_timesteps": null, "flow_weighting": null},
      "fit": {...how it was fitted...}}
 
 `band_sd[j]` is the noise sd of one paired difference at a timestep in band j of len(band_sd)
-equal bands of [0, T), at the quantile of the pairs' noise the profile was fitted to cover. The
-fit also records the typical noise per band (`fit.typical_sd`) and how the pairs' own noise
-scales, relative to it, are spread (`fit.pair_scales`: quantiles at (i + 0.5) / m); from these
-`average_level` finds the level at which a boundary on the typical noise errs, averaged over
-pairs spread like the fitted ones, no more often than asked. A profile holds only for the
-scoring settings it was fitted for.
+equal bands of [0, T): the fitted quantile of the pairs' noise, raised to an upper confidence
+limit of the fit's own sampling error (`fit.ucl`). The fit also records the typical noise per
+band (`fit.typical_sd`) and how the pairs' own noise scales are spread (`fit.pair_scales`).
 """
 
 from __future__ import annotations
@@ -38,9 +44,47 @@ from scipy import optimize, special
 
 from fastgen.engine.sampling import timestep_sequence
 
-FORMAT = "fastgen-noise-profile-1"
-FITTED_FOR = ("loss", "timesteps", "weighting", "timestep_weights", "error_weights")
+FORMAT = "fastgen-noise-profile-2"
+# Scoring settings a profile's numbers depend on (fields of ScoringConfig).
+SCORING_FIELDS = (
+    "loss", "timesteps", "weighting", "timestep_weights", "error_weights", "aggregate", "flow_timesteps",
+    "flow_weighting",
+)  # fmt: skip
+# What the run itself is: the denoiser, its number of training timesteps, the dtype, the prompts.
+MODEL_FIELDS = ("denoiser", "num_train_timesteps", "dtype", "prompts")
+FITTED_FOR = MODEL_FIELDS + SCORING_FIELDS
 BAND_SETTINGS = ("timestep_weights", "error_weights")  # tuples in memory, lists in the file
+# Deterministic orders, where sample s has the same timestep in every run; only `stratified`
+# pairs its samples, which the noise check reads.
+PROFILE_TIMESTEPS = ("stratified",)
+
+
+class ProfileMismatch(ValueError):
+    """A noise profile used for a run it was not fitted for."""
+
+
+def same_band_weights(a: Any, b: Any) -> bool:
+    """Whether two band-weight settings give the same weight to every timestep: None is every
+    weight 1, and (1.0,) the same; (2, 2) doubles every error and is not."""
+
+    def per_fine_band(weights: Any, n: int) -> np.ndarray:
+        if weights is None:
+            return np.ones(n)
+        values = np.asarray(weights, dtype=np.float64)
+        return np.repeat(values, n // len(values))
+
+    if a is None and b is None:
+        return True
+    n = math.lcm(len(a) if a is not None else 1, len(b) if b is not None else 1)
+    return bool(np.allclose(per_fine_band(a, n), per_fine_band(b, n), rtol=1e-9, atol=0.0))
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str) and len(value) > 24 and value.startswith("sha256:"):
+        return value[:19] + "..."
+    if isinstance(value, (list, tuple)) and len(value) > 4:
+        return f"[{', '.join(map(repr, value[:3]))}, ... {len(value)} in all]"
+    return repr(value)
 
 
 @dataclass(frozen=True)
@@ -54,19 +98,23 @@ class NoiseProfile:
         sd = np.asarray(self.band_sd, dtype=np.float64)
         if sd.ndim != 1 or sd.size == 0 or not np.all(np.isfinite(sd)) or not np.all(sd > 0):
             raise ValueError(f"band_sd must be a non-empty list of finite numbers > 0, got {self.band_sd!r}")
-        # Profiles from before `error_weights` existed were fitted without them.
-        object.__setattr__(self, "fitted_for", {"error_weights": None, **self.fitted_for})
-        if self.fitted_for.get("timesteps") != "even":
-            raise ValueError("a noise profile needs timesteps='even' (sample s must have the same timestep every run)")
         missing = [k for k in FITTED_FOR if k not in self.fitted_for]
         if missing:
             raise ValueError(f"a noise profile's fitted_for must name {', '.join(missing)}")
+        if self.fitted_for.get("timesteps") not in PROFILE_TIMESTEPS:
+            raise ValueError(
+                "a noise profile needs timesteps='stratified' (sample s has the same timestep in every run, "
+                f"and samples come in pairs the noise check reads), got {self.fitted_for.get('timesteps')!r}"
+            )
 
     @classmethod
     def load(cls, path: str | Path) -> NoiseProfile:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if data.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a noise profile (format {data.get('format')!r}, expected {FORMAT!r})")
+            raise ValueError(
+                f"{path}: not a noise profile of this version (format {data.get('format')!r}, expected {FORMAT!r}); "
+                "fit it again (fastgen.eval.noise_fit, python -m training.fit_noise_profile)"
+            )
         return cls.from_dict(data)
 
     @classmethod
@@ -76,6 +124,8 @@ class NoiseProfile:
             if fitted_for.get(name) is not None:
                 fitted_for[name] = tuple(float(w) for w in fitted_for[name])
         fitted_for["weighting"] = float(fitted_for.get("weighting", 0.0))
+        if fitted_for.get("prompts") is not None:
+            fitted_for["prompts"] = tuple(fitted_for["prompts"])
         return cls(
             band_sd=tuple(float(s) for s in data["band_sd"]),
             num_train_timesteps=int(data["num_train_timesteps"]),
@@ -85,7 +135,7 @@ class NoiseProfile:
 
     def as_dict(self) -> dict[str, Any]:
         fitted_for = dict(self.fitted_for)
-        for name in BAND_SETTINGS:
+        for name in (*BAND_SETTINGS, "prompts"):
             if fitted_for.get(name) is not None:
                 fitted_for[name] = list(fitted_for[name])
         return {
@@ -96,36 +146,66 @@ class NoiseProfile:
             "fit": self.fit,
         }
 
-    def mismatches(self, settings: dict[str, Any]) -> list[str]:
-        """The scoring settings that differ from the ones the profile was fitted for, as
-        'name=run value (fitted for profile value)'."""
+    # -- what it holds for ------------------------------------------------------------------
+    def mismatches(self, run: dict[str, Any]) -> list[str]:
+        """The fields of `run` (scoring settings, and the model facts where given) that differ
+        from what the profile was fitted for, as 'name: run value (fitted for profile value)'.
+        Fields absent from `run` are not compared (a config's check of its scoring settings,
+        before the model and its schedule's defaults are known)."""
         out = []
         for name in FITTED_FOR:
-            run, fitted = settings.get(name), self.fitted_for.get(name)
-            if isinstance(run, list):
-                run = tuple(run)
-            if run != fitted:
-                out.append(f"{name}={run!r} (fitted for {fitted!r})")
+            if name not in run:
+                continue
+            value, fitted = run[name], self.fitted_for.get(name)
+            if name in BAND_SETTINGS:
+                same = same_band_weights(value, fitted)
+            elif name == "prompts":
+                missing = sorted(set(value) - set(fitted or ()))
+                if missing:
+                    shown = ", ".join(map(repr, missing[:3])) + (
+                        f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+                    )
+                    out.append(f"prompts: {shown} not among the {len(fitted or ())} it was fitted for")
+                continue
+            elif name == "weighting":
+                same = float(value or 0.0) == float(fitted or 0.0)
+            else:
+                same = value == fitted
+            if not same:
+                label = f"{name} (model {run['model']!r})" if name == "denoiser" and run.get("model") else name
+                fitted_label = _describe(fitted)
+                if name == "denoiser" and self.fitted_for.get("model"):
+                    fitted_label += f", model {self.fitted_for['model']!r}"
+                out.append(f"{label}: {_describe(value)} (fitted for {fitted_label})")
         return out
 
-    def refuse_mismatches(self, settings: dict[str, Any], path: str) -> None:
-        """Raise a ValueError naming the scoring settings the profile (file `path`) was not fitted
-        for: its variances would not be those of the errors such a run computes."""
-        mismatches = self.mismatches(settings)
-        if mismatches:
-            raise ValueError(
-                f"the noise profile {path} does not hold for this run's scoring settings: {'; '.join(mismatches)}. "
-                "Give another boundary (bound='mixture', --bound mixture) or fit a profile for these settings"
-            )
+    def refusal(self, run: dict[str, Any], path: str) -> str | None:
+        """The message refusing this profile for `run`, or None when it holds."""
+        mismatches = self.mismatches(run)
+        if not mismatches:
+            return None
+        return f"the noise profile {path} was not fitted for this run: {'; '.join(mismatches)}"
+
+    # -- the numbers --------------------------------------------------------------------------
+    def timesteps(self, n: int) -> np.ndarray:
+        """The timesteps of samples 0..n-1 under the settings it was fitted for."""
+        return timestep_sequence(
+            n, self.num_train_timesteps, mode=self.fitted_for["timesteps"],
+            band_weights=self.fitted_for.get("timestep_weights"),
+            stratum_weights=self.fitted_for.get("error_weights"),
+        ).numpy()  # fmt: skip
 
     def sample_sd(self, n: int, typical: bool = False) -> np.ndarray:
         """The noise sd of the paired difference of samples 0..n-1, from their timesteps (at the
         profile's quantile, or for the typical pair)."""
-        t = timestep_sequence(
-            n, self.num_train_timesteps, mode="even", band_weights=self.fitted_for.get("timestep_weights")
-        ).numpy()
-        bands = np.minimum(t * len(self.band_sd) // self.num_train_timesteps, len(self.band_sd) - 1)
-        return self.bands_sd(typical)[bands]
+        key = "_sample_sd_typical" if typical else "_sample_sd"
+        cached = self.__dict__.get(key)
+        if cached is None or len(cached) < n:
+            t = self.timesteps(max(2 * n, 64))
+            bands = np.minimum(t * len(self.band_sd) // self.num_train_timesteps, len(self.band_sd) - 1)
+            cached = self.bands_sd(typical)[bands]
+            object.__setattr__(self, key, cached)
+        return cached[:n]
 
     def bands_sd(self, typical: bool = False) -> np.ndarray:
         """The noise sd per band: `band_sd`, or the typical noise it was scaled up from."""
@@ -138,8 +218,7 @@ class NoiseProfile:
 
     def summed_variance(self, n: int, typical: bool = False) -> float:
         """The variance of the sum of n paired differences (samples 0..n-1), at the profile's
-        quantile or (`typical`) for the typical pair. Asked at every look of every image, so the
-        per-sample variances are computed once, for twice the largest n asked so far."""
+        quantile or (`typical`) for the typical pair."""
         key = "_cumulative_typical" if typical else "_cumulative"
         cached = self.__dict__.get(key)
         if cached is None or len(cached) <= n:

@@ -13,16 +13,18 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-import torch
 from scipy import special
 
 from fastgen.engine.policies.base import Policy, best_row
-from fastgen.engine.policies.noise_profile import NoiseProfile
+from fastgen.engine.policies.noise_profile import NoiseProfile, ProfileMismatch
 from fastgen.engine.policies.paired import paired_p_values
+from fastgen.engine.policies.profile_bound import (
+    COVERAGES,
+    ImageWatch,
+    profile_decisions,
+)
 
 BOUNDS = ("mixture", "spending", "profile")
-COVERAGES = ("quantile", "average")
 
 
 def mixture_z_boundary(n: int, alpha: float, tightest_at: float) -> float:
@@ -32,38 +34,6 @@ def mixture_z_boundary(n: int, alpha: float, tightest_at: float) -> float:
     probability that the sum ever crosses it is at most alpha."""
     v = n + tightest_at
     return math.sqrt(2.0 * v * math.log(math.sqrt(v / tightest_at) / (2.0 * alpha) + 1.0) / n)
-
-
-def mixture_sum_boundary(variance: float, alpha: float, rho: float) -> float:
-    """The same one-sided normal-mixture boundary for a sum of independent terms whose variances
-    are known and add up to `variance`: the value the sum must reach (mixture scale `rho`, in the
-    same units). The probability that the centred sum ever crosses it is at most alpha."""
-    v = variance + rho
-    return math.sqrt(2.0 * v * math.log(math.sqrt(v / rho) / (2.0 * alpha) + 1.0))
-
-
-def worse_than_best(
-    class_errors: torch.Tensor,
-    best: int,
-    profile: NoiseProfile,
-    alpha: float,
-    tightest_at: float,
-    coverage: str = "quantile",
-    max_samples: int = 0,
-) -> np.ndarray:
-    """Per row: whether the sum of its paired differences with row `best` has crossed the
-    known-variance mixture boundary at level `alpha` (variances from `profile`; the mixture scale
-    is `tightest_at` samples of the profile's mean variance). `coverage="quantile"`: the
-    profile's variances, which cover its fitted quantile of pairs; `"average"`: the typical
-    variances at the level that errs at most `alpha` on average over pairs spread as the
-    profile's (`NoiseProfile.average_level`, for looks up to `max_samples`)."""
-    n_done = class_errors.shape[1]
-    sums = (class_errors.double() - class_errors[best].double()).sum(dim=1).numpy()
-    typical = coverage == "average"
-    if typical:
-        alpha = profile.average_level(alpha, tightest_at, max(max_samples, n_done))
-    variance = profile.summed_variance(n_done, typical=typical)
-    return sums >= mixture_sum_boundary(variance, alpha, tightest_at * profile.mean_variance(typical=typical))
 
 
 def look_level(bound: str, n: int, look: int, alpha: float, tightest_at: float) -> float:
@@ -83,14 +53,14 @@ class SequentialElimination(Policy):
     looked at; stop when one class is left or at `max_samples` (then the result is undecided and
     the survivors are the classes not separated from the winner).
 
-    **What it controls.** With delta = 1 - `confidence` and K classes: the probability that a
-    class is ever dropped at a look where its expected error, averaged over the samples seen so
-    far, was no larger than the leader's is at most delta. So the class of lowest expected error
-    survives with probability >= 1 - delta whenever it is lowest on every prefix of the sample
-    plan (the timesteps are a nested even grid, so each prefix approximates the full average; a
-    class that wins only on the full grid is not covered). Each of the K - 1 comparisons that
-    involve that class holds at level delta / (K - 1) at every look at once (a union bound),
-    whichever class leads when it is made.
+    **What it controls.** With delta = 1 - `confidence` and K classes: for one image, the
+    probability that a class is ever dropped at a look where its expected error, averaged over
+    the samples seen so far, was no larger than the leader's is at most delta. So the class of
+    lowest expected error survives with probability >= 1 - delta whenever it is lowest on every
+    prefix of the sample plan (each prefix approximates the full average; a class that wins only
+    on the full grid is not covered). Each of the K - 1 comparisons that involve that class holds
+    at level delta / (K - 1) at every look at once (a union bound), whichever class leads when it
+    is made.
 
     **Assumptions.** The samples' noises are independent, so the paired differences are
     independent given the timesteps. The `mixture` boundary is a one-sided normal-mixture
@@ -103,21 +73,21 @@ class SequentialElimination(Policy):
     cover the final pick among undecided survivors.
 
     `profile`: the same mixture boundary on the plain sum of the differences, with the variance
-    known from the model's noise profile (`noise_profile`, a file fitted on training images, see
-    `fastgen.engine.policies.noise_profile`) instead of estimated from the samples. The spread
-    of the expected difference over timesteps is then not counted as noise, which is what lets
-    a class whose disadvantage is plain at every timestep go after two or three samples. Exact
-    for normal noise whose sd at each timestep is at most the profile's; the profile states the
-    quantile of the per-pair noise it was fitted to cover, and it is refused for scoring
-    settings other than those it was fitted for. `coverage="average"` states the error on
-    average over pairs instead: the boundary is on the typical noise, at the level that keeps
-    the error averaged over pairs whose noise is spread as the profile's fitted pairs' at most
-    delta / (K - 1) per comparison (`NoiseProfile.average_level`); a pair noisier than the
-    typical one then errs more often than that, a quieter one less.
+    known from a noise profile fitted on the model's training images (`noise_profile`: a file,
+    or several, of which the first fitted for the run is used; see
+    `fastgen.engine.policies.noise_profile`) instead of estimated from the samples. The spread of
+    the expected difference over timesteps is then not counted as noise, which is what lets a
+    class whose disadvantage is plain at every timestep go after two or three samples. A profile
+    fitted for another model, prompts, dtype or scoring settings is refused. Every look checks
+    the image's own noise against the profile and bounds an image the data show to be noisier
+    with a self-normalised boundary instead (`fastgen.engine.policies.profile_bound`; its share
+    of delta is `self_normalised_share`, the check's level `check_level`); the image's record
+    says which. `coverage="per-image"` (the default) states delta for each image whose pairs'
+    noise is at most the profile's; `"pair-average"` states it only on average over pairs spread
+    like the training pairs, paying for noisy pairs with quiet ones.
 
     `min_samples`: the first look; `check_every`: samples between looks; `tightest_at`: the sample
-    count where the mixture boundary is tightest. The defaults are the setting of fewest calls at
-    full agreement on training digits (`bench/results/policies_replay_train_15.json`).
+    count where the mixture boundary is tightest.
     """
 
     confidence: float = 0.99
@@ -126,10 +96,14 @@ class SequentialElimination(Policy):
     check_every: int = 1
     bound: str = "mixture"
     tightest_at: float = 2.0
-    noise_profile: str = ""  # the profile file, for bound="profile"
-    coverage: str = "quantile"  # bound="profile": per pair up to the profile's quantile, or on average
+    noise_profile: str | tuple[str, ...] = ""  # bound="profile": the profile file(s)
+    coverage: str = "per-image"  # bound="profile": per image, or on average over pairs
+    check_level: float = 0.01  # bound="profile": the noise check's false-alarm level per look
+    self_normalised_share: float = 0.1  # bound="profile": share of the error kept for switched images
     # Filled by `bind`: the number of classes the union bound spreads the error over.
     _n_classes: int = field(default=0, repr=False, compare=False)
+    # bound="profile": every file's profile, and the one used (the first fitted for the run).
+    _profiles: tuple[tuple[str, NoiseProfile], ...] = field(default=(), repr=False, compare=False)
     _profile: NoiseProfile | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
@@ -147,25 +121,38 @@ class SequentialElimination(Policy):
             raise ValueError("bound='profile' and noise_profile=FILE go together: give both or neither")
         if self.coverage not in COVERAGES:
             raise ValueError(f"coverage must be one of {COVERAGES}, got {self.coverage!r}")
-        if self.noise_profile and self._profile is None:
-            object.__setattr__(self, "_profile", NoiseProfile.load(self.noise_profile))
-        if self.coverage == "average" and (self._profile is None or not self._profile.pair_scales().size):
+        if not 0 < self.check_level < 1 or not 0 < self.self_normalised_share < 1:
             raise ValueError(
-                "coverage='average' needs bound='profile' with a noise profile that records its pairs' "
-                "noise scales (fit.pair_scales; fit the profile again if it has none)"
+                f"check_level and self_normalised_share must be in (0, 1), got {self.check_level}, "
+                f"{self.self_normalised_share}"
             )
+        load_profiles(self)
 
     def check_scoring(self, settings: dict[str, Any]) -> None:
-        """Refuse scoring settings the noise profile was not fitted for (its variances would not
-        be those of the errors this run computes)."""
-        if self._profile is not None:
-            self._profile.refuse_mismatches(settings, self.noise_profile)
+        """Refuse scoring settings none of the noise profiles was fitted for (flow settings are
+        compared by `for_run`, once the model's schedule has filled them in)."""
+        choose_profile(self, {k: v for k, v in settings.items() if not k.startswith("flow_")})
+
+    @property
+    def needs_run_facts(self) -> bool:
+        return bool(self._profiles)
+
+    def for_run(self, run: dict[str, Any]) -> SequentialElimination:
+        """This policy with the profile fitted for `run` (its scoring settings and model facts:
+        `fastgen.engine.policies.noise_profile.FITTED_FOR`), or a `ProfileMismatch`."""
+        return choose_profile(self, run)
 
     def bind(self, class_names):
         return replace(self, _n_classes=len(class_names))
 
     def first_round(self) -> int:
         return self.min_samples
+
+    def start_image(self) -> ImageWatch | None:
+        return ImageWatch() if self._profile is not None else None
+
+    def image_record(self, state) -> dict[str, Any] | None:
+        return {"noise_check": state.as_record()} if isinstance(state, ImageWatch) else None
 
     def level(self, n_done: int, n_classes: int) -> float:
         """The p-value below which a class is dropped after `n_done` samples."""
@@ -175,14 +162,15 @@ class SequentialElimination(Policy):
     def pair_alpha(self, n_classes: int) -> float:
         return (1.0 - self.confidence) / max(n_classes - 1, 1)
 
-    def next_round(self, class_errors, alive):
+    def next_round(self, class_errors, alive, state=None):
         n_done = class_errors.shape[1]
         best = best_row(class_errors, alive)
         n_classes = max(self._n_classes, len(alive))
         if self._profile is not None:
-            worse = worse_than_best(
+            worse = profile_decisions(
                 class_errors, best, self._profile, self.pair_alpha(n_classes), self.tightest_at,
-                coverage=self.coverage, max_samples=self.max_samples,
+                coverage=self.coverage, max_samples=self.max_samples, check_level=self.check_level,
+                self_normalised_share=self.self_normalised_share, watch=state,
             )  # fmt: skip
             kept = [c for i, c in enumerate(alive) if i == best or not worse[i]]
         else:
@@ -196,3 +184,47 @@ class SequentialElimination(Policy):
     def decided(self, alive: list[int]) -> bool:
         """Whether the run ended with one class standing (False: the budget ran out first)."""
         return len(alive) == 1
+
+
+def profile_files(noise_profile: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    if not noise_profile:
+        return ()
+    return (noise_profile,) if isinstance(noise_profile, str) else tuple(noise_profile)
+
+
+def load_profiles(policy: Any) -> None:
+    """Fill a policy's `_profiles` (and `_profile`: the first, until a run picks) from its files."""
+    files = profile_files(policy.noise_profile)
+    if files and not policy._profiles:
+        profiles = tuple((path, NoiseProfile.load(path)) for path in files)
+        object.__setattr__(policy, "_profiles", profiles)
+        object.__setattr__(policy, "_profile", profiles[0][1])
+    if isinstance(policy.noise_profile, list):
+        object.__setattr__(policy, "noise_profile", tuple(policy.noise_profile))
+    if policy.coverage == "pair-average" and any(not p.pair_scales().size for _, p in policy._profiles):
+        raise ValueError(
+            "coverage='pair-average' needs a noise profile that records its pairs' noise scales "
+            "(fit.pair_scales; fit the profile again if it has none)"
+        )
+
+
+FIT_HINT = (
+    "Use a boundary that needs no profile (bound='mixture', --bound mixture), or fit a profile for this run "
+    "(fastgen.eval.noise_fit.fit_noise_profile; for the embedded models: python -m training.fit_noise_profile "
+    "--model MODEL --out FILE)"
+)
+
+
+def choose_profile(policy: Any, run: dict[str, Any]) -> Any:
+    """`policy` with the first of its profiles fitted for `run` as `_profile` (and `noise_profile`
+    naming that file), or a ProfileMismatch naming what differs for each of them."""
+    if not policy._profiles:
+        return policy
+    refusals = []
+    for path, profile in policy._profiles:
+        refusal = profile.refusal(run, path)
+        if refusal is None:
+            chosen = replace(policy, noise_profile=path, _profiles=policy._profiles, _profile=profile)
+            return chosen
+        refusals.append(refusal)
+    raise ProfileMismatch(" / ".join(refusals) + ". " + FIT_HINT)

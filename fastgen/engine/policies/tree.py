@@ -16,8 +16,9 @@ first looked at after `node_min_samples`, then every `look_every` samples; it de
 as at most `beam` units are left standing, or at `node_samples` (then the `beam` best by mean
 error go on). Leaves are then looked at every `look_every` samples from the first round they are
 all classes, until one is left or `max_samples` (undecided, with its survivors, otherwise).
-With `noise_profile` as well, the tests use the known-variance boundary of that profile
-(`SequentialElimination`'s `bound="profile"`, with its `coverage`) instead of the t-test.
+With `noise_profile` as well, the tests use the known-variance boundary of that profile, with
+its noise check (`SequentialElimination`'s `bound="profile"`: `coverage`, `check_level`,
+`self_normalised_share`; `fastgen.engine.policies.profile_bound`) instead of the t-test.
 
 Classes in subtrees never entered get no score (NaN, 0 samples), like pruned classes.
 """
@@ -31,7 +32,8 @@ from dataclasses import dataclass, field
 from fastgen.engine.policies.base import Policy, best_row, mean_errors
 from fastgen.engine.policies.noise_profile import NoiseProfile
 from fastgen.engine.policies.paired import paired_p_values
-from fastgen.engine.policies.sequential import COVERAGES, look_level, worse_than_best
+from fastgen.engine.policies.profile_bound import COVERAGES, ImageWatch, profile_decisions
+from fastgen.engine.policies.sequential import choose_profile, load_profiles, look_level
 from fastgen.inputs.label_tree import LabelTree, load_label_tree
 
 
@@ -47,8 +49,10 @@ class LabelTreePolicy(Policy):
     confidence: float | None = None
     node_min_samples: int = 4
     look_every: int = 2
-    noise_profile: str = ""  # with `confidence`: the known-variance boundary of this profile file
-    coverage: str = "quantile"  # with `noise_profile`: the error per pair, or on average over pairs
+    noise_profile: str | tuple[str, ...] = ""  # with `confidence`: the known-variance boundary of a profile
+    coverage: str = "per-image"  # with `noise_profile`: the error per image, or on average over pairs
+    check_level: float = 0.01  # with `noise_profile`: the noise check's level per look
+    self_normalised_share: float = 0.1  # with `noise_profile`: the error kept for switched images
     # Filled by `bind` for one set of classes: unit -> children units (inner nodes only),
     # the first round's units, and the inner nodes' (name, prompts).
     _children: dict[int, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
@@ -57,6 +61,7 @@ class LabelTreePolicy(Policy):
     # For the sequential rule: the most units one level can hold and the number of levels.
     _width: int = field(default=0, repr=False, compare=False)
     _depth: int = field(default=0, repr=False, compare=False)
+    _profiles: tuple[tuple[str, NoiseProfile], ...] = field(default=(), repr=False, compare=False)
     _profile: NoiseProfile | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
@@ -87,17 +92,33 @@ class LabelTreePolicy(Policy):
             raise ValueError("noise_profile is used by the sequential rule: give confidence as well")
         if self.coverage not in COVERAGES:
             raise ValueError(f"coverage must be one of {COVERAGES}, got {self.coverage!r}")
-        if self.noise_profile and self._profile is None:
-            object.__setattr__(self, "_profile", NoiseProfile.load(self.noise_profile))
-        if self.coverage == "average" and (self._profile is None or not self._profile.pair_scales().size):
+        if not 0 < self.check_level < 1 or not 0 < self.self_normalised_share < 1:
             raise ValueError(
-                "coverage='average' needs a noise profile that records its pairs' noise scales (fit.pair_scales)"
+                f"check_level and self_normalised_share must be in (0, 1), got {self.check_level}, "
+                f"{self.self_normalised_share}"
             )
+        if self.coverage == "pair-average" and not self.noise_profile:
+            raise ValueError("coverage='pair-average' needs a noise profile")
+        load_profiles(self)
 
     def check_scoring(self, settings: dict) -> None:
-        """Refuse scoring settings the noise profile was not fitted for."""
-        if self._profile is not None:
-            self._profile.refuse_mismatches(settings, self.noise_profile)
+        """Refuse scoring settings none of the noise profiles was fitted for (flow settings are
+        compared by `for_run`, once the model's schedule has filled them in)."""
+        choose_profile(self, {k: v for k, v in settings.items() if not k.startswith("flow_")})
+
+    @property
+    def needs_run_facts(self) -> bool:
+        return bool(self._profiles)
+
+    def for_run(self, run: dict) -> LabelTreePolicy:
+        """This policy with the profile fitted for `run`, or a `ProfileMismatch`."""
+        return choose_profile(self, run)
+
+    def start_image(self) -> ImageWatch | None:
+        return ImageWatch() if self._profile is not None and self.confidence is not None else None
+
+    def image_record(self, state) -> dict | None:
+        return {"noise_check": state.as_record()} if isinstance(state, ImageWatch) else None
 
     # -- binding to a set of classes ------------------------------------------------------------
     def bind(self, class_names: Sequence[str]) -> LabelTreePolicy:
@@ -136,9 +157,9 @@ class LabelTreePolicy(Policy):
         the leader (a union bound over the widest level)."""
         return (1.0 - self.confidence) / max(self._depth, 1) / max(self._width - 1, 1)
 
-    def next_round(self, class_errors, alive):
+    def next_round(self, class_errors, alive, state=None):
         if self.confidence is not None:
-            return self._next_round_sequential(class_errors, alive)
+            return self._next_round_sequential(class_errors, alive, state)
         n_done = class_errors.shape[1]
         best = best_row(class_errors, alive)
         p = paired_p_values(class_errors, best)
@@ -152,13 +173,14 @@ class LabelTreePolicy(Policy):
             return kept, None
         return kept, min(n_done + self.check_every, self.max_samples)
 
-    def _next_round_sequential(self, class_errors, alive):
+    def _next_round_sequential(self, class_errors, alive, state=None):
         n_done = class_errors.shape[1]
         best = best_row(class_errors, alive)
         if self._profile is not None:
-            worse = worse_than_best(
+            worse = profile_decisions(
                 class_errors, best, self._profile, self.pair_alpha(), tightest_at=1.0,
-                coverage=self.coverage, max_samples=self.max_samples,
+                coverage=self.coverage, max_samples=self.max_samples, check_level=self.check_level,
+                self_normalised_share=self.self_normalised_share, watch=state,
             )  # fmt: skip
         else:
             worse = paired_p_values(class_errors, best) < look_level("mixture", n_done, 0, self.pair_alpha(), 2.0)
