@@ -36,16 +36,12 @@ def bit_reversal_order(k: int) -> list[int]:
     return sorted(range(k), key=lambda i: (van_der_corput(i), i))
 
 
-def stratum_order(k: int, weights: tuple[float, ...] | None = None) -> list[int]:
-    """The order in which the stratified sequence visits k equal bands of [0, T): by decreasing
-    weight when the bands have weights (a model's fitted error weights: the bands that separate
-    classes best first), else from the highest band down, spread evenly (k - 1 - the bit-reversal
-    order): the high timesteps, where classes differ most for their noise, come first."""
-    spread = [k - 1 - i for i in bit_reversal_order(k)]
-    if weights is None or len(set(weights)) == 1:
-        return spread
-    position = {band: i for i, band in enumerate(spread)}
-    return sorted(range(k), key=lambda band: (-weights[band], position[band]))
+def stratum_order(k: int) -> list[int]:
+    """The order in which the stratified sequence visits k equal bands of [0, T): from the
+    highest band down, spread evenly (k - 1 - the bit-reversal order), so that the high
+    timesteps, where classes differ most for their noise, come first, and every prefix of 2^j
+    pairs covers [0, T) evenly: a prefix's mean stays an estimate of the whole grid's."""
+    return [k - 1 - i for i in bit_reversal_order(k)]
 
 
 def stratified_fractions(n: int, order: list[int]) -> list[float]:
@@ -99,9 +95,10 @@ def timestep_sequence(
     `random`: i.i.d. uniform draws over [0, T) from `seed` (Clark & Jaini), also nested because
     draw s is fixed once the seed is.
     `stratified`: samples in pairs that share a timestep, the pairs visiting equal bands of [0, T)
-    in turn (`stratified_fractions`), every band once in the first 2 x bands samples, in the order
-    of `stratum_weights` (a model's error weights: one band each) or from the highest band down
-    (`stratum_order`); a prefix then reaches the decisive bands in its first few samples.
+    in turn (`stratified_fractions`), every band once in the first 2 x bands samples, from the
+    highest band down, spread evenly (`stratum_order`): a prefix reaches the decisive high bands
+    in its first samples and every band soon after. The bands are those of `stratum_weights` (a
+    model's error weights) when there are several, else `STRATA`.
     `band_weights` (fitted per model, see `fastgen.eval.timestep_fit`): the same points drawn
     with density proportional to the weight of each of K equal bands of [0, T) instead of
     uniformly, so the samples go where the model tells classes apart.
@@ -111,11 +108,10 @@ def timestep_sequence(
     """
     if mode not in TIMESTEP_MODES:
         raise ValueError(f"timesteps must be one of {TIMESTEP_MODES}, got {mode!r}")
-    if stratum_weights is not None and len(set(stratum_weights)) == 1:
-        stratum_weights = None  # equal weights are no weights: the bands keep their spread order
     if mode == "stratified":
-        k = len(stratum_weights) if stratum_weights is not None else STRATA
-        points = stratified_fractions(n, stratum_order(k, stratum_weights))
+        # A model's fitted error weights have their bands: the strata are those bands.
+        k = len(stratum_weights) if stratum_weights is not None and len(stratum_weights) > 1 else STRATA
+        points = stratified_fractions(n, stratum_order(k))
     else:
         points = [van_der_corput(s) for s in range(n)]
     if band_weights is None and density is None:

@@ -1,0 +1,207 @@
+"""Does the stated error hold? How often the default rule of `builtin:digits` (sequential
+elimination on its noise profile, with the noise check) drops the class of lowest expected error,
+with independent noise for every image and every run.
+
+    python bench/bench_validity.py synthetic --scales 1,1.5,2,3 --tables 2000 \
+        --out bench/results/validity_synthetic.json
+    python bench/bench_validity.py digits --conditions clean,blur:1.0,contrast:0.3,noise:0.2,inverted \
+        --images 40 --seeds 25 --reference-samples 256 --out bench/results/validity_digits.json
+
+`synthetic`: error tables drawn from the model's own profile: every class has the same expected
+error at every timestep (all nine comparisons with class 0 are exactly null, the case the bound
+is tightest for), and each class's noise has `scale` times the profile's sd per paired
+difference. The rule runs on each table as the engine runs it (its noise check carried from look
+to look); a table counts as a drop when class 0 is not standing at the end. Each table is an
+independent image.
+
+`digits`: held-out digits (the first `--images / 10` of each class) under a condition (clean; a
+shift of `fastgen.eval.shifts` as `NAME:STRENGTH`; `inverted`: 1 - pixels with `invert=never`,
+dark ink on white as the model never saw it). The true winner of an image is the class of lowest
+mean error over `--reference-samples` exhaustive samples on noise of its own (seed 7_000_000 +
+image); each image is then classified `--seeds` times by the default rule, run r with seed
+1_000_000 + 1000 x image + r (independent of the reference and of every other run), and a run
+counts as a drop when the true winner is not among its survivors.
+
+Rates come with exact (Clopper-Pearson) 95% intervals; the stated rate is 1 - confidence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats
+
+from fastgen import DiffusionClassifier
+from fastgen.builtin.digits_data import CLASS_NAMES, digits_split
+from fastgen.engine.policies import Exhaustive
+from fastgen.engine.policies.base import call_next_round
+from fastgen.eval.shifts import blur, contrast, gaussian_noise
+
+SHIFTS = {"blur": blur, "contrast": contrast, "noise": gaussian_noise}
+
+
+def interval(k: int, n: int) -> list[float]:
+    """Clopper-Pearson 95% interval of a rate k / n."""
+    low = 0.0 if k == 0 else float(stats.beta.ppf(0.025, k, n - k + 1))
+    high = 1.0 if k == n else float(stats.beta.ppf(0.975, k + 1, n - k))
+    return [round(low, 5), round(high, 5)]
+
+
+def cpu() -> dict[str, object]:
+    name, flags = platform.machine(), ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = line
+    except OSError:
+        pass
+    return {"cpu": name, "avx512_bf16": "avx512_bf16" in flags.split(), "torch": torch.__version__}
+
+
+def default_classifier(**kwargs) -> DiffusionClassifier:
+    return DiffusionClassifier.from_pretrained("builtin:digits", device="cpu", **kwargs)
+
+
+# -- synthetic tables ----------------------------------------------------------------------------
+def run_table(policy, table: torch.Tensor) -> tuple[list[int], int, object]:
+    """(classes standing at the end, calls, the image's state) of `policy` on errors [K, N]."""
+    alive, n, state = list(range(table.shape[0])), policy.first_round(), policy.start_image()
+    stopped: dict[int, int] = {}
+    while True:
+        kept, next_n = call_next_round(policy, table[alive, :n], alive, state)
+        for k in alive:
+            if k not in kept or next_n is None:
+                stopped[k] = n
+        alive = kept
+        if next_n is None:
+            return alive, sum(stopped.values()), state
+        n = next_n
+
+
+def cmd_synthetic(args) -> dict[str, object]:
+    clf = default_classifier()
+    policy = clf.config.policy.bind(clf.classes.names)
+    profile = policy._profile
+    n, k = policy.max_samples, len(clf.classes)
+    sd = profile.sample_sd(n)
+    t = profile.timesteps(n)
+    level = 0.05 + 0.02 * np.sin(np.pi * (t + 1) / profile.num_train_timesteps)  # any shared level
+    rows = []
+    for scale in (float(s) for s in args.scales.split(",")):
+        rng = np.random.default_rng(args.seed)
+        drops, calls, switched = 0, [], 0
+        for _ in range(args.tables):
+            noise = rng.standard_normal((k, n)) * scale * sd / math.sqrt(2.0)
+            alive, used, state = run_table(policy, torch.from_numpy(level + noise))
+            drops += 0 not in alive
+            calls.append(used)
+            switched += getattr(state, "switched_at", None) is not None
+        row = {
+            "scale": scale, "tables": args.tables, "drops": drops, "rate": drops / args.tables,
+            "interval95": interval(drops, args.tables), "stated": round(1 - policy.confidence, 6),
+            "switched_share": switched / args.tables, "calls_per_table": float(np.mean(calls)),
+        }  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return {"bench": "validity synthetic", "policy": clf.config.as_dict()["policy"], "rows": rows}
+
+
+# -- digits --------------------------------------------------------------------------------------
+def condition_images(name: str, images: np.ndarray) -> tuple[np.ndarray, dict[str, object]]:
+    """Float pixels [N, 8, 8] in [0, 1] under a condition, and the loading options it needs."""
+    pixels = images.astype(np.float32) / 16.0
+    if name == "clean":
+        return pixels, {}
+    if name == "inverted":
+        return 1.0 - pixels, {"invert": "never"}
+    shift, strength = name.split(":")
+    return SHIFTS[shift](float(strength))(pixels).astype(np.float32), {}
+
+
+def cmd_digits(args) -> dict[str, object]:
+    _, _, test_x, test_y = digits_split()
+    per_class = max(1, args.images // 10)
+    index = np.sort(np.concatenate([np.flatnonzero(test_y == c)[:per_class] for c in range(10)]))
+    out = {"bench": "validity digits", "images": index.tolist(), "conditions": []}
+    for condition in args.conditions.split(","):
+        pixels, load = condition_images(condition, test_x[index].reshape(-1, 8, 8))
+        tensors = [torch.from_numpy(p[None].copy()) for p in pixels]
+        reference = default_classifier(policy=Exhaustive(n_samples=args.reference_samples), **load)
+        rule = default_classifier(**load)
+        per_image, start = [], time.perf_counter()
+        for i, image in enumerate(tensors):
+            reference.config = reference.config.replace(seed=7_000_000 + int(index[i]))
+            truth = reference.classify([image])[0]
+            winner = truth.prediction
+            order = np.argsort(truth.errors)
+            drops, calls, switched = 0, [], 0
+            for r in range(args.seeds):
+                rule.config = rule.config.replace(seed=1_000_000 + 1000 * int(index[i]) + r)
+                result = rule.classify([image])[0]
+                drops += winner not in result.survivors
+                calls.append(result.unet_evals)
+                switched += (result.policy_record or {}).get("noise_check", {}).get("bound") == "self-normalised"
+            per_image.append({
+                "image": int(index[i]), "label": int(test_y[index[i]]), "true_winner": winner,
+                "reference_gap": float(truth.errors[order[1]] - truth.errors[order[0]]),
+                "drops": drops, "runs": args.seeds, "calls": float(np.mean(calls)), "switched": switched,
+            })  # fmt: skip
+        drops = sum(r["drops"] for r in per_image)
+        runs = sum(r["runs"] for r in per_image)
+        summary = {
+            "condition": condition, "images": len(per_image), "runs": runs, "drops": drops, "rate": drops / runs,
+            "interval95": interval(drops, runs), "stated": round(1 - rule.policy.confidence, 6),
+            "worst_image_rate": max(r["drops"] / r["runs"] for r in per_image),
+            "images_with_a_drop": sum(r["drops"] > 0 for r in per_image),
+            "switched_share": sum(r["switched"] for r in per_image) / runs,
+            "calls_per_image": float(np.mean([r["calls"] for r in per_image])),
+            "true_winner_is_label": sum(r["true_winner"] == CLASS_NAMES[r["label"]] for r in per_image),
+            "seconds": round(time.perf_counter() - start, 1),
+        }  # fmt: skip
+        print(json.dumps(summary), flush=True)
+        out["conditions"].append({**summary, "per_image": per_image})
+    out["policy"] = rule.config.as_dict()["policy"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    synthetic = sub.add_parser("synthetic")
+    synthetic.add_argument("--scales", default="1,1.5,2,3")
+    synthetic.add_argument("--tables", type=int, default=2000)
+    synthetic.add_argument("--seed", type=int, default=0)
+    digits = sub.add_parser("digits")
+    digits.add_argument("--conditions", default="clean,blur:1.0,contrast:0.3,noise:0.2,inverted")
+    digits.add_argument("--images", type=int, default=40)
+    digits.add_argument("--seeds", type=int, default=25)
+    digits.add_argument("--reference-samples", type=int, default=256)
+    for each in (synthetic, digits):
+        each.add_argument("--out", type=Path, default=None)
+        each.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    report = cmd_synthetic(args) if args.command == "synthetic" else cmd_digits(args)
+    report.update(
+        command="python bench/bench_validity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        seconds=round(time.perf_counter() - start, 1), threads=args.threads, **cpu(),
+    )  # fmt: skip
+    if args.out is not None:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
