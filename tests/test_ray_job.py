@@ -129,7 +129,7 @@ def test_two_actors_write_the_one_process_records_from_every_form_as_parquet_par
     forms = {"png": [digits_folder], **other_forms}
     inputs = [path for paths in forms.values() for path in paths]
     summary = classify_ray(
-        BUILD, open_sources(inputs, label_column="label"), out=out, actors=2, batch_size=8, out_format="parquet",
+        BUILD, open_sources(inputs, label_column="label"), out=out, actors=2, images_per_block=8, out_format="parquet",
         labels_from_folders=True, progress=False,
     )  # fmt: skip
     total = len(forms) * N_IMAGES
@@ -178,7 +178,7 @@ def _classifying_actor_pids() -> set[int]:
     from ray._private import state
 
     actors = state.actors().values()
-    return {a["Pid"] for a in actors if a["State"] == "ALIVE" and "ClassifyBlocks" in a["ActorClassName"]}
+    return {a["Pid"] for a in actors if a["State"] == "ALIVE" and "ClassifyRows" in a["ActorClassName"]}
 
 
 def test_a_killed_actor_is_replaced_and_every_image_is_written_once(
@@ -192,7 +192,7 @@ def test_a_killed_actor_is_replaced_and_every_image_is_written_once(
     def run() -> None:
         try:
             job["summary"] = classify_ray(
-                build, open_sources([digits_folder]), out=out, actors=2, batch_size=6, progress=False
+                build, open_sources([digits_folder]), out=out, actors=2, images_per_block=6, progress=False
             )
         except BaseException as error:  # reported by the assertion below
             job["error"] = error

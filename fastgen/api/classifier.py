@@ -24,7 +24,7 @@ from fastgen.engine.policies import Policy, make_policy
 from fastgen.engine.policies.noise_profile import SCORING_FIELDS
 from fastgen.engine.reference import reference_classify
 from fastgen.engine.result import ImageResult
-from fastgen.engine.runner import Engine
+from fastgen.engine.runner import PAUSE, Engine
 from fastgen.engine.sampling import NoiseBank, SamplePlan
 from fastgen.inputs.classes import DEFAULT_TEMPLATES, ClassSpec, build_classes, is_label_set, load_label_set
 from fastgen.inputs.images import DEFAULT_MAX_PIXELS, ImageError, ImageInput, load_pixels
@@ -392,7 +392,12 @@ class DiffusionClassifier:
                 yield from ((key, x0[i]) for i, (key, _) in enumerate(chunk))
                 chunk.clear()
 
-        for key, image in items:
+        for item in items:
+            if item is PAUSE:  # a fed source has nothing ready: encode what it gave, then pass it on
+                yield from flush()
+                yield PAUSE
+                continue
+            key, image = item
             try:
                 chunk.append((key, self.prepare_pixels(image)))
             except ImageError as error:

@@ -58,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="classifying actors, each building the model once (default: one per GPU, else one)",
     )  # fmt: skip
     ray.add_argument(
+        "--images-per-block", type=positive_int, default=None,
+        help="images an actor takes at a time; they join its running engine, so blocks cost no batches "
+        "(default 256)",
+    )  # fmt: skip
+    ray.add_argument(
         "--out-format", choices=("jsonl", "parquet"), default="jsonl", help="part files of --ray: JSON lines or Parquet"
     )
     add_model_options(parser)
@@ -118,6 +123,7 @@ def check_ray_options(args: argparse.Namespace, ranks) -> None:
     if args.ray is None:
         for option, given in (
             ("--ray-actors", args.ray_actors is not None),
+            ("--images-per-block", args.images_per_block is not None),
             ("--out-format", args.out_format != "jsonl"),
         ):
             if given:
@@ -150,6 +156,7 @@ def run_ray(args: argparse.Namespace, sources):
 
     return classify_ray(
         build, sources, out=args.out, address=args.ray, actors=args.ray_actors, out_format=args.out_format,
+        **({"images_per_block": args.images_per_block} if args.images_per_block else {}),
         labels_from_folders=args.labels_from_folders, retry_failed=args.retry_failed, force=args.force,
         progress=not args.no_progress,
     )  # fmt: skip

@@ -54,6 +54,9 @@ def aggregate_classes(
     return torch.stack(rows)
 
 
+PAUSE = object()  # an item of `Engine.run`'s source: nothing is ready yet, go on with what you hold
+
+
 @dataclass
 class _Job:
     key: object
@@ -280,10 +283,13 @@ class Engine:
 
     # -- the stream ---------------------------------------------------------------------------
     def run(
-        self, items: Iterable[tuple[object, torch.Tensor | Exception]]
+        self, items: Iterable[tuple[object, torch.Tensor | Exception] | object]
     ) -> Iterator[tuple[object, ImageResult | Exception]]:
         """Score a stream of (key, x0) items; yields (key, result) as images finish, in
-        completion order. An item whose x0 is an exception is passed through as is."""
+        completion order. An item whose x0 is an exception is passed through as is. A source fed
+        while it runs (a long-lived worker's queue) yields `PAUSE` when no image is ready: the
+        engine then runs what it holds instead of waiting, and asks again after that batch (at
+        once when it holds nothing, so such a source should wait a little before a PAUSE)."""
         source = iter(items)
         exhausted = False
         while True:
@@ -291,12 +297,16 @@ class Engine:
                 item = next(source, None)
                 if item is None:
                     exhausted = True
+                elif item is PAUSE:
+                    break  # nothing ready now: run what is queued, ask again after the batch
                 elif isinstance(item[1], Exception):
                     yield item
                 else:
                     self._admit(*item)
             if self._queue.queued == 0:
-                break
+                if exhausted:
+                    break
+                continue
             self._run_batch(self._queue.take(self.batch_size))
             finished, self._finished = self._finished, []
             for job in finished:

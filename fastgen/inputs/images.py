@@ -400,12 +400,24 @@ def load_pixels(
     """One input image -> float32 [channels, H, W] in [0, 1]; `size` is one side or (H, W); any
     failure is an ImageError."""
     name = _describe(image)
+    tensor = decode_image(image, channels=channels, max_pixels=max_pixels)
+    try:
+        return resize_center_crop(tensor, size)
+    except Exception as error:  # nothing an image contains may stop a run
+        raise ImageError(f"{name} cannot be used ({type(error).__name__}: {error})") from None
+
+
+def decode_image(image: ImageInput, *, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """One input image -> float32 [channels, h, w] in [0, 1] at its own size: `load_pixels` before
+    it resizes (a worker that decodes can hand this on and leave the resize to the model's side,
+    with the same result). Any failure is an ImageError."""
+    name = _describe(image)
     try:
         tensor = _to_tensor(image, channels, max_pixels, name)
         if min(tensor.shape[1:]) < 1:
             raise ImageError(f"{name} is empty (shape {tuple(tensor.shape)})")
         _warn_if_degenerate(tensor, name)
-        return resize_center_crop(tensor, size)
+        return tensor
     except ImageError:
         raise
     except Exception as error:  # nothing an image contains may stop a run

@@ -1,29 +1,44 @@
 """Classification on Ray Data: `fastgen classify ... --ray [local|auto|ADDRESS] --out DIR`.
 
-The job is one Ray Data pipeline, and Ray does the distribution, the backpressure and the retries:
+The job is one streaming Ray Data pipeline, built of Ray Data's own parts; Ray does the
+distribution, the backpressure and the retries:
 
-    sources ──flat_map──> items ──map_batches──> pixels ──map_batches(actor pool)──> part files
-    (one row per source)  (CPU tasks: read,      (CPU tasks:       (each actor builds the classifier
-                           finished ids left out) decode, resize)   once; one part per input block)
+    read units ──read tasks (Datasource)──> image rows ──actor pool (map_batches)──> record rows
+    (planned on    read and decode on the      pixels as    each actor: one engine   ──Datasink──> part files
+     the driver)   CPU, finished ids left out  uint8        fed across blocks
 
-Items come from `fastgen.inputs.sources`, so ids are those of the one-process job, and pixels from
-`fastgen.inputs.images.load_pixels` with the model's size, channels and pixel limit; the actor
-applies the model's ink polarity as `DiffusionClassifier.prepare_pixels` does, so an image gets the
-same scores as in one process. Each block's records go to one part file of the output directory
-(`fastgen.jobs.results_dir`), named by the run and a hash of the block's ids and written
-atomically: a task Ray retries after its actor died writes the same name and replaces its own part.
-Actors are restarted when they die (`max_restarts`), and their tasks retried (`max_task_retries`).
+* **Planning** (`plan_units`) is linear in the inputs: a list of files is filtered against the
+  finished ids and de-duplicated on the driver, then cut into units of `FILES_PER_UNIT`; a shard or
+  table is one unit that carries only its own finished ids. `UnitsDatasource` hands each read task
+  its own units and nothing else, so a task's cost does not grow with the job.
+* **Reading and decoding** run in those read tasks, in parallel on the CPUs: items come from
+  `fastgen.inputs.sources` (ids as in one process) and are decoded by
+  `fastgen.inputs.images.decode_image`; an 8-bit image travels as uint8 at its own size (4x less
+  than float32), anything else (or a large image) as the float32 pixels at the model's size, so
+  that the actor's pixels are exactly those of one process (`transport` / `received`).
+* **Classifying**: an actor of the pool builds the classifier once and keeps one engine running
+  (`fastgen.api.fed_stream.FedStream`); blocks of `images_per_block` images come in concurrently
+  (`max_concurrent_calls_per_actor`) and join the same stream, so denoiser batches stay full
+  across blocks instead of draining at the end of each. The model's ink polarity is applied
+  there, as `DiffusionClassifier.prepare_pixels` does.
+* **Writing** goes through `ResultsDirSink`, a Ray Datasink: each write task writes its records
+  as one part file of the results directory (`fastgen.jobs.results_dir`), named by the run and a
+  hash of its ids and written atomically, so a task Ray retries rewrites the same part and each id
+  is recorded once per run.
 
 The driver holds the directory's lock (`DIR.lock`, beside it) for the whole job, checks the
 directory's header against the job's settings before anything is computed, and leaves out the ids
 the directory already holds (with `retry_failed`, not those whose latest record is an error). The
 job's header is learnt from a classifier built in a Ray task with an actor's resources, so the
-driver itself never loads the model.
+driver itself never loads the model. An id given twice is classified once, with a warning, as in
+one process.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import json
 import logging
 import os
 import warnings
@@ -34,24 +49,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fastgen.inputs.images import ImageError, load_pixels
+from fastgen.inputs.images import ImageError, decode_image, resize_center_crop
 from fastgen.inputs.sources import FileListSource, Item, Source, class_label
 from fastgen.jobs.dir_output import hold_results_dir, ids_to_skip, prepare_results_dir
 from fastgen.jobs.local import JobSummary, count_failed, job_header
-from fastgen.jobs.results_dir import (
-    check_format,
-    next_run_number,
-    part_name,
-    write_part,
-)
-from fastgen.jobs.results_file import (
-    Outcome,
-    error_record,
-    outcome_of,
-    path_key,
-    result_record,
-    scan_results,
-)
+from fastgen.jobs.results_dir import check_format, next_run_number, part_name, write_part
+from fastgen.jobs.results_file import Outcome, error_record, outcome_of, path_key, result_record, scan_results
 from fastgen.optional import require
 
 if TYPE_CHECKING:
@@ -63,7 +66,11 @@ log = logging.getLogger(__name__)
 # kills its actor this many times more is taken to be the cause, and the job stops with its error.
 ACTOR_RESTARTS = -1
 TASK_RETRIES = 3
-TALLY = ""  # the id of a source's tally row: how many of its items were already done
+TALLY = ""  # the id of a read task's tally row: what it left out (finished, given twice)
+FILES_PER_UNIT = 256  # files of a list read by one unit
+ROWS_PER_BLOCK = 64  # image rows of one block out of a read task
+IMAGES_PER_BLOCK = 256  # images one actor call takes: a GPU's batches are rows of many images
+IMAGES_PER_PART = 1024  # records of one part file, at most (a task writes what it was given)
 
 
 @dataclass(frozen=True)
@@ -79,68 +86,202 @@ class DecodeSpec:
         return cls(tuple(clf.adapter.image_hw), clf.adapter.image_channels, clf.max_pixels)
 
 
-# -- the pipeline's steps, run in Ray tasks and actors ---------------------------------------------
 def learn_job(build_classifier: Callable[[], DiffusionClassifier]) -> tuple[dict[str, Any], DecodeSpec]:
     """The job's header and decoding spec, from a classifier built where an actor would build it."""
     clf = build_classifier()
     return job_header(clf), DecodeSpec.of(clf)
 
 
-def item_row(item: Item, *, skipped: int = 0) -> dict[str, Any]:
-    payload = item.payload
-    return {
-        "id": path_key(item.id) if item.id != TALLY else TALLY,  # as the one-process job keys records
-        "payload": payload if isinstance(payload, bytes) else b"",
-        "file": str(payload) if isinstance(payload, Path) else "",
-        "label": item.label or "",
-        "error": item.error or ("the item could not be read" if payload is None and item.id != TALLY else ""),
-        "skipped": skipped,
-    }
+# -- planning (on the driver) ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReadUnit:
+    """What one read task reads of one source: the source (a piece of a file list, a shard, a
+    table) and the finished ids of that source to leave out."""
+
+    source: Source
+    skip: frozenset[str] = frozenset()
+    skipped_here: int = 0  # finished files already left out of a list on the driver
 
 
-def read_source(row: dict[str, Any], sources_ref, skip_ref) -> Iterator[dict[str, Any]]:
-    """The items of one source still to compute, then one tally row counting those left out.
-    The sources and the ids to leave out come through Ray's object store, stored once."""
-    import ray
-
-    # Each reference travels in a list, so that Ray hands it over as a reference, not resolved.
-    sources: Sequence[Source] = ray.get(sources_ref[0])
-    skip: frozenset[str] = ray.get(skip_ref[0])
-    left_out = 0
-
-    def wanted(item_id: str, label: str | None) -> bool:
-        nonlocal left_out
-        keep = path_key(item_id) not in skip
-        left_out += not keep
-        return keep
-
-    for item in sources[int(row["source"])].items(wanted):
-        yield item_row(item)
-    yield item_row(Item(TALLY, None), skipped=left_out)
+@dataclass(frozen=True)
+class Plan:
+    units: list[ReadUnit]
+    duplicates: int  # files named more than once (a list's repeats), left out on the driver
 
 
-def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.ndarray]:
-    """Pixels [N, C, H, W] in [0, 1] of the batch's images (zeros where it holds an error);
-    a decoding failure becomes the row's error, as in one process."""
-    errors = [str(e) for e in batch["error"]]
-    pixels = np.zeros((len(errors), spec.channels, *spec.size), dtype=np.float32)
-    for i, (identifier, payload, file) in enumerate(zip(batch["id"], batch["payload"], batch["file"])):
-        if errors[i] or identifier == TALLY:
+def _finished_of(source_name: str, finished: list[str]) -> frozenset[str]:
+    """The ids in sorted `finished` that belong to the source named `source_name` (NAME#...)."""
+    prefix = path_key(source_name) + "#"
+    start = bisect.bisect_left(finished, prefix)
+    end = bisect.bisect_left(finished, prefix + "\U0010ffff")
+    return frozenset(finished[start:end])
+
+
+def plan_units(
+    sources: Sequence[Source], skip: frozenset[str] | set[str], files_per_unit: int = FILES_PER_UNIT
+) -> Plan:
+    """The read units of the job, in one pass over the inputs and one over the finished ids."""
+    finished = sorted(skip)
+    units: list[ReadUnit] = []
+    seen: set[str] = set()
+    duplicates = 0
+    for source in sources:
+        if not isinstance(source, FileListSource):
+            units.append(ReadUnit(source, _finished_of(source.name, finished)))
             continue
-        source = Path(file) if file else bytes(payload)
-        try:
-            pixels[i] = load_pixels(source, size=spec.size, channels=spec.channels, max_pixels=spec.max_pixels).numpy()
-        except ImageError as error:
-            errors[i] = str(error)
+        todo, skipped = [], 0
+        for path in source.paths:
+            key = path_key(os.path.abspath(path))
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            if key in skip:
+                skipped += 1
+            else:
+                todo.append(path)
+        pieces = range(0, len(todo), files_per_unit)
+        for n, start in enumerate(pieces):
+            piece = todo[start : start + files_per_unit]
+            name = f"{source.name}[{start}:{start + len(piece)}]"
+            units.append(ReadUnit(FileListSource(name, piece), skipped_here=skipped if n == 0 else 0))
+        if not todo and skipped:
+            units.append(ReadUnit(FileListSource(source.name, []), skipped_here=skipped))
+    return Plan(units, duplicates)
+
+
+# -- reading and decoding (Ray read tasks) -------------------------------------------------------------
+def transport(pixels: Any, spec: DecodeSpec) -> tuple[bytes, tuple[int, ...], str]:
+    """(bytes, shape, kind) of a decoded image [C, h, w] for the trip to the actor: "u8" (its own
+    size, uint8) when every value is a k / 255 that uint8 gives back exactly and it is not larger
+    than float32 at the model's size; else "f32" at the model's size (resized here)."""
+    import torch
+
+    as_u8 = torch.round(pixels * 255.0).clamp(0, 255).to(torch.uint8)
+    model_bytes = 4 * spec.channels * spec.size[0] * spec.size[1]
+    if pixels.numel() <= model_bytes and torch.equal(as_u8.float() / 255.0, pixels):
+        return as_u8.numpy().tobytes(), tuple(pixels.shape), "u8"
+    resized = resize_center_crop(pixels, spec.size).float()
+    return resized.numpy().tobytes(), tuple(resized.shape), "f32"
+
+
+def received(data: bytes, shape: Sequence[int], kind: str, spec: DecodeSpec) -> Any:
+    """The pixels at the model's size, [C, H, W] float32 in [0, 1], as `load_pixels` gives them."""
+    import torch
+
+    if kind == "u8":
+        decoded = torch.frombuffer(bytearray(data), dtype=torch.uint8).reshape(*shape).float() / 255.0
+        return resize_center_crop(decoded, spec.size)
+    return torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(*shape).clone()
+
+
+def _row(item_id: str, label: str | None = None, error: str = "", image: tuple | None = None) -> dict[str, Any]:
+    data, shape, kind = image if image is not None else (b"", (), "")
     return {
-        "id": batch["id"],
-        "label": batch["label"],
-        "error": np.array(errors, dtype=object),
-        "skipped": batch["skipped"],
-        "pixels": pixels,
-    }
+        "id": item_id, "label": label or "", "error": error, "pixels": data, "shape": list(shape), "kind": kind,
+        "skipped": 0, "duplicates": 0,
+    }  # fmt: skip
 
 
+def _decoded_row(item: Item, spec: DecodeSpec) -> dict[str, Any]:
+    key = path_key(item.id)
+    if item.error or item.payload is None:
+        return _row(key, item.label, item.error or "the item could not be read")
+    try:
+        pixels = decode_image(item.payload, channels=spec.channels, max_pixels=spec.max_pixels)
+        return _row(key, item.label, image=transport(pixels, spec))
+    except ImageError as error:
+        return _row(key, item.label, str(error))
+
+
+def _table(rows: list[dict[str, Any]]):
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(rows, schema=row_schema())
+
+
+def row_schema():
+    """The columns of an image row (built where pyarrow is imported: the read tasks)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("id", pa.string()), ("label", pa.string()), ("error", pa.string()), ("pixels", pa.binary()),
+        ("shape", pa.list_(pa.int32())), ("kind", pa.string()), ("skipped", pa.int64()), ("duplicates", pa.int64()),
+    ])  # fmt: skip
+
+
+def read_units(units: Sequence[ReadUnit], spec: DecodeSpec, rows_per_block: int = ROWS_PER_BLOCK) -> Iterator[Any]:
+    """Blocks (Arrow tables) of decoded image rows of `units`, then one tally row: the finished ids
+    it left out and the ids it met twice (each image is read once)."""
+    skipped = sum(unit.skipped_here for unit in units)
+    duplicates = 0
+    seen: set[str] = set()
+    rows: list[dict[str, Any]] = []
+    for unit in units:
+        left_out = 0
+
+        def wanted(item_id: str, label: str | None, skip=unit.skip) -> bool:
+            nonlocal left_out
+            keep = path_key(item_id) not in skip
+            left_out += not keep
+            return keep
+
+        for item in unit.source.items(wanted):
+            key = path_key(item.id)
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            rows.append(_decoded_row(item, spec))
+            if len(rows) >= rows_per_block:
+                yield _table(rows)
+                rows = []
+        skipped += left_out
+    tally = _row(TALLY)
+    tally.update(skipped=skipped, duplicates=duplicates)
+    yield _table([*rows, tally])
+
+
+def units_datasource(units: list[ReadUnit], spec: DecodeSpec, rows_per_block: int = ROWS_PER_BLOCK):
+    """A Ray Data Datasource over the units: `get_read_tasks(n)` cuts them into at most n
+    contiguous groups, and each read task carries its own group only."""
+    from ray.data import Datasource, ReadTask
+    from ray.data.block import BlockMetadata
+
+    class UnitsDatasource(Datasource):
+        def __init__(self):
+            super().__init__()
+            self._units = units
+
+        def __getstate__(self):  # the read tasks carry their own units; the datasource needs none there
+            return {**self.__dict__, "_units": []}
+
+        def get_name(self) -> str:
+            return "FastgenInputs"
+
+        def estimate_inmemory_data_size(self) -> int | None:
+            return None
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None):
+            count = max(1, min(parallelism, len(self._units)))
+            bounds = np.linspace(0, len(self._units), count + 1).round().astype(int)
+            tasks = []
+            for start, end in zip(bounds[:-1], bounds[1:]):
+                group = self._units[start:end]
+                if not group:
+                    continue
+                read = _bind_read(group, spec, rows_per_block)
+                tasks.append(ReadTask(read, BlockMetadata(None, None, None, input_files=None)))
+            return tasks
+
+    return UnitsDatasource()
+
+
+def _bind_read(group: list[ReadUnit], spec: DecodeSpec, rows_per_block: int) -> Callable[[], Iterator[Any]]:
+    return lambda: read_units(group, spec, rows_per_block)
+
+
+# -- classifying (the actor pool) ----------------------------------------------------------------------
 def record_of(clf: DiffusionClassifier, key: str, outcome: Any) -> dict[str, Any]:
     """The record of one image, as the one-process job writes it."""
     if isinstance(outcome, Exception):
@@ -151,46 +292,94 @@ def record_of(clf: DiffusionClassifier, key: str, outcome: Any) -> dict[str, Any
     return record
 
 
-class ClassifyBlocks:
-    """An actor of the pool: builds the classifier once, then classifies block after block, each
-    into its own part file; returns one row of counts per block."""
+class ClassifyRows:
+    """An actor of the pool: builds the classifier once and one engine fed by every block it is
+    given (several at once); returns each block's records as JSON, tally rows passed on."""
 
-    def __init__(self, build_classifier, out: str, header: dict[str, Any], run: int, out_format: str):
+    def __init__(self, build_classifier, spec: DecodeSpec):
+        from fastgen.api.fed_stream import FedStream
+
         self.clf = build_classifier()
-        self.out, self.header, self.run, self.out_format = Path(out), header, run, out_format
+        self.spec = spec
+        self.stream = FedStream(self.clf)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = [i for i, identifier in enumerate(batch["id"]) if identifier != TALLY]
-        records = self.records(batch, rows)
-        if records:
-            ids = [r["path"] for r in records]
-            write_part(self.out, part_name(self.run, ids, self.out_format), self.header, records)
-        failed = sum("error" in r for r in records)
-        return {
-            "computed": np.array([len(records) - failed]),
-            "failed": np.array([failed]),
-            "skipped": np.array([int(np.sum(batch["skipped"]))]),
-        }
-
-    def records(self, batch: dict[str, np.ndarray], rows: list[int]) -> list[dict[str, Any]]:
-        """The records of the batch's `rows`, in row order; a row's read or decode error is its
-        record, the others are classified (the model's polarity applied here, as in one process)."""
-        import torch
-
-        ids = [str(batch["id"][i]) for i in rows]
-        outcomes: dict[str, Any] = {
-            ids[n]: ImageError(batch["error"][i]) for n, i in enumerate(rows) if batch["error"][i]
-        }
-        todo = [(ids[n], torch.from_numpy(np.array(batch["pixels"][i]))) for n, i in enumerate(rows)]
-        outcomes.update(self.clf.classify_stream(pair for pair in todo if pair[0] not in outcomes))
+        ids = [str(i) for i in batch["id"]]
+        outcomes: dict[str, Any] = {}
+        todo = []
+        for i, key in enumerate(ids):
+            if key == TALLY:
+                continue
+            if batch["error"][i]:
+                outcomes[key] = ImageError(str(batch["error"][i]))
+            else:
+                pixels = received(batch["pixels"][i], batch["shape"][i], str(batch["kind"][i]), self.spec)
+                todo.append((key, pixels))
+        outcomes.update(self.stream.classify(todo))
         records = []
-        for n, i in enumerate(rows):
-            record = record_of(self.clf, ids[n], outcomes[ids[n]])
+        for i, key in enumerate(ids):
+            if key == TALLY:
+                records.append("")
+                continue
+            record = record_of(self.clf, key, outcomes[key])
             label = class_label(str(batch["label"][i]) or None, self.clf.classes.names)
             if label is not None:
                 record["label"] = label  # the source's class: what report, calibrate and accuracy read
-            records.append(record)
-        return records
+            records.append(json.dumps(record))
+        return {
+            "id": np.array(ids, dtype=object),
+            "record": np.array(records, dtype=object),
+            "skipped": np.asarray(batch["skipped"]),
+            "duplicates": np.asarray(batch["duplicates"]),
+        }
+
+
+# -- writing (a Ray Datasink) --------------------------------------------------------------------------
+def results_dir_sink(out: Path, header: dict[str, Any], run: int, out_format: str, images_per_part: int):
+    """A Datasink writing each write task's records as one part file of the results directory."""
+    from ray.data.datasource import Datasink
+
+    class ResultsDirSink(Datasink):
+        def __init__(self):
+            self.totals = {"computed": 0, "failed": 0, "skipped": 0, "duplicates": 0, "parts": 0}
+
+        @property
+        def min_rows_per_write(self) -> int:
+            return images_per_part
+
+        def get_name(self) -> str:
+            return "FastgenResultsDir"
+
+        def write(self, blocks, ctx) -> dict[str, int]:
+            import pyarrow as pa
+
+            counts = {"computed": 0, "failed": 0, "skipped": 0, "duplicates": 0, "parts": 0}
+            records = []
+            for block in blocks:
+                table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
+                columns = table.to_pydict()
+                for key, text, skipped, duplicates in zip(
+                    columns["id"], columns["record"], columns["skipped"], columns["duplicates"]
+                ):
+                    if key == TALLY:
+                        counts["skipped"] += int(skipped)
+                        counts["duplicates"] += int(duplicates)
+                        continue
+                    record = json.loads(text)
+                    counts["failed" if "error" in record else "computed"] += 1
+                    records.append(record)
+            if records:
+                ids = [r["path"] for r in records]
+                write_part(out, part_name(run, ids, out_format), header, records)
+                counts["parts"] = 1
+            return counts
+
+        def on_write_complete(self, write_result) -> None:
+            for counts in write_result.write_returns:
+                for name, value in counts.items():
+                    self.totals[name] += value
+
+    return ResultsDirSink()
 
 
 # -- the driver ------------------------------------------------------------------------------------
@@ -237,36 +426,22 @@ def connected(ray, address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
-def read_units(sources: Sequence[Source], files_per_unit: int) -> list[Source]:
-    """The sources as units of reading: a list of files is cut into pieces of `files_per_unit`,
-    so its images spread over the actors as blocks; a shard or a table is read whole, and Ray
-    cuts what it yields into blocks of at most its block size."""
-    units: list[Source] = []
-    for source in sources:
-        if isinstance(source, FileListSource) and len(source.paths) > files_per_unit:
-            for start in range(0, len(source.paths), files_per_unit):
-                piece = source.paths[start : start + files_per_unit]
-                units.append(FileListSource(f"{source.name}[{start}:{start + len(piece)}]", piece))
-        else:
-            units.append(source)
-    return units
-
-
-def build_pipeline(ray, build_classifier, sources, skip, spec, *, out, header, run, out_format, resources, batch_size):
-    """The Ray Data pipeline of the job (lazy: nothing runs until it is read)."""
-    units = read_units(sources, batch_size)
-    rows = ray.data.from_items([{"source": i} for i in range(len(units))], override_num_blocks=max(1, len(units)))
-    items = rows.flat_map(read_source, fn_args=([ray.put(units)], [ray.put(skip)]))
-    pixels = items.map_batches(decode_batch, fn_args=(spec,), batch_size=None, batch_format="numpy")
+def build_pipeline(ray, build_classifier, plan: Plan, spec: DecodeSpec, *, resources, images_per_block: int):
+    """The Ray Data pipeline up to the records (lazy: nothing runs until it is written)."""
+    read_tasks = max(1, min(len(plan.units), 4 * int(ray.cluster_resources().get("CPU", 1))))
+    rows = ray.data.read_datasource(units_datasource(plan.units, spec), override_num_blocks=read_tasks)
     with warnings.catch_warnings():
         # Ray >= 2.51 asks for restarts and retries through named arguments it does not have yet.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
-        return pixels.map_batches(
-            ClassifyBlocks,
-            fn_constructor_args=(build_classifier, str(out), header, run, out_format),
-            batch_size=batch_size,
+        return rows.map_batches(
+            ClassifyRows,
+            fn_constructor_args=(build_classifier, spec),
+            batch_size=images_per_block,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=resources.actors),
+            zero_copy_batch=True,
+            compute=ray.data.ActorPoolStrategy(
+                size=resources.actors, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True
+            ),
             num_gpus=resources.num_gpus,
             num_cpus=resources.num_cpus,
             max_restarts=ACTOR_RESTARTS,
@@ -274,34 +449,22 @@ def build_pipeline(ray, build_classifier, sources, skip, spec, *, out, header, r
         )
 
 
-def drain(dataset, *, progress: bool) -> dict[str, int]:
-    """Run the pipeline; the sums of its counts (computed, failed, skipped)."""
-    from tqdm import tqdm
-
-    totals = {"computed": 0, "failed": 0, "skipped": 0}
-    with tqdm(disable=not progress, unit="img", desc="classified") as bar:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            for name in totals:
-                totals[name] += int(np.sum(batch[name]))
-            bar.update(int(np.sum(batch["computed"]) + np.sum(batch["failed"])))
-    return totals
-
-
 def _outcome_and_label(record: dict[str, Any]) -> tuple[Outcome, str | None]:
     label = record.get("label")
     return outcome_of(record), label if isinstance(label, str) else None
 
 
-def summarise(out: Path, totals: dict[str, int], *, labels_from_folders: bool) -> JobSummary:
+def summarise(out: Path, totals: dict[str, int], *, labels_from_folders: bool, files: set[str]) -> JobSummary:
     """The job's counts; errors and accuracy over what the directory holds after the run (a
-    record's label, else with `labels_from_folders` its file's folder name)."""
+    record's label, else with `labels_from_folders` its file's folder name: image files only,
+    `files`, never a shard's or table's folder)."""
     computed, failed, skipped = totals["computed"], totals["failed"], totals["skipped"]
     summary = JobSummary(computed + failed + skipped, skipped, computed, failed)
     latest = scan_results(out, keep=_outcome_and_label).records
     summary.errors_in_output = count_failed({key: outcome for key, (outcome, _) in latest.items()})
     labelled = correct = 0
     for key, (outcome, label) in latest.items():
-        if label is None and labels_from_folders:
+        if label is None and labels_from_folders and key in files:
             label = Path(key).parent.name
         if label is not None and outcome.prediction is not None:
             labelled += 1
@@ -319,7 +482,8 @@ def classify_ray(
     address: str | None = None,
     actors: int | None = None,
     gpus_per_actor: float = 1.0,
-    batch_size: int = 16,
+    images_per_block: int = IMAGES_PER_BLOCK,
+    images_per_part: int = IMAGES_PER_PART,
     out_format: str = "jsonl",
     labels_from_folders: bool = False,
     retry_failed: bool = False,
@@ -330,15 +494,18 @@ def classify_ray(
     it holds. `build_classifier()` builds the classifier in each actor (Ray pickles it with
     cloudpickle); `address` is Ray's (None: this process's connection, else a local Ray);
     `actors` the pool's size (default: as many as the GPUs hold at `gpus_per_actor` each, else
-    one); `batch_size` the images of one block, classified by one actor into one part file;
-    `out_format` "jsonl" or "parquet"; `retry_failed`, `force` and `labels_from_folders` are
-    those of `fastgen.jobs.local`."""
+    one); `images_per_block` the images of one actor call (they join the actor's running engine,
+    so a smaller block costs no denoiser batches); `images_per_part` the most records of one part
+    file; `out_format` "jsonl" or "parquet"; `retry_failed`, `force` and `labels_from_folders`
+    are those of `fastgen.jobs.local`."""
     check_format(out_format)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    for name, value in (("images_per_block", images_per_block), ("images_per_part", images_per_part)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
     ray = require("ray", extra="ray", purpose="--ray")
     require("ray.data", extra="ray", purpose="--ray")
-    out = Path(os.path.abspath(out))
+    require("pyarrow", extra="ray", purpose="--ray")
+    out = Path(os.path.realpath(out))
     with hold_results_dir(out), connected(ray, address):
         resources = actor_resources(ray.cluster_resources(), actors, gpus_per_actor)
         learn = ray.remote(num_cpus=1, num_gpus=resources.num_gpus)(learn_job)
@@ -346,14 +513,23 @@ def classify_ray(
         contents = prepare_results_dir(out, header, force=force)
         skip = ids_to_skip(contents, retry_failed=retry_failed)
         del contents
+        plan = plan_units(sources, skip)
+        files = {
+            path_key(os.path.abspath(p)) for source in sources if isinstance(source, FileListSource)
+            for p in source.paths
+        } if labels_from_folders else set()  # fmt: skip
+        del skip
         context = ray.data.DataContext.get_current()
         bars, context.enable_progress_bars = context.enable_progress_bars, progress
-        dataset = build_pipeline(
-            ray, build_classifier, sources, skip, spec, out=out, header=header, run=next_run_number(out),
-            out_format=out_format, resources=resources, batch_size=batch_size,
-        )  # fmt: skip
+        sink = results_dir_sink(out, header, next_run_number(out), out_format, images_per_part)
         try:
-            totals = drain(dataset, progress=progress)
+            records = build_pipeline(
+                ray, build_classifier, plan, spec, resources=resources, images_per_block=images_per_block
+            )
+            records.write_datasink(sink)
         finally:
             context.enable_progress_bars = bars
-        return summarise(out, totals, labels_from_folders=labels_from_folders)
+        duplicates = plan.duplicates + sink.totals["duplicates"]
+        if duplicates:
+            log.warning("%d images were given more than once; each was classified once", duplicates)
+        return summarise(out, sink.totals, labels_from_folders=labels_from_folders, files=files)
