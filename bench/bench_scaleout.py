@@ -1,16 +1,21 @@
 """Throughput of `fastgen classify` in one process, under torchrun and on Ray Data.
 
-Each launcher runs the real command twice, on N and on 2N images, into fresh outputs; the second
+Each launcher runs the real command twice, on N and on 2N images, each time into an output of its
+own that no run used before (a repeated run never resumes an earlier one's output); the second
 run's extra time is all classification, so `steady_images_per_s = N / (t_2N - t_N)` and
 `startup_s = t_N - N / steady_rate` (interpreter, imports, model load, process group or Ray).
-One JSON row per launcher; with --modes, a last row states Ray's overhead: its start-up beyond
-one process's, and its extra time per image against torchrun with as many workers.
+Every mode is measured `--repeats` times, the modes taking turns, and a summary row per mode gives
+the min and median of each figure. Every worker runs `--threads` torch threads (`--threads` on
+the command line, so the count is fixed): torchrun's ranks and Ray's actors as many as one
+process of mode `process:T` runs with T. With --modes, a last row states Ray's overhead: its
+start-up beyond one process's, and its extra time per image against torchrun with as many workers.
 
 CPU (a tiny random model is built when --model is not given), torchrun at each --nproc:
     python bench/bench_scaleout.py --nproc 1 2
-The embedded digits model on held-out digits: one process, torchrun x2, Ray x2 actors:
-    python bench/bench_scaleout.py --model builtin:digits --digits --images 1000 \
-        --modes process torchrun:2 ray:2 --n-samples 4 --out bench/results/scaleout_digits_cpu.jsonl
+The embedded digits model on held-out digits: one process with 1 and 2 threads, torchrun x2,
+Ray x2 actors, 3 repeats:
+    python bench/bench_scaleout.py --model builtin:digits --digits --images 1000 --repeats 3 \
+        --modes process:1 process:2 torchrun:2 ray:2 --n-samples 4 --out bench/results/scaleout_digits_cpu.jsonl
 GPU, one process per GPU:
     python bench/bench_scaleout.py --model stabilityai/stable-diffusion-2-base --device cuda \
         --dtype fp16 --nproc 1 8 --images 256 --n-samples 50 --batch-size 250
@@ -89,11 +94,12 @@ def write_digits(folder: Path, n: int) -> Path:
 
 
 def parse_mode(text: str) -> tuple[str, int]:
-    """`process`, `torchrun:N` or `ray:N` as (launcher, workers)."""
-    launcher, _, workers = text.partition(":")
-    if launcher not in ("process", "torchrun", "ray") or (launcher == "process") != (workers == ""):
-        raise argparse.ArgumentTypeError(f"expected process, torchrun:N or ray:N, got {text!r}")
-    return launcher, int(workers or 1)
+    """`process[:THREADS]`, `torchrun:N` or `ray:N` as (launcher, workers); a process's number is
+    its threads (it is one worker), the others' their workers (of `--threads` each)."""
+    launcher, _, number = text.partition(":")
+    if launcher not in ("process", "torchrun", "ray") or (launcher != "process" and not number):
+        raise argparse.ArgumentTypeError(f"expected process[:THREADS], torchrun:N or ray:N, got {text!r}")
+    return launcher, int(number or 1)
 
 
 def launch_command(launcher: str, workers: int) -> list[str]:
@@ -123,29 +129,30 @@ def timed_run(mode: tuple[str, int], images: Path, out: Path, args: argparse.Nam
         command += ["--ray", "local", "--ray-actors", str(workers)]
     if args.dtype:
         command += ["--dtype", args.dtype]
-    # One process has the machine's threads; each of N workers its share (Ray sets its actors' own).
-    threads = args.threads if launcher != "process" else args.threads * max(args.workers_per_machine, 1)
+    threads = workers if launcher == "process" else args.threads  # a process's number is its threads
+    command += ["--threads", str(threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "RAY_USAGE_STATS_ENABLED": "0"}
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True, capture_output=True, text=True)
     return time.perf_counter() - start
 
 
-def measure(mode, small: Path, large: Path, root: Path, args: argparse.Namespace, model: str) -> dict:
+def measure(mode, small: Path, large: Path, root: Path, args: argparse.Namespace, model: str, repeat: int = 0) -> dict:
     launcher, workers = mode
-    name = f"{launcher}-{workers}"
+    name = f"{launcher}-{workers}-r{repeat}"  # a fresh output for every run: nothing to resume
     load_before = os.getloadavg()[0]  # other work on a shared machine shows here
     t_small = timed_run(mode, small, root / f"small-{name}.out", args, model)
     t_large = timed_run(mode, large, root / f"large-{name}.out", args, model)
     # Below the noise of start-up times the difference says nothing: no rate rather than a wild one.
     rate = args.images / (t_large - t_small) if t_large > t_small else None
-    threads = args.threads * (max(args.workers_per_machine, 1) if launcher == "process" else 1)
+    threads = workers if launcher == "process" else args.threads
     return {
         "bench": "scaleout", "device": device_name(args.device), "cpu_native_bf16": has_native_bf16(), **versions(),
         "model": args.model or "tiny-pixel-text (random)", "launcher": launcher, "nproc": workers,
+        "cpu": cpu_model(),
         "dtype": args.dtype or "fp32", "classes": 10 if args.digits else len(CLASSES.split(",")),
         "policy": "exhaustive", "n_samples": args.n_samples, "batch_size": args.batch_size,
-        "omp_threads": threads if launcher != "ray" else "Ray's (1 per actor of under one CPU)",
+        "threads_per_worker": threads, "workers": 1 if launcher == "process" else workers, "repeat": repeat,
         "images": [args.images, 2 * args.images], "wall_s": [round(t_small, 3), round(t_large, 3)],
         "load_average_1min_before": round(load_before, 2),
         "steady_images_per_s": round(rate, 3) if rate else None,
@@ -185,10 +192,8 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--n-samples", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=80)
-    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per worker process")
-    parser.add_argument(
-        "--workers-per-machine", type=int, default=2, help="one process gets --threads times this many threads"
-    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each torchrun rank and Ray actor")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements of every mode, the modes taking turns")
     parser.add_argument("--out", type=Path, default=None, help="also append the rows to this .jsonl")
     args = parser.parse_args()
     modes = args.modes or [("torchrun", n) for n in args.nproc]
@@ -206,13 +211,36 @@ def main() -> int:
         else:
             small = write_images(root / "small", args.images, args.image_size)
             large = write_images(root / "large", 2 * args.images, args.image_size)
-        for mode in modes:
-            rows.append(measure(mode, small, large, root, args, model))
-            emit(rows[-1], args.out)
-    summary = ray_overhead(rows)
-    if summary is not None:
-        emit(summary, args.out)
+        for repeat in range(args.repeats):
+            for mode in modes:
+                rows.append(measure(mode, small, large, root, args, model, repeat))
+                emit(rows[-1], args.out)
+    medians = []
+    for mode in modes:
+        summary = summarise_mode([r for r in rows if (r["launcher"], r["nproc"]) == mode])
+        medians.append(summary["median_row"])
+        emit({k: v for k, v in summary.items() if k != "median_row"}, args.out)
+    overhead = ray_overhead(medians)
+    if overhead is not None:
+        emit(overhead, args.out)
     return 0
+
+
+def summarise_mode(rows: list[dict]) -> dict:
+    """min and median of the steady rate and the start-up over a mode's repeats, and a row of
+    medians for the overhead comparison."""
+    import statistics
+
+    first = rows[0]
+    out: dict = {"bench": "scaleout-summary", "launcher": first["launcher"], "nproc": first["nproc"],
+                 "threads_per_worker": first["threads_per_worker"], "repeats": len(rows), "device": first["device"]}  # fmt: skip
+    median_row = dict(first)
+    for figure in ("steady_images_per_s", "startup_s"):
+        values = [r[figure] for r in rows if r[figure] is not None]
+        out[figure] = {"min": min(values), "median": statistics.median(values), "all": values} if values else None
+        median_row[figure] = statistics.median(values) if values else None
+    out["median_row"] = median_row
+    return out
 
 
 def emit(row: dict, out: Path | None) -> None:
