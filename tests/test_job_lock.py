@@ -155,6 +155,50 @@ def test_the_other_ranks_stop_when_rank_0_failed(monkeypatch, status, expected):
     assert seen == [[0]]
 
 
+# -- one output, whatever path names it -------------------------------------------------------------
+def _paths_to(tmp_path: Path) -> tuple[Path, list[Path]]:
+    """A results file, and other paths that name it: a link to it, a path through a link to its
+    folder, and `up/../results.jsonl` with `up` a link into a sibling folder (the kernel follows
+    `up` before `..`; `os.path.abspath` would fold it to another folder)."""
+    real = tmp_path / "real" / "results.jsonl"
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real-sibling").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link.jsonl").symlink_to(real)
+    (tmp_path / "alias").symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "elsewhere" / "up").symlink_to(tmp_path / "real-sibling", target_is_directory=True)
+    others = [tmp_path / "link.jsonl", tmp_path / "alias" / "results.jsonl"]
+    return real, [*others, tmp_path / "elsewhere" / "up" / ".." / "real" / "results.jsonl"]
+
+
+def test_every_path_to_a_held_file_is_refused(tmp_path):
+    real, others = _paths_to(tmp_path)
+    real.write_text("")
+    held = OutputLock(real)
+    held.acquire()
+    try:
+        for other in others:
+            with pytest.raises(OutputInUse, match=f"pid {os.getpid()} on host"):
+                claim_output(other)
+    finally:
+        held.release()
+    claim_output(others[0]).release()  # free once released, through any path
+
+
+def test_a_run_through_a_link_to_a_file_another_run_writes_is_refused(digit_folder, tmp_path, capsys):
+    real, others = _paths_to(tmp_path)
+    real.write_text("")
+    held = OutputLock(real)
+    held.acquire()
+    try:
+        for other in others:
+            assert cli_main(["classify", str(digit_folder), "--out", str(other), *OPTIONS]) == 2
+            assert "being written by another fastgen run" in capsys.readouterr().err
+    finally:
+        held.release()
+    assert real.read_bytes() == b"" and sorted(p.name for p in real.parent.iterdir()) == ["results.jsonl"]
+
+
 # -- two real runs -----------------------------------------------------------------------------------
 def test_a_second_run_is_refused_and_a_killed_runs_lock_does_not_block(digit_folder, tmp_path, capsys):
     out = tmp_path / "results.jsonl"

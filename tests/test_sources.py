@@ -458,3 +458,76 @@ def test_a_parquet_image_struct_column_and_dataset_dict_splits_are_found(digits,
     root = os.path.abspath(tmp_path / "dict")
     assert [item.id for item in items] == [f"{root}/{s}#{i}" for s in ("test", "train") for i in (0, 1)]
     assert [item.label for item in items] == [CLASS_NAMES[y] for y in labels[:2]] * 2
+
+
+# -- labels only from where the source has them; shard errors that no longer stand -------------------
+def _mixed_inputs(digits, root: Path) -> tuple[list[Path], bytes]:
+    """In a folder named like a class, a shard of 10 digits without label members (cut short, its
+    whole bytes returned) and a Parquet file of 5 rows whose ids repeat twice, without a label
+    column; beside it, 4 PNG files in folders named by their classes."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    images, labels = digits
+    folder = root / "three"
+    folder.mkdir(parents=True)
+    with tarfile.open(folder / "s.tar", "w") as tar:
+        for i in range(10):
+            add_member(tar, f"{i:03d}.png", images[i])
+    whole = (folder / "s.tar").read_bytes()
+    (folder / "s.tar").write_bytes(whole[: 5 * 1024 + 512 + 20])  # inside sample 5's image (a header, then data)
+    pq.write_table(pa.table({"key": ["a", "b", "a", "c", "b"], "png": images[10:15]}), folder / "t.parquet")
+    for i in range(15, 19):
+        (root / "png" / CLASS_NAMES[labels[i]]).mkdir(parents=True, exist_ok=True)
+        (root / "png" / CLASS_NAMES[labels[i]] / f"{i:03d}.png").write_bytes(images[i])
+    return [folder / "s.tar", folder / "t.parquet", root / "png"], whole
+
+
+def test_folder_labels_are_an_image_files_never_a_shards_or_tables_folder(digits, tmp_path, capsys):
+    inputs, _ = _mixed_inputs(digits, tmp_path)
+    out = tmp_path / "results.jsonl"
+    code, err = classify(inputs, out, capsys, "--id-column", "key", "--labels-from-folders")
+    assert code == 0 and printed_accuracy(err)[1] == 4  # the PNG files only, not the "three" folder's rows
+    assert not any("label" in record for record in read_results(out).values())
+
+
+def test_a_replaced_shard_clears_its_shard_error_with_retry_failed(digits, tmp_path, capsys):
+    from fastgen.eval.report import load_run
+
+    inputs, whole = _mixed_inputs(digits, tmp_path)
+    out = tmp_path / "results.jsonl"
+    code, err = classify(inputs, out, capsys, "--id-column", "key")
+    cut = f"{inputs[0]}#{TRUNCATED}"
+    assert code == 0 and "error" in read_results(out)[cut]
+    inputs[0].write_bytes(whole)  # the shard replaced by a whole copy
+    code, err = classify(inputs, out, capsys, "--id-column", "key", "--retry-failed")
+    records = read_results(out)
+    assert code == 0 and cut not in records and "errors in output: 0" in err
+    assert len(records) == 10 + 3 + 4 and all("prediction" in r for r in records.values())
+    assert not any("error record" in note for note in load_run(out).notes)
+    code, err = classify(inputs, out, capsys, "--id-column", "key")
+    assert code == 0 and summary_counts(err) == (17, 0, 0) and "errors in output: 0" in err
+
+
+def test_under_torchrun_repeated_ids_folder_labels_and_a_replaced_shard_are_as_in_one_process(
+    digits, tmp_path, capsys
+):  # fmt: skip
+    """One launch: the rows whose ids repeat are classified once with one warning, only the PNG
+    files get folder labels, and --retry-failed over the replaced shard retires its error."""
+    inputs, whole = _mixed_inputs(digits, tmp_path)
+    out = tmp_path / "results.jsonl"
+    assert classify(inputs, out, capsys, "--id-column", "key")[0] == 0
+    assert "error" in read_results(out)[f"{inputs[0]}#{TRUNCATED}"]
+    inputs[0].write_bytes(whole)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    options = ["--id-column", "key", "--labels-from-folders", "--retry-failed"]
+    command = [*launcher, "-m", "fastgen", "classify", *map(str, inputs), "--out", str(out), *OPTIONS, *options]
+    run = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr.count("images repeat the id of an image before them") == 1
+    assert "2 images repeat the id" in run.stderr
+    assert printed_accuracy(run.stderr)[1] == 4 and "errors in output: 0" in run.stderr
+    records = read_results(out)
+    assert f"{inputs[0]}#{TRUNCATED}" not in records and len(records) == 17
+    assert sorted(k.rpartition("#")[2] for k in records if "t.parquet#" in k) == ["a", "b", "c"]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len([r for r in lines if r.get("path", "").endswith("t.parquet#a")]) == 1  # one record per id

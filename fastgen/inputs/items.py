@@ -4,6 +4,7 @@ kind of input implements (`fastgen.inputs.sources` lists them and opens inputs).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,9 @@ from typing import Protocol
 # Ids of the one item that reports a source (or its rest) as unreadable: ``SOURCE#<truncated>``.
 TRUNCATED = "<truncated>"
 UNREADABLE = "<unreadable>"
+# The keys of error items about a source itself rather than one of its images: the two above, and
+# a tar shard's ``<damaged-at-BYTE>``.
+_SOURCE_ERROR_KEY = re.compile(r"<(truncated|unreadable|damaged-at-\d+)>")
 
 # `wanted(id, label)` is asked before an item's payload is read; False skips the item (no payload
 # is read, nothing is yielded). Jobs use it to leave out finished items and other ranks' items.
@@ -42,6 +46,13 @@ def everything(item_id: str, label: str | None) -> bool:
 def absolute(path: str | Path) -> str:
     """The absolute, normalised form of a path, as results files record paths."""
     return os.path.abspath(str(path))
+
+
+def source_of_error(item_id: str) -> str | None:
+    """The source named by an id of an error item about the source itself (``SOURCE#<truncated>``,
+    ``SOURCE#<unreadable>``, ``SOURCE#<damaged-at-BYTE>``); None for any other id."""
+    name, sep, key = item_id.rpartition("#")
+    return name if sep and _SOURCE_ERROR_KEY.fullmatch(key) else None
 
 
 def broken_item(name: str, what: str, message: str, wanted: Wanted) -> Iterator[Item]:

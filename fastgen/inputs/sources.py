@@ -7,7 +7,7 @@ never depend on the order, the working directory or the machine a job runs in:
 
 * an image file: its absolute, normalised path (as `fastgen.jobs.results_file.path_key` writes it);
 * a tar member: ``SHARD_ABSPATH#KEY`` (KEY: the member's path up to the first dot of its name,
-  WebDataset's sample key);
+  WebDataset's sample key); a shard may be gzip-, bzip2- or xz-compressed (``.tar.gz``...);
 * a Parquet row: ``FILE_ABSPATH#ID`` with an id column, else ``FILE_ABSPATH#ROW`` (0-based);
 * a saved Hugging Face dataset row: ``DIR_ABSPATH#ID`` or ``DIR_ABSPATH#ROW``.
 
@@ -42,11 +42,12 @@ from PIL import Image
 from fastgen.inputs.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, find_images, open_image
 from fastgen.inputs.items import TRUNCATED, UNREADABLE, Item, Source, Wanted, absolute, everything
 from fastgen.inputs.tables import ParquetSource, SavedDatasetSource, is_saved_dataset, is_saved_dataset_dict
-from fastgen.inputs.tar_shards import TarSource, split_key
+from fastgen.inputs.tar_shards import TarSource, is_other_compressed_tar, is_tar_name, split_key
 
 __all__ = [
     "TRUNCATED", "UNREADABLE", "FileListSource", "Item", "ParquetSource", "SavedDatasetSource", "Source",
-    "TarSource", "Wanted", "class_label", "decode_payload", "open_sources", "read_path_list", "split_key",
+    "TarSource", "Wanted", "class_label", "decode_payload", "folder_label", "open_sources", "read_path_list",
+    "split_key",
 ]  # fmt: skip
 
 
@@ -64,6 +65,23 @@ def class_label(label: str | None, class_names: Sequence[str]) -> str | None:
     if text.isdigit() and int(text) < len(class_names):
         return class_names[int(text)]
     return text
+
+
+def folder_label(item_id: str) -> str | None:
+    """The label ``--labels-from-folders`` gives an item, from its id alone (a record's path): an
+    image file's parent folder name; None for a tar member, a Parquet row or a saved dataset's row
+    (``SOURCE#KEY``): the folder a shard or a table sits in says nothing of its images, whose labels
+    come from the source itself (a ``.cls`` member, a label column). A dataset folder is told only
+    while it exists. Where the source is known, `FileListSource` alone gives folder labels."""
+    source, sep, _ = item_id.rpartition("#")
+    if sep and (
+        is_tar_name(source)
+        or is_other_compressed_tar(source)
+        or source.lower().endswith(".parquet")
+        or is_saved_dataset(Path(source))
+    ):
+        return None
+    return Path(item_id).parent.name
 
 
 # -- image files ------------------------------------------------------------------------------------
@@ -102,10 +120,14 @@ def _source_kind(path: Path) -> str:
         if is_saved_dataset_dict(path):
             return "dataset-dict"
         return "files"
+    if not path.is_file():
+        return "files"
+    if is_tar_name(path):
+        return "tar"
+    if is_other_compressed_tar(path):
+        return "other-tar"
     suffix = path.suffix.lower()
-    if path.is_file() and suffix in (".tar", ".parquet", ".txt"):
-        return suffix.lstrip(".")
-    return "files"
+    return suffix.lstrip(".") if suffix in (".parquet", ".txt") else "files"
 
 
 def open_sources(
@@ -116,10 +138,11 @@ def open_sources(
     label_column: str | None = None,
 ) -> list[Source]:
     """Sources for folders, globs and image files (one file-list source, as `find_images` lists
-    them), ``.txt`` files of paths, WebDataset ``.tar`` shards, ``.parquet`` files and folders
-    written by `save_to_disk` (a DatasetDict's folder gives each split). A glob is expanded first,
-    so ``shards/*.tar`` names shards. Sorted by name and de-duplicated: the same inputs give the
-    same sources in the same order whatever order they are named in."""
+    them), ``.txt`` files of paths, WebDataset ``.tar`` shards (also gzip-, bzip2- or
+    xz-compressed; a ``NAME.tar.EXT`` of another compression is refused by name), ``.parquet``
+    files and folders written by `save_to_disk` (a DatasetDict's folder gives each split). A glob
+    is expanded first, so ``shards/*.tar*`` names shards. Sorted by name and de-duplicated: the
+    same inputs give the same sources in the same order whatever order they are named in."""
     table_options = {"image_column": image_column, "id_column": id_column, "label_column": label_column}
     files: list[str] = []
     sources: dict[str, Source] = {}
@@ -129,6 +152,11 @@ def open_sources(
         name = absolute(path)
         if kind == "files":
             files.append(str(entry))
+        elif kind == "other-tar":
+            raise ValueError(
+                f"{entry}: a tar shard compressed in a way fastgen cannot read (it reads .tar, .tar.gz or .tgz, "
+                ".tar.bz2 and .tar.xz); decompress it to a .tar first"
+            )
         elif kind == "txt":
             sources.setdefault(name, FileListSource(name, read_path_list(path)))
         elif kind == "tar":
@@ -184,7 +212,11 @@ def _expand_globs(inputs: Sequence[str | Path]) -> list[str]:
 
 
 def _is_source_match(path: Path, pattern: str) -> bool:
+    """A glob's match read as a source; a shard fastgen cannot decompress only when the pattern
+    names shards (``*.tar*``), so that ``photos/*`` is not refused for an archive among the photos."""
     kind = _source_kind(path)
+    if kind == "other-tar":
+        return ".tar" in pattern.lower()
     return kind != "files" and (kind != "txt" or pattern.lower().endswith(".txt"))
 
 

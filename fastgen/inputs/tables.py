@@ -15,6 +15,11 @@ from fastgen.inputs.items import TRUNCATED, UNREADABLE, Item, Wanted, broken_ite
 # Rows of a Parquet file or a dataset read at a time: small enough that a batch of images is a
 # few MB, large enough that the per-batch cost vanishes.
 ROWS_PER_BATCH = 256
+# A Parquet batch holds at most about this many bytes of its columns: rows of large images come
+# fewer at a time, so what a batch holds does not grow with the images' size.
+BATCH_BYTES = 8 << 20
+# Parquet pages are read through a buffer of this size instead of whole column chunks at once.
+READ_BUFFER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -135,21 +140,66 @@ class ParquetSource:
         self.columns(schema)
 
     def items(self, wanted: Wanted | None = None) -> Iterator[Item]:
+        """The rows, read as a stream: one bounded batch of the needed columns at a time, so memory
+        does not grow with the file (`open_parquet`, `parquet_batches`)."""
         wanted = wanted or everything
         pa = _import_pyarrow()
         try:
-            table = pa.parquet.ParquetFile(self.name)
-            columns = self.columns(table.schema_arrow)
-        except (pa.ArrowException, OSError, ValueError) as error:
-            yield from broken_item(self.name, UNREADABLE, f"Parquet file {self.name} cannot be read ({error})", wanted)
-            return
-        names = [c for c in (columns.image, columns.id, columns.label) if c]
-        reader = _TableReader(self.name, columns)
-        try:
-            yield from reader.rows(table.iter_batches(batch_size=ROWS_PER_BATCH, columns=names), wanted)
+            parquet = open_parquet(self.name)
         except (pa.ArrowException, OSError) as error:
-            message = f"Parquet file {self.name} is damaged after {reader.rows_read} rows ({error}); the rest is lost"
-            yield from broken_item(self.name, TRUNCATED, message, wanted)
+            yield from self._unreadable(error, wanted)
+            return
+        with parquet:
+            try:
+                columns = self.columns(parquet.schema_arrow)
+            except ValueError as error:
+                yield from self._unreadable(error, wanted)
+                return
+            reader = _TableReader(self.name, columns)
+            try:
+                yield from reader.rows(parquet_batches(parquet, columns), wanted)
+            except (pa.ArrowException, OSError) as error:
+                rest = f"is damaged after {reader.rows_read} rows ({error}); the rest is lost"
+                yield from broken_item(self.name, TRUNCATED, f"Parquet file {self.name} {rest}", wanted)
+
+    def _unreadable(self, error: Exception, wanted: Wanted) -> Iterator[Item]:
+        yield from broken_item(self.name, UNREADABLE, f"Parquet file {self.name} cannot be read ({error})", wanted)
+
+
+def open_parquet(path: str):
+    """A Parquet file opened for streaming: without pre-buffering (which reads a row group's whole
+    column chunks into memory before the first row: a file written as one row group would be read
+    whole) and with pages read through a small buffer."""
+    pa = _import_pyarrow()
+    return pa.parquet.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
+
+
+def parquet_batches(parquet, columns: Columns) -> Iterator[Any]:
+    """The record batches of the columns `columns` names, row group after row group, each of at
+    most `batch_rows` rows, read on the calling thread (the image column is all the work: a
+    thread per column gains nothing)."""
+    names = list(dict.fromkeys(c for c in (columns.image, columns.id, columns.label) if c))
+    rows = batch_rows(parquet.metadata, names)
+    return parquet.iter_batches(batch_size=rows, columns=names, use_threads=False)
+
+
+def batch_rows(metadata, names: list[str]) -> int:
+    """Rows per batch: `ROWS_PER_BATCH`, or fewer when the columns `names` hold more than
+    `BATCH_BYTES` in that many rows of the file's widest row group (large images)."""
+    bytes_per_row = 0.0
+    for index in range(metadata.num_row_groups):
+        group = metadata.row_group(index)
+        if group.num_rows == 0:
+            continue
+        size = sum(
+            group.column(c).total_uncompressed_size
+            for c in range(group.num_columns)
+            if group.column(c).path_in_schema.split(".")[0] in names
+        )
+        bytes_per_row = max(bytes_per_row, size / group.num_rows)
+    if bytes_per_row == 0:
+        return ROWS_PER_BATCH
+    return max(1, min(ROWS_PER_BATCH, int(BATCH_BYTES // bytes_per_row)))
 
 
 def is_saved_dataset(folder: Path) -> bool:

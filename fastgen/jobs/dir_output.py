@@ -1,8 +1,9 @@
 """A results directory as a job's output: its lock, the checks before a job writes into it, and
 what a resume leaves out. The layout and the part formats are `fastgen.jobs.results_dir`'s.
 
-The lock is the results file's (`fastgen.jobs.output_lock`) on `DIR.lock`, beside the directory.
-A resume checks `header.json` against the job's settings as a results file's header is checked.
+The lock is the results file's (`fastgen.jobs.output_lock`) on `DIR.lock`, beside the directory's
+real path (symbolic links resolved), so two paths to one directory are one output. A resume
+checks `header.json` against the job's settings as a results file's header is checked.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fastgen.jobs.local import needs_computing
-from fastgen.jobs.output_lock import OutputLock, lock_then_check
+from fastgen.jobs.output_lock import OutputLock, lock_then_check, real_output
 from fastgen.jobs.results_dir import foreign_entries, is_results_dir, remove_temporary_parts, write_dir_header
 from fastgen.jobs.results_file import (
     ResultsContents,
@@ -64,8 +65,10 @@ def hold_results_dir(out: Path) -> Iterator[None]:
 
 def prepare_results_dir(out: Path, header: dict[str, Any], *, force: bool = False) -> ResultsContents:
     """What `out` already holds (each image's latest `Outcome`), after refusing a directory of
-    another job (unless `force`), deleting parts a killed task left half-written and writing the
-    job's header when the directory lacks it or (forced) holds another."""
+    another job (unless `force`), deleting parts a killed task left half-written (none that a
+    live process is writing) and writing the job's header when the directory lacks it or
+    (forced) holds another. The caller holds the directory's lock; `out` is used by its real path."""
+    out = real_output(out)
     check_not_foreign_dir(out)
     contents = scan_results(out, keep=outcome_of) if is_results_dir(out) else ResultsContents()
     check_same_job(out, contents, header, force=force)

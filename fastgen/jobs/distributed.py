@@ -13,7 +13,10 @@ checks `F` (a file that is not fastgen's, or whose header names other settings, 
 an interrupted last line there, merges the part files of an interrupted run (whatever its world
 size) and appends the job's header when `F` lacks it; only images absent from `F` (or, with
 `--retry-failed`, whose latest record is an error) are sharded; part files of another job are
-refused (`fastgen.jobs.parts`). The process group is used for barriers and sums of counts only:
+refused (`fastgen.jobs.parts`). With `--retry-failed`, rank 0 retires the error records about a
+whole source that reading every source did not give again (`fastgen.jobs.local`). The output is
+used by its real path (`real_output`), so its lock and its parts are the same whatever path names
+it. The process group is used for barriers and sums of counts only:
 no home-made protocol. Whatever rank 0 fails at on the output (the lock is taken, the file is
 refused, the disk fails), every other rank learns it at the next sum and stops too.
 """
@@ -44,10 +47,11 @@ from fastgen.jobs.local import (
     prepare_output,
     progress_total,
     read_outcomes,
+    retire_source_errors,
     selected_items,
     write_results,
 )  # fmt: skip
-from fastgen.jobs.output_lock import OutputLock, claim_output
+from fastgen.jobs.output_lock import OutputLock, claim_output, real_output
 from fastgen.jobs.parts import merge_parts, open_part
 from fastgen.jobs.results_file import path_key
 
@@ -196,6 +200,7 @@ def classify_sources_distributed(
     `fastgen.jobs.local.classify_sources`."""
     if out is None:
         raise ValueError("--out is required under torchrun: each rank writes a part file next to it")
+    out = real_output(out)
     rank_dev = rank_device(device, ranks)
     init_process_group(ranks, rank_dev)
     lock: list[OutputLock] = []  # rank 0's, once taken
@@ -224,6 +229,8 @@ def classify_sources_distributed(
         selection.warn_repeated()
         summary = JobSummary(selection.total, selection.total - selection.todo, computed, failed)
         latest = read_outcomes(out)
+        if retry_failed:  # every rank read every id, so rank 0's selection saw them all
+            retire_source_errors(out, latest, selection.seen, sources)
         summary.errors_in_output = count_failed(latest)
         if selection.labels:
             labelled_accuracy(summary, selection.labels, latest)

@@ -12,7 +12,12 @@ payload is read, whether this run computes it, so a payload is read only to be c
 Of every finished image, done before or in this run, the job keeps only its path key and its
 `Outcome` (failed or not, its prediction): enough for the counts and the accuracy, and a few
 hundred bytes however many classes are scored. The caller holds the output's lock
-(`fastgen.jobs.output_lock`).
+(`fastgen.jobs.output_lock`); the output is used under its real path (`real_output`), where the
+lock is.
+
+An error record about a whole source (a cut tar shard's ``SHARD#<truncated>``) is not an image
+that a retry redoes: with `retry_failed`, once the source is read to its end without that error
+(it was replaced), the record is retired (`retire_source_errors`) and counts no more.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +34,9 @@ from tqdm import tqdm
 
 from fastgen.api import DiffusionClassifier
 from fastgen.inputs.images import ImageError
+from fastgen.inputs.items import source_of_error
 from fastgen.inputs.sources import FileListSource, Item, Source, class_label
+from fastgen.jobs.output_lock import real_output
 from fastgen.jobs.parts import check_parts, find_parts, merge_parts
 from fastgen.jobs.results_file import (
     Outcome,
@@ -44,6 +51,7 @@ from fastgen.jobs.results_file import (
     repair_tail,
     result_record,
     results_header,
+    retirement_record,
     scan_results,
 )
 
@@ -238,6 +246,30 @@ def progress_total(sources: Sequence[Source], selection: ItemSelection) -> int |
     return sum(1 for s in sources for _ in s.items(dry_run.for_source(s)))
 
 
+def stale_source_errors(done: dict[str, Outcome], seen: Collection[str], sources: Sequence[Source]) -> list[str]:
+    """The keys of error records about a whole source (`source_of_error`) that reading `sources`
+    to their end did not give again (`seen`: every id read): the source reads whole now, so the
+    error no longer stands. Errors of sources not read in this run are kept."""
+    names = {path_key(source.name) for source in sources}
+    return [
+        key for key, outcome in done.items() if outcome.failed and key not in seen and source_of_error(key) in names
+    ]
+
+
+def retire_source_errors(out: Path, done: dict[str, Outcome], seen: Collection[str], sources: Sequence[Source]) -> int:
+    """Append a retirement for each of `stale_source_errors` to `out` and drop them from `done`;
+    how many. Called once every source has been read to its end."""
+    stale = stale_source_errors(done, seen, sources)
+    if not stale:
+        return 0
+    with ResultsWriter(out) as writer:
+        for key in stale:
+            writer.write(retirement_record(key, "its source was read to its end without this error"))
+            del done[key]
+    log.info("%s: %d error record(s) about a whole source retired: the source now reads whole", out, len(stale))
+    return len(stale)
+
+
 def read_outcomes(out: Path) -> dict[str, Outcome]:
     """The `Outcome` of each image's latest record in `out`, by path key."""
     return scan_results(out, keep=outcome_of).records
@@ -283,13 +315,15 @@ def classify_sources(
     with `labels_from_folders` from an image file's folder).
 
     `retry_failed` redoes images whose latest record is an error (the new record is appended and
-    wins); `force` resumes a file whose header has other settings."""
+    wins, and error records about a whole source that no longer stand are retired); `force`
+    resumes a file whose header has other settings."""
     header = job_header(clf)
     if out is None:
         done: dict[str, Outcome] = {}
         writer = ResultsWriter(None, stream=sys.stdout)
         writer.write(header)
     else:
+        out = real_output(out)
         done = prepare_output(out, header, force=force).records
         writer = ResultsWriter(out)
     selection = ItemSelection(
@@ -301,6 +335,8 @@ def classify_sources(
     selection.warn_repeated()
     summary = JobSummary(selection.total, selection.total - selection.todo, len(new) - failed, failed)
     done.update(new)  # the latest outcome of every image, without a second copy
+    if retry_failed and out is not None:
+        retire_source_errors(out, done, selection.seen, sources)
     summary.errors_in_output = count_failed(done)
     if selection.labels:
         labelled_accuracy(summary, selection.labels, done)

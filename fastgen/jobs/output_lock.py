@@ -10,6 +10,10 @@ The holder removes the lock file when it ends, still holding the lock. A run tha
 just before finds, once it gets the lock, that the path no longer names the file it locked, and
 starts again on a new one; the same check covers every other unlink/recreate race.
 
+Every path that names the output names one lock: the lock is taken on the output's real path
+(`real_output`: symbolic links to the file, the folder or a folder above, and `..`, resolved), so
+a second run that reaches the same output through a link is refused like any other.
+
 flock protects runs on one machine, and on a network filesystem only as far as that filesystem
 carries flock between machines (see docs/results-file.md).
 """
@@ -30,16 +34,24 @@ class OutputInUse(ResultsFileError):
     """Another run holds the results file's lock."""
 
 
+def real_output(out: Path) -> Path:
+    """The output's real path: the one file or folder that every path naming it opens, symbolic
+    links and ``..`` resolved as the system resolves them (``os.path.abspath`` folds ``a/..``
+    before following ``a``, which may name another file)."""
+    return Path(os.path.realpath(out))
+
+
 def lock_path(out: Path) -> Path:
     return out.with_name(out.name + ".lock")
 
 
 class OutputLock:
-    """The exclusive lock on the results file `out`; `acquire` raises `OutputInUse` when taken."""
+    """The exclusive lock on the results file `out` (by its real path, `real_output`); `acquire`
+    raises `OutputInUse` when taken."""
 
     def __init__(self, out: Path):
-        self.out = out
-        self.path = lock_path(out)
+        self.out = real_output(out)
+        self.path = lock_path(self.out)
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -100,12 +112,12 @@ def _holder(fd: int) -> str:
 
 
 def lock_then_check(out: Path, check: Callable[[Path], None]) -> OutputLock:
-    """Lock `out`, then run `check` on it (what it holds is only read under the lock); the lock
-    is released when the check refuses `out`. The caller releases the returned lock."""
+    """Lock `out`, then run `check` on its real path (what it holds is only read under the lock);
+    the lock is released when the check refuses `out`. The caller releases the returned lock."""
     lock = OutputLock(out)
     lock.acquire()
     try:
-        check(out)
+        check(lock.out)
     except BaseException:
         lock.release()
         raise

@@ -8,11 +8,13 @@
 
 A part holds the records of one input block. Its name is the run's number and a hash of the
 block's ids, so a task that Ray retries writes the same name and replaces its own part instead
-of adding a second copy. A part is written under a temporary name (`.tmp-...`) and renamed when
-complete: a reader sees whole parts or none. Parts are read in name order, so when an image has
-records in several parts the one of the latest run counts, as the latest line of a results file
-does. Every part starts with the header it was written under, so a part of a forced resume with
-other settings stays self-describing.
+of adding a second copy. A part is written under a temporary name (`.tmp-PID@HOST-...`, naming
+the process that writes it) and renamed when complete: a reader sees whole parts or none. Parts
+are read in name order, so when an image has records in several parts the one of the latest run
+counts, as the latest line of a results file does. Every part starts with the header it was
+written under, so a part of a forced resume with other settings stays self-describing. A part
+that cannot be read (a Parquet part cut short, a disk error) raises `DamagedPart` when read;
+readers skip it and say so, and nothing here ever deletes or rewrites it.
 
 This module knows the layout and the two part formats; it reads and writes plain objects and
 leaves what a header or a record is to `fastgen.jobs.results_file`.
@@ -24,6 +26,8 @@ import hashlib
 import json
 import os
 import re
+import socket
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -35,6 +39,11 @@ HEADER_NAME = "header.json"
 PART_FORMATS = ("jsonl", "parquet")
 _PART_NAME = re.compile(r"^part-(\d{5,})-([0-9a-f]{16})\.(jsonl|parquet)$")
 _TEMP_PREFIX = ".tmp-"
+# A temporary part's name: `.tmp-PID@HOST-UUID-NAME`, naming the process writing it.
+_TEMP_NAME = re.compile(r"^\.tmp-(\d+)@(.*?)-[0-9a-f]{32}-")
+# A temporary part whose writer cannot be checked (it ran on another machine) is left alone while
+# it changed this recently: writing a part takes seconds.
+_FOREIGN_TEMP_AGE_S = 3600
 _PARQUET_HEADER_KEY = b"fastgen_header"
 # Typed Parquet columns of a record; any other field of a record goes into `extra` as JSON.
 _MAP_FIELDS = ("scores", "partial_scores", "probabilities")
@@ -91,14 +100,46 @@ def foreign_entries(folder: Path) -> list[str]:
     )
 
 
+class DamagedPart(Exception):
+    """A part file that cannot be read to its end; the message names it and says what is wrong."""
+
+
 def remove_temporary_parts(folder: Path) -> int:
-    """Delete parts a killed task left half-written (they were never renamed, so never read)."""
+    """Delete parts a killed task left half-written (they were never renamed, so never read),
+    never one that a live process is still writing (`_abandoned`). The caller holds the folder's
+    lock, so no other run that honours it writes here."""
     removed = 0
     for path in folder.iterdir() if folder.is_dir() else ():
-        if _is_temp(path):
+        if _is_temp(path) and _abandoned(path):
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def _abandoned(temporary: Path) -> bool:
+    """Whether nothing writes `temporary` any more: its writer ran on this machine and has ended;
+    when that cannot be checked (its writer ran on another machine), it has not changed for an
+    hour. A name without its writer is an older fastgen's, which no run of this one writes."""
+    owner = _TEMP_NAME.match(temporary.name)
+    if owner is None:
+        return True
+    if owner[2] == socket.gethostname():
+        return not _process_alive(int(owner[1]))
+    try:
+        age = time.time() - temporary.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > _FOREIGN_TEMP_AGE_S
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def next_run_number(folder: Path) -> int:
@@ -135,14 +176,19 @@ def write_part(folder: Path, name: str, header: dict[str, Any], records: list[di
 
 
 def read_part_objects(path: Path) -> Iterator[Any]:
-    """A part's header, then its records, as parsed objects (None for a line that is not JSON)."""
+    """A part's header, then its records, as parsed objects (None for a line that is not JSON).
+    A part that cannot be read to its end raises `DamagedPart` after the objects read before the
+    damage."""
     if path.suffix == ".parquet":
         yield from _parquet_objects(path)
         return
-    with path.open("rb") as handle:
-        for line in handle:
-            if line.strip():
-                yield _parse(line)
+    try:
+        with path.open("rb") as handle:
+            for line in handle:
+                if line.strip():
+                    yield _parse(line)
+    except OSError as error:
+        raise DamagedPart(f"part file {path} cannot be read ({error})") from None
 
 
 def _parse(line: bytes) -> Any:
@@ -157,7 +203,9 @@ def _is_temp(path: Path) -> bool:
 
 
 def _temporary_twin(path: Path) -> Path:
-    return path.with_name(f"{_TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+    """The name `path` is written under until complete; it names this process, so that a run
+    starting meanwhile leaves it alone (`remove_temporary_parts`)."""
+    return path.with_name(f"{_TEMP_PREFIX}{os.getpid()}@{socket.gethostname()}-{uuid.uuid4().hex}-{path.name}")
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -238,11 +286,16 @@ def _write_parquet_atomically(path: Path, header: dict[str, Any], records: list[
 
 
 def _parquet_objects(path: Path) -> Iterator[Any]:
+    pa = require("pyarrow", extra="ray", purpose="Parquet parts")
     pq = require("pyarrow.parquet", extra="ray", purpose="Parquet parts")
-    parquet = pq.ParquetFile(path)
-    metadata = parquet.schema_arrow.metadata or {}
-    if _PARQUET_HEADER_KEY in metadata:
-        yield _parse(metadata[_PARQUET_HEADER_KEY])
-    for batch in parquet.iter_batches():
-        for row in batch.to_pylist():
-            yield _record_of_row(row)
+    try:
+        with pq.ParquetFile(path) as parquet:
+            metadata = parquet.schema_arrow.metadata or {}
+            if _PARQUET_HEADER_KEY in metadata:
+                yield _parse(metadata[_PARQUET_HEADER_KEY])
+            for batch in parquet.iter_batches():
+                for row in batch.to_pylist():
+                    yield _record_of_row(row)
+    except (pa.ArrowException, OSError, KeyError, ValueError) as error:  # KeyError: a column a part must have
+        what = f"{type(error).__name__}: {error}"
+        raise DamagedPart(f"part file {path} is not a readable Parquet part ({what})") from None

@@ -16,7 +16,9 @@ loses at most the line being written. Reading never drops or rewrites a valid re
   and that is the only rewrite; a last line that is a whole record and only lacks its newline
   gets the newline appended instead;
 * a file whose first line is not fastgen's (a header or a record) is refused and never touched;
-* when a path has several records (`--retry-failed` appends a new one), the latest one counts.
+* when a path has several records (`--retry-failed` appends a new one), the latest one counts;
+* a retirement line (`{"path": ..., "retired": why}`) withdraws its path's earlier records: a
+  source-level error (`SHARD#<truncated>`) that no longer stands once the source reads whole.
 
 A header starts the file and records the settings of the job that wrote it, so a resume can
 check that it continues the same job. A header may also appear further down: when a file from
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from fastgen.jobs.results_dir import is_results_dir, list_parts, read_dir_header, read_part_objects
+from fastgen.jobs.results_dir import DamagedPart, is_results_dir, list_parts, read_dir_header, read_part_objects
 from fastgen.optional import installed_version
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,23 @@ def is_header(obj: Any) -> bool:
 
 def is_record(obj: Any) -> bool:
     """One image's outcome: a path and either a prediction or an error."""
-    return isinstance(obj, dict) and isinstance(obj.get("path"), str) and ("prediction" in obj or "error" in obj)
+    return (
+        isinstance(obj, dict)
+        and isinstance(obj.get("path"), str)
+        and ("prediction" in obj or "error" in obj)
+        and "retired" not in obj
+    )
+
+
+def is_retirement(obj: Any) -> bool:
+    """A line that withdraws the earlier records of its path (`retirement_record`)."""
+    return isinstance(obj, dict) and isinstance(obj.get("path"), str) and isinstance(obj.get("retired"), str)
+
+
+def retirement_record(path: str, why: str) -> dict[str, Any]:
+    """The line that withdraws `path`'s earlier records: after it, the path has no record, as if
+    never written (a source-level error record whose source now reads whole)."""
+    return {"path": path, "retired": why}
 
 
 def is_error(record: dict[str, Any]) -> bool:
@@ -139,6 +157,7 @@ class ResultsContents:
     records: dict[str, Any] = field(default_factory=dict)  # path key -> what `scan_results` kept of its latest record
     record_lines: int = 0
     bad_lines: list[int] = field(default_factory=list)  # 1-based; kept in the file, ignored
+    damaged_parts: list[str] = field(default_factory=list)  # a results directory's unreadable parts: why, each
     cut_from: int | None = None  # byte offset of an unterminated last line that is no record
     missing_newline: bool = False  # the last line is a whole record or header without its "\n"
 
@@ -187,14 +206,14 @@ def check_not_foreign(path: Path) -> None:
         _check_first_line(path, handle.readline())
 
 
-def _warn_bad_lines(path: Path, bad_lines: list[int]) -> None:
+def _warn_bad_lines(path: Path, bad_lines: list[int], what: str = "results file") -> None:
     listed = ", ".join(str(n) for n in bad_lines[:_LISTED_BAD_LINES])
     more = f" (and {len(bad_lines) - _LISTED_BAD_LINES} more)" if len(bad_lines) > _LISTED_BAD_LINES else ""
     noun = "line" if len(bad_lines) == 1 else "lines"
     log.warning(
-        "results file %s: %s %s%s not a fastgen record; kept in the file and ignored, so an image "
+        "%s %s: %s %s%s not a fastgen record; kept in the file and ignored, so an image "
         "they described is computed again",
-        path, noun, listed, more,
+        what, path, noun, listed, more,
     )  # fmt: skip
 
 
@@ -208,10 +227,11 @@ def _lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
 
 
 def read_objects(path: Path) -> Iterator[dict[str, Any]]:
-    """The headers and records of `path` in file order, unusable lines left out; one at a time."""
+    """The headers, records and retirements of `path` in file order, unusable lines left out; one
+    at a time."""
     for _, _, line in _lines(path):
         obj = _parse_line(line) if line.strip() else None
-        if is_header(obj) or is_record(obj):
+        if is_header(obj) or is_record(obj) or is_retirement(obj):
             yield obj
 
 
@@ -234,7 +254,7 @@ def scan_results(path: Path, *, strict: bool = True, keep: Callable[[dict[str, A
                 _take_line(contents, _parse_line(line), number, path.parent, keep)
             continue
         parsed = _parse_line(line)  # an unterminated last line
-        if is_record(parsed) or is_header(parsed):
+        if is_record(parsed) or is_header(parsed) or is_retirement(parsed):
             _take_line(contents, parsed, number, path.parent, keep)
             contents.missing_newline = True
         else:
@@ -247,22 +267,40 @@ def scan_results(path: Path, *, strict: bool = True, keep: Callable[[dict[str, A
 def scan_results_dir(folder: Path, *, keep: Callable[[dict[str, Any]], Any] = _whole) -> ResultsContents:
     """Read a results directory (`fastgen.jobs.results_dir`) as `scan_results` reads a file: its
     parts in order, the latest record of each image kept once however many parts hold it.
-    `header` is the directory's header; `bad_lines` counts objects across parts."""
+    `header` is the directory's header; `bad_lines` counts objects across parts, and a warning
+    names each part that holds such lines.
+
+    A part that cannot be read (a Parquet part cut short: no footer) is skipped with a warning
+    that names it and says why, and is left as it is: the images only it held count as not
+    done, so a re-run computes them again; records read before the damage still count."""
     contents = ResultsContents(header=read_dir_header(folder))
     number = 0
     for part in list_parts(folder):
-        for obj in read_part_objects(part):
-            number += 1
-            if not is_header(obj):
+        bad_in_part = []  # numbered within the part, for the warning that names it
+        try:
+            for index, obj in enumerate(read_part_objects(part), start=1):
+                number += 1
+                if is_header(obj):
+                    continue
                 _take_line(contents, obj, number, folder, keep)
-    if contents.bad_lines:
-        _warn_bad_lines(folder, contents.bad_lines)
+                if contents.bad_lines and contents.bad_lines[-1] == number:
+                    bad_in_part.append(index)
+        except DamagedPart as damage:
+            contents.damaged_parts.append(str(damage))
+            log.warning(
+                "results folder %s: %s; the part is left as it is and skipped, so the images only it "
+                "held are computed again by a re-run", folder, damage,
+            )  # fmt: skip
+        if bad_in_part:
+            _warn_bad_lines(part, bad_in_part, "results part")
     return contents
 
 
 def _take_line(contents: ResultsContents, obj: Any, number: int, folder: Path, keep: Callable) -> None:
     if is_header(obj):
         contents.header = obj
+    elif is_retirement(obj):
+        contents.records.pop(record_key(obj["path"], folder), None)
     elif is_record(obj):
         contents.records[record_key(obj["path"], folder)] = keep(obj)
         contents.record_lines += 1
