@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fastgen.api.calibration import Calibration, fit_temperature, margins, scored_records, softmax_of_errors
+from fastgen.inputs.sources import folder_label
 from fastgen.optional import require
 
 HARDEST = 12
@@ -95,10 +96,10 @@ def load_run(path: str | Path) -> Run:
 
 def folder_labels(run: Run) -> list[str | None]:
     """Each record's label when it is one of the classes, else None: the label its source gave
-    (a tar shard's `.cls`, a table's label column: the record's "label"), else its parent folder's
-    name."""
+    (a tar shard's `.cls`, a table's label column: the record's "label"), else an image file's
+    parent folder's name (`folder_label`: never the folder a shard or a table sits in)."""
     names = set(run.classes)
-    labels = [r.get("label") or Path(r.get("path", "")).parent.name for r in run.records]
+    labels = [r.get("label") or folder_label(r.get("path", "")) for r in run.records]
     return [label if label in names else None for label in labels]
 
 

@@ -50,11 +50,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastgen.inputs.images import ImageError, decode_image, resize_center_crop
+from fastgen.inputs.items import source_of_error
 from fastgen.inputs.sources import FileListSource, Item, Source, class_label
 from fastgen.jobs.dir_output import hold_results_dir, ids_to_skip, prepare_results_dir
 from fastgen.jobs.local import JobSummary, count_failed, job_header
 from fastgen.jobs.results_dir import check_format, next_run_number, part_name, write_part
-from fastgen.jobs.results_file import Outcome, error_record, outcome_of, path_key, result_record, scan_results
+from fastgen.jobs.results_file import (
+    Outcome,
+    error_record,
+    outcome_of,
+    path_key,
+    result_record,
+    retirement_record,
+    scan_results,
+)
 from fastgen.optional import require
 
 if TYPE_CHECKING:
@@ -71,6 +80,9 @@ FILES_PER_UNIT = 256  # files of a list read by one unit
 ROWS_PER_BLOCK = 64  # image rows of one block out of a read task
 IMAGES_PER_BLOCK = 256  # images one actor call takes: a GPU's batches are rows of many images
 IMAGES_PER_PART = 1024  # records of one part file, at most (a task writes what it was given)
+# Blocks one actor works on at once, all in its one engine: enough images in flight to fill its
+# denoiser batches while the last images of each block take their final looks.
+CALLS_PER_ACTOR = 8
 
 
 @dataclass(frozen=True)
@@ -342,6 +354,7 @@ def results_dir_sink(out: Path, header: dict[str, Any], run: int, out_format: st
     class ResultsDirSink(Datasink):
         def __init__(self):
             self.totals = {"computed": 0, "failed": 0, "skipped": 0, "duplicates": 0, "parts": 0}
+            self.source_errors: set[str] = set()  # errors about a whole source written this run
 
         @property
         def min_rows_per_write(self) -> int:
@@ -353,8 +366,8 @@ def results_dir_sink(out: Path, header: dict[str, Any], run: int, out_format: st
         def write(self, blocks, ctx) -> dict[str, int]:
             import pyarrow as pa
 
-            counts = {"computed": 0, "failed": 0, "skipped": 0, "duplicates": 0, "parts": 0}
-            records = []
+            counts: dict[str, Any] = {"computed": 0, "failed": 0, "skipped": 0, "duplicates": 0, "parts": 0}
+            records, source_errors = [], []
             for block in blocks:
                 table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
                 columns = table.to_pydict()
@@ -368,14 +381,18 @@ def results_dir_sink(out: Path, header: dict[str, Any], run: int, out_format: st
                     record = json.loads(text)
                     counts["failed" if "error" in record else "computed"] += 1
                     records.append(record)
+                    if "error" in record and source_of_error(key) is not None:
+                        source_errors.append(key)
             if records:
                 ids = [r["path"] for r in records]
                 write_part(out, part_name(run, ids, out_format), header, records)
                 counts["parts"] = 1
+            counts["source_errors"] = source_errors
             return counts
 
         def on_write_complete(self, write_result) -> None:
             for counts in write_result.write_returns:
+                self.source_errors.update(counts.pop("source_errors", []))
                 for name, value in counts.items():
                     self.totals[name] += value
 
@@ -430,6 +447,9 @@ def build_pipeline(ray, build_classifier, plan: Plan, spec: DecodeSpec, *, resou
     """The Ray Data pipeline up to the records (lazy: nothing runs until it is written)."""
     read_tasks = max(1, min(len(plan.units), 4 * int(ray.cluster_resources().get("CPU", 1))))
     rows = ray.data.read_datasource(units_datasource(plan.units, spec), override_num_blocks=read_tasks)
+    # Blocks of `images_per_block` rows: each is one actor call, and several calls run in an actor
+    # at once, all feeding its one engine (a read task's rows in one block would be one call).
+    rows = rows.repartition(target_num_rows_per_block=images_per_block)
     with warnings.catch_warnings():
         # Ray >= 2.51 asks for restarts and retries through named arguments it does not have yet.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
@@ -440,8 +460,9 @@ def build_pipeline(ray, build_classifier, plan: Plan, spec: DecodeSpec, *, resou
             batch_format="numpy",
             zero_copy_batch=True,
             compute=ray.data.ActorPoolStrategy(
-                size=resources.actors, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True
-            ),
+                size=resources.actors, max_tasks_in_flight_per_actor=CALLS_PER_ACTOR,
+                max_concurrent_calls_per_actor=CALLS_PER_ACTOR, enable_true_multi_threading=True,
+            ),  # fmt: skip
             num_gpus=resources.num_gpus,
             num_cpus=resources.num_cpus,
             max_restarts=ACTOR_RESTARTS,
@@ -472,6 +493,27 @@ def summarise(out: Path, totals: dict[str, int], *, labels_from_folders: bool, f
     if labelled:
         summary.labelled, summary.accuracy = labelled, correct / labelled
     return summary
+
+
+def retire_stale_source_errors(
+    out: Path,
+    header: dict[str, Any],
+    run: int,
+    out_format: str,
+    before: Sequence[str],
+    again: set[str],
+    sources: Sequence[Source],
+) -> int:
+    """With `retry_failed`: the errors about a whole source that the directory held, of a source
+    read in this run, that this run did not write again (the source now reads whole: it was
+    replaced) are withdrawn by retirement lines in a part of their own; how many."""
+    names = {path_key(source.name) for source in sources}
+    stale = sorted(key for key in before if source_of_error(key) in names and key not in again)
+    if stale:
+        retirements = [retirement_record(key, "its source was read to its end without this error") for key in stale]
+        write_part(out, part_name(run, [f"retired:{key}" for key in stale], out_format), header, retirements)
+        log.info("%s: %d error record(s) about a whole source retired: the source now reads whole", out, len(stale))
+    return len(stale)
 
 
 def classify_ray(
@@ -512,6 +554,7 @@ def classify_ray(
         header, spec = ray.get(learn.remote(build_classifier))
         contents = prepare_results_dir(out, header, force=force)
         skip = ids_to_skip(contents, retry_failed=retry_failed)
+        source_errors_before = [k for k, o in contents.records.items() if o.failed and source_of_error(k)]
         del contents
         plan = plan_units(sources, skip)
         files = {
@@ -521,7 +564,8 @@ def classify_ray(
         del skip
         context = ray.data.DataContext.get_current()
         bars, context.enable_progress_bars = context.enable_progress_bars, progress
-        sink = results_dir_sink(out, header, next_run_number(out), out_format, images_per_part)
+        run = next_run_number(out)
+        sink = results_dir_sink(out, header, run, out_format, images_per_part)
         try:
             records = build_pipeline(
                 ray, build_classifier, plan, spec, resources=resources, images_per_block=images_per_block
@@ -529,6 +573,8 @@ def classify_ray(
             records.write_datasink(sink)
         finally:
             context.enable_progress_bars = bars
+        if retry_failed:
+            retire_stale_source_errors(out, header, run, out_format, source_errors_before, sink.source_errors, sources)
         duplicates = plan.duplicates + sink.totals["duplicates"]
         if duplicates:
             log.warning("%d images were given more than once; each was classified once", duplicates)
