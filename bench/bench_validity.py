@@ -120,7 +120,7 @@ def cmd_synthetic(args) -> dict[str, object]:
 # -- digits --------------------------------------------------------------------------------------
 def condition_images(name: str, images: np.ndarray) -> tuple[np.ndarray, dict[str, object]]:
     """Float pixels [N, 8, 8] in [0, 1] under a condition, and the loading options it needs."""
-    pixels = images.astype(np.float32) / 16.0
+    pixels = images.astype(np.float32) / 255.0  # digits_split stores ink as 0..255
     if name == "clean":
         return pixels, {}
     if name == "inverted":

@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import importlib.metadata
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,16 @@ def component_class(library: str, class_name: str, component: str) -> type:
     ) from cause
 
 
+def dtype_argument(library: str) -> str:
+    """The name `from_pretrained` takes the dtype by: diffusers' `torch_dtype`; transformers'
+    `dtype` from 4.56 on (where `torch_dtype` became a deprecated alias), `torch_dtype` before
+    (older releases take an unknown `dtype` into the model's config, which then cannot be saved)."""
+    if library != "transformers":
+        return "torch_dtype"
+    major_minor = tuple(int(part) for part in re.findall(r"\d+", _library_version("transformers"))[:2])
+    return "dtype" if major_minor >= (4, 56) else "torch_dtype"
+
+
 def load_component(
     model: str | Path,
     index: dict[str, Any],
@@ -152,8 +163,7 @@ def load_component(
         # False would refuse a component that does ship safetensors.
         kwargs["use_safetensors"] = None if allow_pickle else True
         if dtype is not None:
-            # transformers names the argument `dtype`; diffusers still `torch_dtype`.
-            kwargs["dtype" if library == "transformers" else "torch_dtype"] = dtype
+            kwargs[dtype_argument(library)] = dtype
         if library == "diffusers":
             kwargs["low_cpu_mem_usage"] = False
     try:
