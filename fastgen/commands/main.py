@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export the denoiser to ONNX or a TensorRT engine (cached)", "fastgen.commands.export"),
     "calibrate": ("fit calibrated probabilities on labelled results", "fastgen.commands.calibrate"),
     "report": ("an HTML report with plots of a results file", "fastgen.commands.report"),
+    "eval": ("measure a property of a model: shape bias on cue-conflict images", "fastgen.commands.eval"),
     "selftest": ("check every execution path this machine has against the fp32 reference", "fastgen.commands.selftest"),
 }
 
