@@ -112,3 +112,20 @@ def test_a_broken_import_names_the_module_file_and_error(tmp_path):
     assert "component 'vae' needs class diffusers.AutoencoderKL" in message
     assert "module 'kernels'" in message and str(shadow / "__init__.py") in message
     assert "ImportError: cannot import name" in message and "upgrade" not in message
+
+
+def test_embedded_text_encoders_load_in_every_allowed_transformers_release():
+    """transformers 4 loads a CLIPTextModel only from weights named with its `text_model.`
+    prefix (without it the encoder is silently random); transformers 5 loads either form."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    import fastgen.builtin
+
+    files = sorted(Path(fastgen.builtin.__file__).parent.glob("*/text_encoder*/model.safetensors"))
+    assert len(files) >= 4
+    for path in files:
+        with safe_open(str(path), "pt") as handle:
+            stray = [k for k in handle.keys() if not k.startswith(("text_model.", "text_projection."))]
+        assert not stray, f"{path}: {stray[:3]} (run python -m training.portable_weights on its model folder)"

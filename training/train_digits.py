@@ -36,6 +36,7 @@ import torch
 
 from fastgen.builtin.digits_data import CLASS_NAMES, INPUT_DESCRIPTION, SPLIT_SEED, TEMPLATE, digits_split, prompts
 from training.engine_report import engine_accuracy
+from training.portable_weights import prefix_text_model
 
 PIPELINE_CLASS = "PixelTextToImage"
 
@@ -373,6 +374,7 @@ def save(models: dict[str, Any], out: Path, cfg: TrainConfig, defaults: dict[str
     # vocab.json / merges.txt pair holds the same CLIP BPE in 1.5 MB and loads faster.
     shutil.rmtree(out / "tokenizer")
     write_clip_tokenizer(out / "tokenizer", model_max_length=models["tokenizer"].model_max_length)
+    prefix_text_model(out)  # loadable by transformers 4 as well as 5 (training/portable_weights.py)
     return out
 
 
