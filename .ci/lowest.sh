@@ -18,6 +18,7 @@ echo "+ lowest versions: $(tr '\n' ' ' < "$work/constraints.txt")"
 "$py" -m pip list 2>/dev/null | grep -i -E "^(torch|diffusers|transformers|safetensors|numpy|scipy|pillow|tqdm|scikit-learn|huggingface.hub) "
 "$py" .ci/import_all.py
 "$work/venv/bin/fastgen" demo --n-images 5
-# A few API tests: loading through from_pretrained, the classifier, results and the embedded model.
-"$py" -m pytest -q -p no:cacheprovider tests/test_loading.py tests/test_config.py tests/test_result.py \
-    tests/test_builtin_digits.py
+# A few API tests: settings, results, classes, and the metrics with a command line run on the
+# embedded model (the demo above loads it through from_pretrained).
+"$py" -m pytest -q -p no:cacheprovider tests/test_config.py tests/test_result.py tests/test_classes.py \
+    tests/test_eval_shape_metrics.py
