@@ -2,11 +2,15 @@
 model's `fastgen.json` (the `sequential` policy's `bound="profile"` and the tree policy read it).
 
     python -m training.fit_noise_profile --out fastgen/builtin/digits/noise_profile.json --threads 1
+    python -m training.fit_noise_profile --error-weights none \
+        --out fastgen/builtin/digits/noise_profile_equal_weights.json --threads 1
     python -m training.fit_noise_profile --model builtin:numbers --per-class 2 --n-samples 32 \
         --out fastgen/builtin/numbers/noise_profile.json --threads 1
 
-The profile is fitted under the model's default scoring settings (`fastgen.json`), with two seeds
-(`fastgen.eval.noise_fit`), on training images only. `builtin:digits`: the first `--per-class`
+The profile is fitted under the model's default scoring settings (`fastgen.json`; `--error-weights
+none` for equal weights), each image with noise of its own (`fastgen.eval.noise_fit`), on
+training images only, and declared for every prompt the model's default classes and policy
+score. `builtin:digits`: the first `--per-class`
 training digits of each class, against all ten classes. `builtin:numbers`: 1,000 classes are too
 many to score twice, so the images are `--per-class` training compositions of each of 20 numbers
 (five groups of four that share their first two digits, so that close rivals are in), scored
