@@ -125,7 +125,7 @@ def run_config(
     if name == "exhaustive" and ties:
         # The per-sample errors of every class, kept for the tie test; the decision is the same
         # lowest mean error that exhaustive scoring takes.
-        tables = sample_errors(clf, list(images), n_samples=exhaustive_samples, seed=seed)
+        tables = sample_errors(clf, list(images), n_samples=exhaustive_samples, seeds=[seed] * len(images))
         means = tables.mean(axis=2)
         predicted = [int(np.argmin(m)) for m in means]
         evals = [tables.shape[1] * tables.shape[2]] * len(tables)

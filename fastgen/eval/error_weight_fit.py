@@ -75,5 +75,5 @@ def fit_error_weights(
     plain.denoise = clf.denoise
     num_train_timesteps = int(clf.adapter.schedule.num_train_timesteps)
     timesteps = timestep_sequence(n_samples, num_train_timesteps, mode="even").numpy()
-    tables = sample_errors(plain, images, n_samples=n_samples, seed=seed)
+    tables = sample_errors(plain, images, n_samples=n_samples, seeds=[seed] * len(images))
     return weights_from_tables(tables, labels, timesteps, num_train_timesteps=num_train_timesteps, n_bands=n_bands)

@@ -460,8 +460,10 @@ def build_pipeline(ray, build_classifier, plan: Plan, spec: DecodeSpec, *, resou
             batch_format="numpy",
             zero_copy_batch=True,
             compute=ray.data.ActorPoolStrategy(
-                size=resources.actors, max_tasks_in_flight_per_actor=CALLS_PER_ACTOR,
-                max_concurrent_calls_per_actor=CALLS_PER_ACTOR, enable_true_multi_threading=True,
+                size=resources.actors,
+                max_tasks_in_flight_per_actor=CALLS_PER_ACTOR,
+                max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
+                enable_true_multi_threading=True,
             ),  # fmt: skip
             num_gpus=resources.num_gpus,
             num_cpus=resources.num_cpus,
