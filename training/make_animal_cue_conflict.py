@@ -1,13 +1,13 @@
 """Cue-conflict images for `builtin:animals`: the shape of one animal with the texture of another.
 
-    python -m training.make_animal_cue_conflict --out runs/animal-cue-conflict
+    python -m training.make_animal_cue_conflict --out runs/animal-cue-conflict [--per-class 20]
 
 Animal-Shape's silhouettes are bright on black and, but for the zebras, filled plain (nearly white);
 only zebras carry texture: a mid-grey body with dark stripes. So the conflict this data allows is
 between a silhouette's outline and a zebra's fill:
 
 * **zebra texture** (`strength-S/zebra-texture/`): every held-out silhouette of the nine other
-  animals, its inside filled with drawn zebra stripes. The fill is the zebra texture measured on the
+  animals (or the first `--per-class` of each), its inside filled with drawn zebra stripes. The fill is the zebra texture measured on the
   held-out zebras (their inside: mean grey 147, 24% of it dark) drawn as stripes: a grey of 170 with
   dark stripes of 70, one pixel in four (period 4 px at 28 px, like the zebras' own, whose
   brightness decorrelates within 4-5 px), at an orientation and phase drawn per image; strength S
@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="a new folder")
     parser.add_argument("--strengths", default="0.25,0.5,0.75,1.0")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--per-class", type=int, default=None,
+        help="only the first N held-out images of each class (default: all 2,397)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"{args.out} exists and is not empty: name a new folder")
@@ -82,12 +86,15 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     angles = rng.uniform(0.0, math.pi, len(heldout))
     phases = rng.uniform(0.0, STRIPE_PERIOD, len(heldout))
+    # Drawn for every held-out image first, so an image's stripes do not depend on --per-class.
+    chosen = first_of_each_class(heldout.labels, args.per_class)
     manifest = []
     for strength in (float(s) for s in args.strengths.split(",")):
         root = args.out / f"strength-{strength:.2f}"
         for kind in ("zebra-texture", "plain-fill"):
             (root / kind).mkdir(parents=True, exist_ok=True)
-        for i, (image, label) in enumerate(zip(heldout.images_source, heldout.labels)):
+        for i in chosen:
+            image, label = heldout.images_source[i], heldout.labels[i]
             name = CLASS_NAMES[int(label)]
             if int(label) == ZEBRA:
                 path = root / "plain-fill" / f"zebra{i}-plain{i}.png"
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                 "command": "python -m training.make_animal_cue_conflict "
                 + " ".join(sys.argv[1:] if argv is None else argv),
                 "seed": args.seed,
+                "per_class": args.per_class,
                 "images": manifest,
             },
             indent=1,
@@ -118,6 +126,13 @@ def main(argv: list[str] | None = None) -> None:
         + "\n"  # fmt: skip
     )
     print(f"{len(manifest)} images in {args.out}")
+
+
+def first_of_each_class(labels: np.ndarray, per_class: int | None) -> list[int]:
+    """Positions of the first `per_class` images of each class, in split order (None: all)."""
+    if per_class is None:
+        return list(range(len(labels)))
+    return sorted(i for c in np.unique(labels) for i in np.flatnonzero(labels == c)[:per_class].tolist())
 
 
 if __name__ == "__main__":
