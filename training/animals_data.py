@@ -157,9 +157,9 @@ def to_model_size(images: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     """uint8 [N, 28, 28] -> uint8 [N, size, size] by the engine's own rule (`resize_center_crop`:
     bicubic, antialiased), so that an original given to the engine becomes, to within rounding,
     the training image."""
-    pixels = torch.from_numpy(np.ascontiguousarray(images)).float().div(255).unsqueeze(1)
-    small = [resize_center_crop(image, size) for image in pixels]
-    return torch.cat(small).mul(255).round().to(torch.uint8).numpy()
+    # The images go through as the channels of one image: the resize treats channels alike.
+    pixels = torch.from_numpy(np.ascontiguousarray(images)).float().div(255)
+    return resize_center_crop(pixels, size).mul(255).round().to(torch.uint8).numpy()
 
 
 def border_medians(images: np.ndarray) -> np.ndarray:
@@ -171,25 +171,40 @@ def border_medians(images: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- duplicates
 
 
-def close_pairs(a: np.ndarray, b: np.ndarray, max_mad: float) -> np.ndarray:
-    """Pairs (i, j), int64 [k, 2], whose images a[i], b[j] (uint8, same shape) differ by at most
-    `max_mad` grey levels per pixel on average."""
+def block_sums(images: np.ndarray, block: int = 4) -> np.ndarray:
+    """int32 [N, (H / block) * (W / block)]: the pixel sum of each block x block tile."""
+    n, height, width = images.shape
+    tiles = images.reshape(n, height // block, block, width // block, block).astype(np.int32)
+    return tiles.sum(axis=(2, 4)).reshape(n, -1)
+
+
+def close_pairs(a: np.ndarray, b: np.ndarray, max_mad: float, chunk: int = 256) -> np.ndarray:
+    """Pairs (i, j), int64 [k, 2], whose images a[i], b[j] (uint8, same shape, sides divisible by
+    4) differ by at most `max_mad` grey levels per pixel on average."""
     flat_a = a.reshape(len(a), -1).astype(np.int32)
     flat_b = b.reshape(len(b), -1).astype(np.int32)
     limit = max_mad * flat_a.shape[1]  # on sums of absolute differences: integer and exact
-    # |sum(x) - sum(y)| <= sum |x - y|: only images whose sums are within `limit` can be close,
-    # which leaves a narrow window of b, sorted by sum, for each image of a.
+    # The L1 distance between 4x4 tile sums is a lower bound on sum |x - y| (and |sum(x) - sum(y)|
+    # one on that): images of a are taken in chunks of similar sums against the window of b whose
+    # sums can be close, the tile bound leaves a few candidates, and those are compared exactly.
+    # Tile sums and their distances are integers below 2**24, exact in float32.
     sums_a, sums_b = flat_a.sum(1), flat_b.sum(1)
-    order = np.argsort(sums_b, kind="stable")
-    sorted_sums = sums_b[order]
-    pairs = []
-    for i in range(len(a)):
-        lo = np.searchsorted(sorted_sums, sums_a[i] - limit, side="left")
-        hi = np.searchsorted(sorted_sums, sums_a[i] + limit, side="right")
-        window = order[lo:hi]
-        close = window[np.abs(flat_b[window] - flat_a[i]).sum(1) <= limit]
-        pairs.extend((i, int(j)) for j in close)
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    order_a, order_b = np.argsort(sums_a, kind="stable"), np.argsort(sums_b, kind="stable")
+    sorted_sums_b = sums_b[order_b]
+    tiles_a = torch.from_numpy(block_sums(a)).float()
+    tiles_b = torch.from_numpy(block_sums(b)[order_b]).float()
+    pairs = [np.zeros((0, 2), dtype=np.int64)]
+    for start in range(0, len(a), chunk):
+        rows = order_a[start : start + chunk]
+        lo = np.searchsorted(sorted_sums_b, sums_a[rows].min() - limit, side="left")
+        hi = np.searchsorted(sorted_sums_b, sums_a[rows].max() + limit, side="right")
+        bound = torch.cdist(tiles_a[rows], tiles_b[lo:hi], p=1)
+        i, j = (bound <= limit).nonzero(as_tuple=True)
+        cand_a, cand_b = rows[i.numpy()], order_b[lo + j.numpy()]
+        close = np.abs(flat_a[cand_a] - flat_b[cand_b]).sum(1) <= limit
+        pairs.append(np.stack([cand_a[close], cand_b[close]], axis=1).astype(np.int64))
+    found = np.concatenate(pairs)
+    return found[np.lexsort((found[:, 1], found[:, 0]))]
 
 
 def near_duplicate_pairs(images: np.ndarray, max_mad: float = NEAR_DUPLICATE_MAD) -> np.ndarray:
@@ -239,8 +254,9 @@ class AnimalSplit:
 def deduplicate(images_source: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     """(kept positions, counts): the first of each set of identical originals, then the near
     duplicates of an image kept before them dropped (see the module docstring)."""
-    flat = images_source.reshape(len(images_source), -1)
-    _, first_copy = np.unique(flat, axis=0, return_index=True)
+    # Each image as one opaque value of its bytes: sorting those finds identical images fast.
+    rows = np.ascontiguousarray(images_source.reshape(len(images_source), -1))
+    _, first_copy = np.unique(rows.view(np.dtype((np.void, rows.shape[1]))).ravel(), return_index=True)
     distinct = np.sort(first_copy)
     pairs = near_duplicate_pairs(images[distinct])
     kept = distinct[first_of_each_cluster(len(distinct), pairs)]

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,7 @@ def train(cfg: AnimalsConfig, split: AnimalSplit, workdir: Path, log_every: int 
     n = x_all.shape[0]
     perm, cursor = torch.randperm(n, generator=gen), 0
     progress = LossLog(cfg.steps, log_every)
+    cpu_start = time.process_time()
     for step in range(cfg.steps):
         if cursor + cfg.batch_size > n:  # a new epoch: every image once per epoch
             perm, cursor = torch.randperm(n, generator=gen), 0
@@ -170,6 +172,8 @@ def train(cfg: AnimalsConfig, split: AnimalSplit, workdir: Path, log_every: int 
         "scheduler": scheduler,
         "log": progress.log,
         "train_seconds": progress.seconds,
+        # On shared cores the wall time counts the other processes too; the CPU time does not.
+        "train_cpu_seconds": time.process_time() - cpu_start,
     }
 
 
@@ -187,13 +191,24 @@ def evaluate(folder: Path, n_samples: int, n_images: int | None = None) -> dict[
 def evaluation_rows(out: Path, cfg: AnimalsConfig, n_images: int | None) -> list[dict[str, Any]]:
     rows = []
     for n in cfg.eval_samples:
+        cpu_start = time.process_time()
         r = evaluate(out, n, n_images)
+        r["cpu_seconds"] = round(time.process_time() - cpu_start, 1)
         print(
             f"held-out accuracy, {n:3d} samples per class: {r['accuracy']:.4f} "
             f"({r['n_errors']} errors of {r['n_images']}, {r['seconds']:.0f}s)",
             flush=True,
         )
-        keys = ("policy", "n_samples", "n_images", "accuracy", "n_errors", "unet_evals_per_image", "seconds")
+        keys = (
+            "policy",
+            "n_samples",
+            "n_images",
+            "accuracy",
+            "n_errors",
+            "unet_evals_per_image",
+            "seconds",
+            "cpu_seconds",
+        )
         row = {k: r[k] for k in keys}
         row["per_class_accuracy"] = per_class_accuracy(np.asarray(r["predicted"]), load_heldout().labels[:n_images])
         rows.append(row)
@@ -214,7 +229,10 @@ def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray) -> dict[str, f
 def accuracy_section(result: dict[str, Any]) -> list[str]:
     """The held-out accuracy through the engine, or how to measure it."""
     if not result.get("evaluation"):
-        return ["Not measured yet: `python -m training.train_animals --out DIR --eval-only --threads 1`."]
+        return [
+            "The exhaustive policy at fixed sample counts is not measured here; "
+            "`python -m training.train_animals --out DIR --eval-only --eval-samples 10 25 --threads 1` measures it."
+        ]
     rows = result["evaluation"]
     threads = result["eval_threads"]
     return [
@@ -229,11 +247,13 @@ def accuracy_section(result: dict[str, Any]) -> list[str]:
         result["eval_command"],
         "```",
         "",
-        "| samples per class | accuracy | errors | UNet evaluations per image | seconds |",
+        "| samples per class | accuracy | errors | UNet evaluations per image | seconds (CPU seconds) |",
         "|---|---|---|---|---|",
         *(
             f"| {r['n_samples']} | {r['accuracy']:.4f} | {r['n_errors']} / {r['n_images']} | "
-            f"{r['unet_evals_per_image']:.0f} | {r['seconds']:.0f} |"
+            f"{r['unet_evals_per_image']:.0f} | {r['seconds']:.0f}"
+            + (f" ({r['cpu_seconds']:.0f})" if "cpu_seconds" in r else "")
+            + " |"
             for r in rows
         ),
         "",
@@ -246,6 +266,41 @@ def accuracy_section(result: dict[str, Any]) -> list[str]:
             for r in rows
         ),
     ]
+
+
+def default_policy_section(result: dict[str, Any]) -> list[str]:
+    """The default policy's held-out figures, as `fastgen demo` printed them (`--demo-json`)."""
+    demo = result.get("default_policy")
+    if not demo:
+        return []
+    policy = demo["config"]["policy"]
+    return [
+        "",
+        f"With the model's default policy ({policy['name']}, {policy['bound']} boundary, confidence "
+        f"{policy['confidence']}: a {1 - policy['confidence']:.0%} chance per image of dropping its best class),",
+        f"through `{demo['command']}` ({demo['threads']} CPU thread):",
+        "",
+        f"* accuracy {demo['accuracy']:.4f} on {demo['images']:,} held-out images, "
+        f"{demo['unet_evals_per_image']:.1f} UNet evaluations per image;",
+        f"* {demo['undecided']} images reached the sample limit undecided ({demo['undecided_errors']} of them wrong);",
+        f"* {demo['seconds']:.0f} s ({demo['images_per_s']:.2f} images/s) on {result['machine']}.",
+    ]
+
+
+def record_demo(result: dict[str, Any], path: Path) -> None:
+    """Keep the figures of `fastgen demo --model builtin:animals --n-images all --threads 1 --json`,
+    whose printed output is in `path` (its last line is the JSON object)."""
+    last = path.read_text(encoding="utf-8").strip().splitlines()[-1]
+    demo = json.loads(last)
+    n_images = "all" if demo["images"] == len(load_heldout()) else demo["images"]
+    keep = ("config", "accuracy", "images", "unet_evals_per_image", "undecided", "undecided_errors", "seconds")
+    result["default_policy"] = {
+        **{k: demo[k] for k in keep},
+        "images_per_s": demo["images_per_s"],
+        "threads": demo["threads"]["threads"],
+        "command": f"fastgen demo --model builtin:animals --n-images {n_images} --threads "
+        f"{demo['threads']['threads']} --json",
+    }
 
 
 def _percent(value: float | None) -> str:
@@ -302,13 +357,19 @@ def write_training_md(out: Path, cfg: AnimalsConfig, result: dict[str, Any]) -> 
         "```",
         "",
         f"Trained from seed {cfg.seed} for {cfg.steps:,} steps of {cfg.batch_size} images. Training took "
-        f"{result['train_seconds']:.0f} s with {threads} CPU thread{'s' if threads != 1 else ''}",
+        f"{result['train_seconds']:.0f} s{cpu_share(result)} with {threads} CPU thread{'s' if threads != 1 else ''}",
         f"({result['machine']}), while other jobs shared the cores. With the same thread count and torch",
         "build the weights reproduce bit for bit; other thread counts can differ in the last bits.",
+        *(
+            [f"The training run's timings and loss log: {result['train_log_note']}."]
+            if "train_log_note" in result
+            else []
+        ),
         "",
         "## Held-out accuracy",
         "",
         *accuracy_section(result),
+        *default_policy_section(result),
         "",
         "Discriminative baselines on the same split and resolution (logistic regression, RBF SVC, a",
         "small CNN) are in `baselines.json`, written by `python -m training.train_animals_baselines`.",
@@ -328,6 +389,11 @@ def write_training_md(out: Path, cfg: AnimalsConfig, result: dict[str, Any]) -> 
         "",
     ]
     (out / "TRAINING.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def cpu_share(result: dict[str, Any]) -> str:
+    cpu = result.get("train_cpu_seconds")
+    return f" ({cpu:.0f} s of CPU time)" if cpu is not None else ""
 
 
 def heldout_share(out: Path) -> str:
@@ -378,6 +444,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--eval-images", type=int, default=None, help="only the first N held-out images")
     parser.add_argument("--eval-only", action="store_true", help="re-measure the model in --out, rewrite its reports")
+    parser.add_argument(
+        "--demo-json", type=Path, default=None,
+        help="with --eval-only: the saved output of `fastgen demo --model builtin:animals --n-images all --json`, "
+        "recorded as the default policy's figures",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -392,7 +463,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.eval_only:
         result = json.loads((out / "training.json").read_text(encoding="utf-8"))
         cfg = config_from_json(result["config"])
-        cfg.eval_samples = list(args.eval_samples)
+        # With no --eval-samples the reports are only rewritten from training.json.
+        cfg.eval_samples = list(args.eval_samples) or cfg.eval_samples
+        measure = bool(args.eval_samples)
     else:
         cfg = AnimalsConfig(
             seed=args.seed,
@@ -402,6 +475,7 @@ def main(argv: list[str] | None = None) -> None:
             flip_prob=args.flip_prob,
             eval_samples=list(args.eval_samples),
         )
+        measure = bool(cfg.eval_samples)
         with tempfile.TemporaryDirectory() as tmp:
             trained = train(cfg, split, Path(tmp))
             save(trained, out, cfg, defaults=model_defaults())
@@ -413,6 +487,7 @@ def main(argv: list[str] | None = None) -> None:
             "cpu": cpu_name(),
             "torch": torch.__version__,
             "train_seconds": round(trained["train_seconds"], 1),
+            "train_cpu_seconds": round(trained["train_cpu_seconds"], 1),
             "seconds_per_step": round(trained["train_seconds"] / cfg.steps, 3),
             "data": split.stats,
             "unet_params": sum(p.numel() for p in models["unet"].parameters()),
@@ -421,7 +496,9 @@ def main(argv: list[str] | None = None) -> None:
             "loss_log": trained["log"],
         }
     result["config"] = asdict(cfg)
-    if cfg.eval_samples:
+    if args.demo_json is not None:
+        record_demo(result, args.demo_json)
+    if measure:
         result["evaluation"] = evaluation_rows(out, cfg, args.eval_images)
         result["eval_threads"] = torch.get_num_threads()
         result["eval_command"] = (

@@ -6,7 +6,9 @@ scikit-learn digits (8x8 grayscale); see `digits/TRAINING.md` and `train_digits.
 three digits side by side); see `numbers/TRAINING.md`, `numbers_data.py` and
 `training/train_numbers.py` at the repository root. `builtin:digits-flow` is a rectified-flow
 transformer in the Stable Diffusion 3 layout on the same digits and split; see
-`digits-flow/TRAINING.md` and `training/train_digits_flow.py`.
+`digits-flow/TRAINING.md` and `training/train_digits_flow.py`. `builtin:animals` is a pixel-space,
+text-conditioned model of ten animals' silhouettes (Animal-Shape, 16x16); see `animals/TRAINING.md`,
+`animals_data.py` and `training/train_animals.py`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ BUILTIN_MODELS: dict[str, Path] = {
     "digits": BUILTIN_DIR / "digits",
     "numbers": BUILTIN_DIR / "numbers",
     "digits-flow": BUILTIN_DIR / "digits-flow",
+    "animals": BUILTIN_DIR / "animals",
 }
 
 

@@ -4,13 +4,19 @@
 training (fixed split); the baseline is a logistic regression trained on the same training
 split. `builtin:numbers`: held-out three-digit numbers from `heldout_numbers` (composed from
 held-out digits only); the baseline applies that digit logistic regression to each 8x8 cell.
+`builtin:animals`: the held-out Animal-Shape silhouettes shipped with the package (16x16); its
+training images do not ship, so its baselines (logistic regression, RBF SVC, a small CNN) are the
+ones `training/train_animals_baselines.py` recorded in the model's `baselines.json`, with their
+predictions for every held-out image, scored here on the same images as the model.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,15 +27,16 @@ from fastgen.eval.shifts import standard_shifts
 
 DEFAULT_N_IMAGES = 100
 # `builtin:numbers` scores 1,000 classes per image: a smaller default keeps the demo short.
-DEFAULT_N_IMAGES_BY_TASK = {"digits": DEFAULT_N_IMAGES, "numbers": 10}
+DEFAULT_N_IMAGES_BY_TASK = {"digits": DEFAULT_N_IMAGES, "numbers": 10, "animals": DEFAULT_N_IMAGES}
+BASELINES_FILE = "baselines.json"  # in the animals model's folder
 
 
 @dataclass
 class DemoData:
-    train_x: np.ndarray  # float [N, 8, 8] in [0, 1]: training digits (the baseline's data)
-    train_y: np.ndarray
-    test_x: np.ndarray  # float [n, 8, 8] (digits) or [n, 8, 24] (numbers) in [0, 1]
-    test_y: np.ndarray  # class indices: the digit, or the number
+    train_x: np.ndarray | None  # float [N, 8, 8] in [0, 1]: training digits (the baseline's data); None for animals
+    train_y: np.ndarray | None
+    test_x: np.ndarray  # float [n, 8, 8] (digits), [n, 8, 24] (numbers) or [n, 16, 16] (animals) in [0, 1]
+    test_y: np.ndarray  # class indices: the digit, the number, or the animal
     task: str = "digits"
 
     @property
@@ -45,26 +52,43 @@ def label_names(task: str) -> list[str]:
         from fastgen.builtin.numbers_data import class_names
 
         return class_names()
+    if task == "animals":
+        from fastgen.builtin.animals_data import CLASS_NAMES as ANIMALS
+
+        return list(ANIMALS)
     return list(CLASS_NAMES)
 
 
 def demo_task(model: str) -> str:
-    """ "numbers" for `builtin:numbers` (or its folder), else "digits"."""
-    from pathlib import Path
-
+    """ "numbers" for `builtin:numbers`, "animals" for `builtin:animals` (or their folders), else
+    "digits"."""
     from fastgen.builtin import BUILTIN_MODELS
 
-    if str(model) in ("builtin:numbers", "numbers"):
-        return "numbers"
     path = Path(str(model))
-    if path.is_dir() and path.resolve() == BUILTIN_MODELS["numbers"].resolve():
-        return "numbers"
+    for task in ("numbers", "animals"):
+        if str(model) in (f"builtin:{task}", task):
+            return task
+        if path.is_dir() and path.resolve() == BUILTIN_MODELS[task].resolve():
+            return task
     return "digits"
+
+
+def model_folder(model: str) -> Path:
+    """The folder of `builtin:NAME` or of a model given as a path."""
+    from fastgen.builtin import BUILTIN_PREFIX, resolve_builtin
+
+    return resolve_builtin(model) if str(model).startswith(BUILTIN_PREFIX) else Path(str(model))
 
 
 def load_demo_data(n_images: int | None, task: str = "digits") -> DemoData:
     """The fixed split; `n_images` takes the first n held-out images (None: all held-out
     digits, or 1,000 held-out numbers, one of each)."""
+    if task == "animals":
+        from fastgen.builtin.animals_data import load_heldout
+
+        heldout = load_heldout()
+        test_x, test_y = heldout.images[:n_images], heldout.labels[:n_images]
+        return DemoData(None, None, test_x / 255.0, test_y, task)
     train_x, train_y, test_x, test_y = digits_split()
     if task == "numbers":
         from fastgen.builtin.numbers_data import N_CLASSES, heldout_numbers
@@ -75,11 +99,13 @@ def load_demo_data(n_images: int | None, task: str = "digits") -> DemoData:
     return DemoData(train_x / 255.0, train_y, test_x / 255.0, test_y, task)
 
 
-def baseline_accuracy(data: DemoData, test_x: np.ndarray) -> float:
+def baseline_accuracy(data: DemoData, test_x: np.ndarray) -> float | None:
     """Logistic regression on the training digits; for numbers, applied to each 8x8 cell (a
-    number is right when all three cells are)."""
+    number is right when all three cells are). None for animals: no training images ship."""
     from sklearn.linear_model import LogisticRegression
 
+    if data.train_x is None:
+        return None
     model = LogisticRegression(max_iter=2000, C=1.0)
     model.fit(data.train_x.reshape(len(data.train_x), -1), data.train_y)
     if data.task == "numbers":
@@ -114,10 +140,40 @@ def fastgen_run(clf: DiffusionClassifier, images: np.ndarray, labels: np.ndarray
     }
 
 
-def run_demo(clf: DiffusionClassifier, n_images: int | None, task: str = "digits") -> dict:
+def recorded_baselines(path: Path, labels: np.ndarray) -> dict[str, Any] | None:
+    """The baselines `training/train_animals_baselines.py` recorded in `path`: each one's
+    accuracy on all held-out images and, from its recorded predictions, on the first
+    len(labels) of them (the demo's images); None when the file is missing."""
+    if not path.is_file():
+        return None
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    models = {}
+    for name, entry in recorded["baselines"].items():
+        predicted = np.array([int(c) for c in entry["heldout_predictions"][: len(labels)]])
+        models[name] = {
+            "description": entry["description"],
+            "accuracy": float((predicted == labels).mean()) if len(labels) else float("nan"),
+            "heldout_accuracy": entry["heldout_accuracy"],
+        }
+    return {
+        "recorded_by": recorded["command"],
+        "file": str(path),
+        "heldout_images": recorded["split"]["heldout_images"],
+        "models": models,
+    }
+
+
+def run_demo(
+    clf: DiffusionClassifier, n_images: int | None, task: str = "digits", *, baselines_file: Path | None = None
+) -> dict:
+    """The model on the task's held-out images, beside its baselines (`baselines_file`: the
+    animals model's recorded baselines)."""
     data = load_demo_data(n_images, task)
     report = fastgen_run(clf, data.test_x, data.test_y, data.label_names)
-    report["baseline_accuracy"] = baseline_accuracy(data, data.test_x)
+    if task == "animals":
+        report["baselines"] = recorded_baselines(baselines_file, data.test_y) if baselines_file else None
+    else:
+        report["baseline_accuracy"] = baseline_accuracy(data, data.test_x)
     return report
 
 
