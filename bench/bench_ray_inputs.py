@@ -9,7 +9,8 @@ to a first classified image of a long path list, and memory on a large Parquet f
 `reading`: a text file listing N paths of 8x8 digit PNGs (the 450 held-out digits written once,
 listed over and over under distinct names through symbolic links), planned (`plan_units`) and
 read and decoded through the job's own Datasource, no model: seconds from the list to the last
-row, on a local Ray of the machine's CPUs (started before the clock).
+row, on a local Ray of the machine's CPUs (started, and its workers warmed up on 400 paths,
+before the clock).
 `first-image`: `fastgen classify LIST --ray local --out DIR` with `builtin:digits` on such a list;
 seconds from the command's start until the first part file is in DIR (the first images
 classified and written; a part holds at most 1,024 records, the first whatever the first write
@@ -85,6 +86,10 @@ def cmd_reading(args) -> list[dict]:
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
         try:
             spec = DecodeSpec((8, 8), 1, 10_000_000)
+            # Warm-up, not timed: Ray starts its worker processes (and they import fastgen) once.
+            warm = plan_units(open_sources([path_list(root, 400)]), frozenset())
+            for _ in ray.data.read_datasource(units_datasource(warm.units, spec)).iter_batches(batch_size=None):
+                pass
             for n, listing in lists.items():
                 start = time.perf_counter()
                 plan = plan_units(open_sources([listing]), frozenset())
