@@ -18,6 +18,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     _isa = f"{torch.backends.cpu.get_cpu_capability()}-{os.environ.get('ONEDNN_MAX_CPU_ISA', 'default')}".lower()
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"fastgen-inductor-{_isa}")
+# Under pytest-xdist (`-n N`) the workers share the cores: each takes its share of torch's threads,
+# so that N workers never run more threads than there are cores (oversubscribed OpenMP threads
+# wait on each other at every small op).
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    torch.set_num_threads(max(1, torch.get_num_threads() // _workers))
 # Command lines run in-process keep the suite's thread count: an `auto` run would re-choose it
 # from the machine's load while other tests run (tests/test_cpu_threads.py checks `auto` itself).
 os.environ.setdefault("FASTGEN_THREADS", str(torch.get_num_threads()))
