@@ -121,7 +121,8 @@ def cmd_first_image(args) -> list[dict]:
             listing = path_list(root, n)
             out = root / f"out-{n}"
             command = [sys.executable, "-m", "fastgen", "classify", str(listing), "--ray", "local", "--out", str(out),
-                       "--model", "builtin:digits", "--device", "cpu", "--no-progress"]  # fmt: skip
+                       "--model", "builtin:digits", "--device", "cpu", "--no-progress",
+                       *(["--images-per-block", str(args.images_per_block)] if args.images_per_block else [])]  # fmt: skip
             env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
             start = time.perf_counter()
             job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -136,7 +137,7 @@ def cmd_first_image(args) -> list[dict]:
                 job.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 job.kill()
-            row = {"bench": "ray-first-image", "paths": n, "first_part_s": round(first, 2) if first else None,
+            row = {"bench": "ray-first-image", "paths": n, "first_part_s": round(first, 2) if first else None, "images_per_block": args.images_per_block or "default",
                    "limit_s": args.limit, **cpu()}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -232,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     first = sub.add_parser("first-image")
     first.add_argument("--paths", type=int, nargs="+", default=[100_000])
     first.add_argument("--limit", type=float, default=600.0)
+    first.add_argument(
+        "--images-per-block", type=int, default=None, help="the job's --images-per-block (default: its own)"
+    )
     memory = sub.add_parser("parquet-memory")
     memory.add_argument("--images", type=int, nargs="+", default=[1000, 6000])
     memory.add_argument("--size", type=int, default=224)
