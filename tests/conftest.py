@@ -31,7 +31,7 @@ os.environ.setdefault("FASTGEN_THREADS", str(torch.get_num_threads()))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from fastgen.testing import make_dit, make_flux, make_label_unet, make_latent_text, make_pixel_text, make_sd3
+from fastgen.testing import make_dit, make_flux, make_label_unet, make_latent_text, make_pixel_text, make_sd3  # noqa: E402 (after the environment above)
 
 # Tests whose results depend on the CPU's arithmetic: reduced precision, compiled graphs, the
 # self-test and the kernels. `.ci/run` runs them a second time with torch held to AVX2
