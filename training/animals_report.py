@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from fastgen.eval.shifts import blur, contrast, gaussian_noise
 from training.animals_data import to_model_size
 from training.train_animals_baselines import NAMES as BASELINES
 from training.train_animals_baselines import baseline_predictions
+from training.train_digits import cpu_name
 
 SHIFTS = {"noise sigma=0.2": gaussian_noise(0.2), "blur sigma=1px": blur(1.0), "contrast x0.5": contrast(0.5)}
 
@@ -141,20 +141,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
-
-
-def cpu_name() -> str:
-    name, flags = platform.machine(), ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = line
-    except OSError:
-        pass
-    return f"{name} ({'with' if 'avx512_bf16' in flags.split() else 'no'} AVX512-BF16)"
 
 
 if __name__ == "__main__":
