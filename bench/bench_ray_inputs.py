@@ -27,26 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def cpu() -> dict[str, object]:
-    name, flags = platform.machine(), ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = line
-    except OSError:
-        pass
-    return {"cpu": name, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags.split()}
+from machine_facts import cpu_facts as cpu
 
 
 def path_list(root: Path, n: int) -> Path:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine_facts import cpu_facts
 
 SPIN = "import time\nend = time.time() + 3600\nwhile time.time() < end: pass\n"
 
@@ -31,20 +32,6 @@ VARIANTS = {
     "threads=1": {"FASTGEN_THREADS": "1"},
     "threads=2": {"FASTGEN_THREADS": "2"},
 }
-
-
-def cpu_description() -> dict[str, object]:
-    name, flags = platform.processor() or "unknown", set()  # /proc/cpuinfo's name wins where there is one
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": name, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags}
 
 
 def run_demo(n_images: int, env_changes: dict[str, str], busy: int, busy_after_s: float = 0.0) -> dict[str, object]:
@@ -97,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--out", type=Path, default=None, help="append one JSON line per run here")
     args = parser.parse_args(argv)
-    machine = cpu_description()
+    machine = cpu_facts()
     rows = []
     for repeat in range(args.first_repeat, args.first_repeat + args.repeats):
         for load in args.loads.split(","):

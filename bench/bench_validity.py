@@ -30,13 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine_facts import cpu_facts
 from scipy import stats
 
 from fastgen import DiffusionClassifier
@@ -56,17 +56,8 @@ def interval(k: int, n: int) -> list[float]:
 
 
 def cpu() -> dict[str, object]:
-    name, flags = platform.machine(), ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = line
-    except OSError:
-        pass
-    return {"cpu": name, "avx512_bf16": "avx512_bf16" in flags.split(), "torch": torch.__version__}
+    facts = cpu_facts()
+    return {"cpu": facts["cpu"], "avx512_bf16": facts["avx512_bf16"], "torch": torch.__version__}
 
 
 def default_classifier(**kwargs) -> DiffusionClassifier:
