@@ -24,9 +24,11 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _workers > 1:
     torch.set_num_threads(max(1, torch.get_num_threads() // _workers))
-# Command lines run in-process keep the suite's thread count: an `auto` run would re-choose it
-# from the machine's load while other tests run (tests/test_cpu_threads.py checks `auto` itself).
-os.environ.setdefault("FASTGEN_THREADS", str(torch.get_num_threads()))
+# Command lines run in-process, and the processes tests start, keep this process's thread count:
+# an `auto` run would re-choose it from the machine's load while other tests run
+# (tests/test_cpu_threads.py checks `auto` itself). Set, not defaulted: xdist's workers inherit
+# the controlling process's environment, whose count is that of a process with every core.
+os.environ["FASTGEN_THREADS"] = str(torch.get_num_threads())
 # Without a GPU the Triton kernels run in the interpreter, which must be chosen before triton loads.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -43,7 +43,7 @@ def digit_folder(tmp_path_factory) -> Path:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "FASTGEN_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _command(images: Path, out: Path) -> list[str]:

@@ -66,7 +66,9 @@ def one_process_lines(model_dirs, image_folder, tmp_path_factory) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    # One thread per process: two ranks share the 2 cores (FASTGEN_THREADS would override OMP's).
+    one_thread = {"OMP_NUM_THREADS": "1", "FASTGEN_THREADS": "1"}
+    return {**os.environ, **one_thread, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _torchrun(nproc: int, args: list[str]) -> list[str]:

@@ -235,7 +235,9 @@ def test_a_rerun_of_every_source_at_once_computes_nothing(
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    # One thread per process: two ranks share the 2 cores (FASTGEN_THREADS would override OMP's).
+    one_thread = {"OMP_NUM_THREADS": "1", "FASTGEN_THREADS": "1"}
+    return {**os.environ, **one_thread, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def test_two_torchrun_ranks_give_the_one_process_results_from_every_form(
