@@ -136,7 +136,11 @@ def test_two_actors_write_the_one_process_records_from_every_form_as_parquet_par
     assert (summary.computed, summary.skipped, summary.failed, summary.total) == (total, 0, 0, total)
     parts = list_parts(out)
     assert parts and all(p.suffix == ".parquet" for p in parts)
-    assert sum(pq.read_table(p).num_rows for p in parts) == total  # plain Parquet, readable by any reader
+    rows = [pq.read_table(p).num_rows for p in parts]  # plain Parquet, readable by any reader
+    # Each actor task's records are a part of their own, written when the task is done: one block
+    # of 8, or two where a read task's short last block went with a full one. The first results
+    # of a long job do not wait for a fixed count of records.
+    assert sum(rows) == total and max(rows) < 2 * 8
     records = read_results(out)
     reference = {digit_index(k): r for k, r in one_process.items()}
     truth = {digit_index(k): Path(k).parent.name for k in one_process}

@@ -33,6 +33,7 @@ class FedStream:
         self._inbox: queue.Queue = queue.Queue()
         self._waiting: dict[int, Future] = {}
         self._lock = threading.Lock()
+        self._submitting = threading.Lock()  # one call's images go in together, before the next call's
         self._tokens = itertools.count()
         self._threads = torch.get_num_threads()  # OpenMP's team size is per thread: the engine's is set again
         self._failure: BaseException | None = None
@@ -62,15 +63,18 @@ class FedStream:
 
     def classify(self, pairs: Iterable[tuple[Any, ImageInput]]) -> list[tuple[Any, Any]]:
         """(key, result or ImageError) for every (key, image), in the order given; blocks until
-        this call's images are done, whatever else the stream holds."""
+        this call's images are done, whatever else the stream holds. The images of calls made at
+        once enter the engine call by call, not interleaved: the first call's images are done
+        first instead of all calls finishing together at the end."""
         submitted = []
-        for key, image in pairs:
-            future: Future = Future()
-            with self._lock:
-                if self._failure is not None:
-                    raise RuntimeError("the classifier's engine stopped") from self._failure
-                token = next(self._tokens)
-                self._waiting[token] = future
-            self._inbox.put((token, image))
-            submitted.append((key, future))
+        with self._submitting:
+            for key, image in pairs:
+                future: Future = Future()
+                with self._lock:
+                    if self._failure is not None:
+                        raise RuntimeError("the classifier's engine stopped") from self._failure
+                    token = next(self._tokens)
+                    self._waiting[token] = future
+                self._inbox.put((token, image))
+                submitted.append((key, future))
         return [(key, future.result()) for key, future in submitted]

@@ -59,8 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     ray.add_argument(
         "--images-per-block", type=positive_int, default=None,
-        help="images an actor takes at a time; they join its running engine, so blocks cost no batches "
-        "(default 256)",
+        help="images an actor takes at a time; they join its running engine, so blocks cost no batches, "
+        "and each block's records are written when it is done (default 256 on GPUs, 64 on CPUs)",
     )  # fmt: skip
     ray.add_argument(
         "--out-format", choices=("jsonl", "parquet"), default="jsonl", help="part files of --ray: JSON lines or Parquet"

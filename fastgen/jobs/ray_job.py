@@ -18,11 +18,13 @@ distribution, the backpressure and the retries:
   that the actor's pixels are exactly those of one process (`transport` / `received`).
 * **Classifying**: an actor of the pool builds the classifier once and keeps one engine running
   (`fastgen.api.fed_stream.FedStream`); blocks of `images_per_block` images come in concurrently
-  (`max_concurrent_calls_per_actor`) and join the same stream, so denoiser batches stay full
-  across blocks instead of draining at the end of each. The model's ink polarity is applied
+  (`max_concurrent_calls_per_actor`) and join the same stream, call by call, so denoiser
+  batches stay full across blocks instead of draining at the end of each, and the first block
+  given is the first done. The model's ink polarity is applied
   there, as `DiffusionClassifier.prepare_pixels` does.
-* **Writing** goes through `ResultsDirSink`, a Ray Datasink: each write task writes its records
-  as one part file of the results directory (`fastgen.jobs.results_dir`), named by the run and a
+* **Writing** goes through `ResultsDirSink`, a Ray Datasink, in tasks that ask for no CPU (they
+  run as soon as a block is classified, not after the read tasks holding the CPUs): each write
+  task writes its records as one part file of the results directory (`fastgen.jobs.results_dir`), named by the run and a
   hash of its ids and written atomically, so a task Ray retries rewrites the same part and each id
   is recorded once per run.
 
@@ -78,8 +80,11 @@ TASK_RETRIES = 3
 TALLY = ""  # the id of a read task's tally row: what it left out (finished, given twice)
 FILES_PER_UNIT = 256  # files of a list read by one unit
 ROWS_PER_BLOCK = 64  # image rows of one block out of a read task
-IMAGES_PER_BLOCK = 256  # images one actor call takes: a GPU's batches are rows of many images
-IMAGES_PER_PART = 1024  # records of one part file, at most (a task writes what it was given)
+# Images one actor call takes. Blocks join the actor's running engine, so their size costs no
+# denoiser batches; it sets how soon a block's records are written (a block is written when its
+# last image is done). A GPU classifies 256 digits in well under a second; one CPU core takes
+# about 10 s for 64, so CPU actors take smaller blocks and a long job's first records come sooner.
+IMAGES_PER_BLOCK = {"gpu": 256, "cpu": 64}
 # Blocks one actor works on at once, all in its one engine: enough images in flight to fill its
 # denoiser batches while the last images of each block take their final looks.
 CALLS_PER_ACTOR = 8
@@ -347,8 +352,10 @@ class ClassifyRows:
 
 
 # -- writing (a Ray Datasink) --------------------------------------------------------------------------
-def results_dir_sink(out: Path, header: dict[str, Any], run: int, out_format: str, images_per_part: int):
-    """A Datasink writing each write task's records as one part file of the results directory."""
+def results_dir_sink(out: Path, header: dict[str, Any], run: int, out_format: str, images_per_part: int | None = None):
+    """A Datasink writing each write task's records as one part file of the results directory:
+    each block's records as soon as the block is classified, or with `images_per_part` at least
+    that many records gathered into one part (fewer files, first records later)."""
     from ray.data.datasource import Datasink
 
     class ResultsDirSink(Datasink):
@@ -357,7 +364,7 @@ def results_dir_sink(out: Path, header: dict[str, Any], run: int, out_format: st
             self.source_errors: set[str] = set()  # errors about a whole source written this run
 
         @property
-        def min_rows_per_write(self) -> int:
+        def min_rows_per_write(self) -> int | None:
             return images_per_part
 
         def get_name(self) -> str:
@@ -526,8 +533,8 @@ def classify_ray(
     address: str | None = None,
     actors: int | None = None,
     gpus_per_actor: float = 1.0,
-    images_per_block: int = IMAGES_PER_BLOCK,
-    images_per_part: int = IMAGES_PER_PART,
+    images_per_block: int | None = None,
+    images_per_part: int | None = None,
     out_format: str = "jsonl",
     labels_from_folders: bool = False,
     retry_failed: bool = False,
@@ -539,12 +546,13 @@ def classify_ray(
     cloudpickle); `address` is Ray's (None: this process's connection, else a local Ray);
     `actors` the pool's size (default: as many as the GPUs hold at `gpus_per_actor` each, else
     one); `images_per_block` the images of one actor call (they join the actor's running engine,
-    so a smaller block costs no denoiser batches); `images_per_part` the most records of one part
-    file; `out_format` "jsonl" or "parquet"; `retry_failed`, `force` and `labels_from_folders`
+    so a smaller block costs no denoiser batches; default `IMAGES_PER_BLOCK` of the actors' kind); `images_per_part` None to write each block's
+    records as soon as it is classified (one part per block), or the least records of one part
+    file (fewer files, the first records later); `out_format` "jsonl" or "parquet"; `retry_failed`, `force` and `labels_from_folders`
     are those of `fastgen.jobs.local`."""
     check_format(out_format)
     for name, value in (("images_per_block", images_per_block), ("images_per_part", images_per_part)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     ray = require("ray", extra="ray", purpose="--ray")
     require("ray.data", extra="ray", purpose="--ray")
@@ -552,6 +560,8 @@ def classify_ray(
     out = Path(os.path.realpath(out))
     with hold_results_dir(out), connected(ray, address):
         resources = actor_resources(ray.cluster_resources(), actors, gpus_per_actor)
+        if images_per_block is None:
+            images_per_block = IMAGES_PER_BLOCK["gpu" if resources.num_gpus else "cpu"]
         learn = ray.remote(num_cpus=1, num_gpus=resources.num_gpus)(learn_job)
         header, spec = ray.get(learn.remote(build_classifier))
         contents = prepare_results_dir(out, header, force=force)
@@ -572,7 +582,9 @@ def classify_ray(
             records = build_pipeline(
                 ray, build_classifier, plan, spec, resources=resources, images_per_block=images_per_block
             )
-            records.write_datasink(sink)
+            # A write task only writes a file: it asks for no CPU, so that it runs as soon as its
+            # block is classified instead of queueing behind read tasks for the CPU they hold.
+            records.write_datasink(sink, ray_remote_args={"num_cpus": 0})
         finally:
             context.enable_progress_bars = bars
         if retry_failed:
