@@ -12,11 +12,12 @@ read and decoded through the job's own Datasource, no model: seconds from the li
 row, on a local Ray of the machine's CPUs (started, and its workers warmed up on 400 paths,
 before the clock).
 `first-image`: `fastgen classify LIST --ray local --out DIR` with `builtin:digits` on such a list;
-seconds from the command's start until the first part file is in DIR (the first images
-classified and written; a part holds at most 1,024 records, the first whatever the first write
-task was given), then the job is stopped.
+seconds from the command's start until the first part file is in DIR (the first block's
+records, written as soon as that block is classified), then the job is stopped.
 `parquet-memory`: a Parquet file of N random RGB PNGs at SIZE px (one row group of 256 rows
-each), classified by a tiny random pixel model at that size, exhaustive 2 samples, in one process
+each), classified by a tiny random pixel model of MODEL_SIZE px (default 32: each image is decoded
+at SIZE and resized to the model's size, as for any model; a 224 px tiny UNet would spend the run
+in its attention), exhaustive 2 samples, in one process
 (`fastgen classify F.parquet --out F.jsonl`) and on Ray (`--ray local --out DIR`): the peak, over
 the run, of the resident memory of the command's process and all its descendants (Ray's workers),
 sampled every 0.2 s.
@@ -185,7 +186,7 @@ def cmd_parquet_memory(args) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        model = str(make_pixel_text(root / "model", seed=0, sample_size=args.size))
+        model = str(make_pixel_text(root / "model", seed=0, sample_size=args.model_size))
         for mode in ("process", "ray"):
             for n in args.images:
                 table = parquet_file(root, n, args.size)
@@ -204,7 +205,7 @@ def cmd_parquet_memory(args) -> list[dict]:
                     peak = max(peak, tree_rss(job.pid))
                     time.sleep(0.2)
                 seconds = time.perf_counter() - start
-                row = {"bench": "parquet-memory", "mode": mode, "images": n, "size": args.size,
+                row = {"bench": "parquet-memory", "mode": mode, "images": n, "size": args.size, "model_size": args.model_size,
                        "file_mb": round(table.stat().st_size / 2**20, 1), "peak_rss_mib": round(peak / 2**20, 1),
                        "seconds": round(seconds, 1), "exit": job.returncode, **cpu()}  # fmt: skip
                 rows.append(row)
@@ -226,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     memory = sub.add_parser("parquet-memory")
     memory.add_argument("--images", type=int, nargs="+", default=[1000, 6000])
     memory.add_argument("--size", type=int, default=224)
+    memory.add_argument("--model-size", type=int, default=32)
     for each in (reading, first, memory):
         each.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
