@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -48,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine_facts import cpu_label
 
 from fastgen import DiffusionClassifier
 from fastgen.builtin import resolve_builtin
@@ -127,12 +127,6 @@ class RecordingExhaustive(Exhaustive):
         return super().next_round(class_errors, alive)
 
 
-def cpu_name() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    return f"{name or platform.processor()}, {'with' if 'avx512_bf16' in text else 'no'} avx512_bf16"
-
-
 def table_path(split: str, per_class: int | None, seed: int, n: int, shift: tuple[str, float] | None = None) -> Path:
     tag = (f"_{shift_tag(shift)}" if shift is not None else "") + ("_plain" if PLAIN["on"] else "")
     return CACHE / f"{split}_{per_class or 'all'}{tag}_seed{seed}_n{n}.npz"
@@ -181,7 +175,7 @@ def cmd_tables(args) -> None:
                 "seed": args.seed,
                 "shift": shift_tag(args.shift) or None,
                 "seconds": round(seconds, 1),
-                "cpu": cpu_name(),
+                "cpu": cpu_label(),
                 "threads": torch.get_num_threads(),
             }
         )
@@ -234,7 +228,7 @@ def cmd_weightings(args) -> None:
         "none": np.ones(16), "mean / variance (fitted rule)": np.maximum(mean, 0) / sd**2, "1 / sd": 1 / sd,
         "(mean / sd)^2": (mean / sd) ** 2, "1 / sqrt(noise sd)": noise**-0.5,
     }  # fmt: skip
-    out = {"command": "python bench/bench_policies.py weightings", "cpu": cpu_name(), "rows": []}
+    out = {"command": "python bench/bench_policies.py weightings", "cpu": cpu_label(), "rows": []}
     for tag, shift in [("clean", None), ("blur 1.0", ("blur", 1.0)), ("contrast 0.3", ("contrast", 0.3)),
                        ("noise 0.5", ("noise", 0.5))]:  # fmt: skip
         data = np.load(table_path("train", 15, 0, 64, shift))
@@ -426,7 +420,7 @@ def cmd_replay(args) -> None:
                 "policy_table_n": args.n,
                 "reference_seed": args.reference_seed, "reference_n": args.reference_n, "tie_p": TIE_P,
                 "reference_accuracy": float(np.mean(winners == labels)),
-                "reference_ties": int(sum(len(t) > 1 for t in ties)), "cpu": cpu_name(), "torch": torch.__version__,
+                "reference_ties": int(sum(len(t) > 1 for t in ties)), "cpu": cpu_label(), "torch": torch.__version__,
                 "command": "python bench/bench_policies.py " + " ".join(sys.argv[1:])}  # fmt: skip
     policies = short_list(args.n) if args.short else candidate_policies(args.n)
     rows = [score_policy(policy, tables, labels, winners, ties) for policy in policies]
@@ -488,7 +482,7 @@ def cmd_validity(args) -> None:
         for j, policy in enumerate(policies)
     ]
     settings = {"split": args.split, "per_class": args.per_class, "shift": shift_tag(args.shift) or None, "seeds": seeds, "n": args.n,
-                "reference_seed": args.reference_seed, "reference_n": args.reference_n, "cpu": cpu_name(),
+                "reference_seed": args.reference_seed, "reference_n": args.reference_n, "cpu": cpu_label(),
                 "command": "python bench/bench_policies.py " + " ".join(sys.argv[1:])}  # fmt: skip
     plain = "_plain" if PLAIN["on"] else ""
     tag = f"_{shift_tag(args.shift)}" if args.shift is not None else ""
@@ -526,7 +520,7 @@ def cmd_check(args) -> None:
                      "engine_calls": int(sum(r.unet_evals for r in results)),
                      "replay_calls": int(sum(p.calls for p in replayed))})  # fmt: skip
         print(json.dumps(rows[-1]))
-    settings = {"cpu": cpu_name(), "command": "python bench/bench_policies.py " + " ".join(sys.argv[1:])}
+    settings = {"cpu": cpu_label(), "command": "python bench/bench_policies.py " + " ".join(sys.argv[1:])}
     (RESULTS / "policies_replay_check.json").write_text(
         json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n"
     )

@@ -20,3 +20,9 @@ def cpu_facts() -> dict[str, object]:
     except OSError:
         pass
     return {"cpu": name, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags}
+
+
+def cpu_label() -> str:
+    """One text for a result file: "MODEL, with avx512_bf16" or "MODEL, no avx512_bf16"."""
+    facts = cpu_facts()
+    return f"{facts['cpu']}, {'with' if facts['avx512_bf16'] else 'no'} avx512_bf16"
