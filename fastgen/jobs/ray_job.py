@@ -20,13 +20,13 @@ distribution, the backpressure and the retries:
   (`fastgen.api.fed_stream.FedStream`); blocks of `images_per_block` images come in concurrently
   (`max_concurrent_calls_per_actor`) and join the same stream, call by call, so denoiser
   batches stay full across blocks instead of draining at the end of each, and the first block
-  given is the first done. The model's ink polarity is applied
-  there, as `DiffusionClassifier.prepare_pixels` does.
+  given is the first done. The model's ink polarity is applied there, as
+  `DiffusionClassifier.prepare_pixels` does.
 * **Writing** goes through `ResultsDirSink`, a Ray Datasink, in tasks that ask for no CPU (they
   run as soon as a block is classified, not after the read tasks holding the CPUs): each write
-  task writes its records as one part file of the results directory (`fastgen.jobs.results_dir`), named by the run and a
-  hash of its ids and written atomically, so a task Ray retries rewrites the same part and each id
-  is recorded once per run.
+  task writes its records as one part file of the results directory (`fastgen.jobs.results_dir`),
+  named by the run and a hash of its ids and written atomically, so a task Ray retries rewrites
+  the same part and each id is recorded once per run.
 
 The driver holds the directory's lock (`DIR.lock`, beside it) for the whole job, checks the
 directory's header against the job's settings before anything is computed, and leaves out the ids
@@ -82,8 +82,8 @@ FILES_PER_UNIT = 256  # files of a list read by one unit
 ROWS_PER_BLOCK = 64  # image rows of one block out of a read task
 # Images one actor call takes. Blocks join the actor's running engine, so their size costs no
 # denoiser batches; it sets how soon a block's records are written (a block is written when its
-# last image is done). A GPU classifies 256 digits in well under a second; one CPU core takes
-# about 10 s for 64, so CPU actors take smaller blocks and a long job's first records come sooner.
+# last image is done). On one CPU core the first 64 digits took 17.5 s (docs/scale-out.md), so
+# CPU actors take smaller blocks than GPU actors, whose throughput is many times a core's.
 IMAGES_PER_BLOCK = {"gpu": 256, "cpu": 64}
 # Blocks one actor works on at once, all in its one engine: enough images in flight to fill its
 # denoiser batches while the last images of each block take their final looks.
@@ -546,10 +546,11 @@ def classify_ray(
     cloudpickle); `address` is Ray's (None: this process's connection, else a local Ray);
     `actors` the pool's size (default: as many as the GPUs hold at `gpus_per_actor` each, else
     one); `images_per_block` the images of one actor call (they join the actor's running engine,
-    so a smaller block costs no denoiser batches; default `IMAGES_PER_BLOCK` of the actors' kind); `images_per_part` None to write each block's
-    records as soon as it is classified (one part per block), or the least records of one part
-    file (fewer files, the first records later); `out_format` "jsonl" or "parquet"; `retry_failed`, `force` and `labels_from_folders`
-    are those of `fastgen.jobs.local`."""
+    so a smaller block costs no denoiser batches; default `IMAGES_PER_BLOCK` of the actors'
+    kind); `images_per_part` None to write each actor task's records as soon as they are done,
+    or the least records of one part file (fewer files, the first records later); `out_format`
+    "jsonl" or "parquet"; `retry_failed`, `force` and `labels_from_folders` are those of
+    `fastgen.jobs.local`."""
     check_format(out_format)
     for name, value in (("images_per_block", images_per_block), ("images_per_part", images_per_part)):
         if value is not None and value < 1:
