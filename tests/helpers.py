@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import struct
 import zlib
@@ -13,6 +14,19 @@ import torch
 
 from fastgen import DiffusionClassifier
 from fastgen.jobs.results_file import is_header
+
+
+def one_thread_env() -> dict[str, str]:
+    """This process's environment for a command a test starts (often two torchrun ranks on the 2
+    cores): one thread per process, offline, unbuffered output. FASTGEN_THREADS is set as well,
+    since it overrides OMP_NUM_THREADS and conftest sets it to the suite's own count."""
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "FASTGEN_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def small_classifier(folder, kind: str, **kwargs) -> DiffusionClassifier:

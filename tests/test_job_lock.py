@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import one_thread_env
 from PIL import Image
 
 from fastgen.commands.main import main as cli_main
@@ -42,10 +43,6 @@ def digit_folder(tmp_path_factory) -> Path:
     return root
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "FASTGEN_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def _command(images: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "fastgen", "classify", str(images), "--out", str(out), *OPTIONS]
 
@@ -57,7 +54,7 @@ def _records(out: Path) -> int:
 
 def _start_and_freeze(command: list[str], out: Path) -> subprocess.Popen:
     """Start `command` and freeze it (SIGSTOP) once `out` holds a record, with images still to do."""
-    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, env=one_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while _records(out) == 0:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -205,7 +202,9 @@ def test_a_second_run_is_refused_and_a_killed_runs_lock_does_not_block(digit_fol
     first = _start_and_freeze(_command(digit_folder, out), out)
     try:
         before = out.read_bytes()
-        second = subprocess.run(_command(digit_folder, out), env=_env(), capture_output=True, text=True, timeout=300)
+        second = subprocess.run(
+            _command(digit_folder, out), env=one_thread_env(), capture_output=True, text=True, timeout=300
+        )
         assert second.returncode == 2, second.stderr[-3000:]
         refusal = [line for line in second.stderr.splitlines() if "error" in line]
         assert len(refusal) == 1 and f"pid {first.pid} on host {socket.gethostname()}" in refusal[0]
@@ -232,7 +231,7 @@ def test_under_torchrun_a_refused_rank_0_stops_every_rank(digit_folder, tmp_path
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
         args = ["classify", str(digit_folder), "--out", str(out), *OPTIONS]
         run = subprocess.run(
-            [*launcher, "-m", "fastgen", *args], env=_env(), capture_output=True, text=True, timeout=300
+            [*launcher, "-m", "fastgen", *args], env=one_thread_env(), capture_output=True, text=True, timeout=300
         )
     finally:
         held.release()

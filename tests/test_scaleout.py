@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import default_ctrl_c, file_lines
+from helpers import default_ctrl_c, file_lines, one_thread_env
 from PIL import Image
 
 from fastgen.commands.main import main as cli_main
@@ -65,12 +65,6 @@ def one_process_lines(model_dirs, image_folder, tmp_path_factory) -> list[str]:
     return sorted(lines)  # the header line too: every run of the same job writes the same one
 
 
-def _env() -> dict[str, str]:
-    # One thread per process: two ranks share the 2 cores (FASTGEN_THREADS would override OMP's).
-    one_thread = {"OMP_NUM_THREADS": "1", "FASTGEN_THREADS": "1"}
-    return {**os.environ, **one_thread, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def _torchrun(nproc: int, args: list[str]) -> list[str]:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     return [*launcher, "-m", "fastgen", *args]
@@ -108,7 +102,12 @@ def _start_and_stop(
     (or, with `workers`, its child processes), check that at least two images are still to do, send
     `sig` and let it go on: the signal is then handled midway through the run, never after it."""
     proc = subprocess.Popen(
-        command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_ctrl_c
+        command,
+        env=one_thread_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_ctrl_c,
     )
     deadline = time.monotonic() + 240
     try:
@@ -184,7 +183,7 @@ def test_two_ranks_write_the_same_lines_as_one_process(model_dirs, image_folder,
     out = tmp_path / "results.jsonl"
     run = subprocess.run(
         _torchrun(2, _args(model_dirs["pixel-text"], image_folder, out)),
-        env=_env(), capture_output=True, text=True, timeout=300,
+        env=one_thread_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert sorted(out.read_text().splitlines()) == one_process_lines
@@ -204,7 +203,7 @@ def test_stopped_two_rank_run_resumes_without_recomputing(model_dirs, image_fold
     finished = [line for part in parts for line in _complete_lines(part)]
     assert 0 < len(finished) < N_IMAGES
     # Re-running the same command merges the stopped run's parts and computes only the rest.
-    resumed = subprocess.run(_torchrun(2, args), env=_env(), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_torchrun(2, args), env=one_thread_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _summary_counts(resumed.stderr) == (N_IMAGES - len(finished), len(finished))
     lines = out.read_text().splitlines()

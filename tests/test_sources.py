@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import one_thread_env
 from PIL import Image
 
 from fastgen.builtin.digits_data import CLASS_NAMES, digits_split, to_pil
@@ -234,12 +235,6 @@ def test_a_rerun_of_every_source_at_once_computes_nothing(
     assert out.read_bytes() == before
 
 
-def _env() -> dict[str, str]:
-    # One thread per process: two ranks share the 2 cores (FASTGEN_THREADS would override OMP's).
-    one_thread = {"OMP_NUM_THREADS": "1", "FASTGEN_THREADS": "1"}
-    return {**os.environ, **one_thread, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def test_two_torchrun_ranks_give_the_one_process_results_from_every_form(
     collections, parquet_file, saved_dataset, reference, tmp_path
 ):
@@ -253,7 +248,7 @@ def test_two_torchrun_ranks_give_the_one_process_results_from_every_form(
     }  # fmt: skip
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     command = [*launcher, "-m", "fastgen", "classify", *map(str, forms.values()), "--out", str(out)]
-    run = subprocess.run([*command, *OPTIONS], env=_env(), capture_output=True, text=True, timeout=300)
+    run = subprocess.run([*command, *OPTIONS], env=one_thread_env(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert summary_counts(run.stderr) == (4 * N_IMAGES, 4 * N_IMAGES, 0)
     records = read_results(out)
@@ -523,7 +518,7 @@ def test_under_torchrun_repeated_ids_folder_labels_and_a_replaced_shard_are_as_i
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     options = ["--id-column", "key", "--labels-from-folders", "--retry-failed"]
     command = [*launcher, "-m", "fastgen", "classify", *map(str, inputs), "--out", str(out), *OPTIONS, *options]
-    run = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    run = subprocess.run(command, env=one_thread_env(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stderr.count("images repeat the id of an image before them") == 1
     assert "2 images repeat the id" in run.stderr
