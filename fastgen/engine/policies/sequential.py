@@ -98,7 +98,7 @@ class SequentialElimination(Policy):
     tightest_at: float = 2.0
     noise_profile: str | tuple[str, ...] = ""  # bound="profile": the profile file(s)
     coverage: str = "per-image"  # bound="profile": per image, or on average over pairs
-    check_level: float = 0.01  # bound="profile": the noise check's false-alarm level per look
+    check_level: float = 0.1  # bound="profile": the noise check's false-alarm level per look
     self_normalised_share: float = 0.1  # bound="profile": share of the error kept for switched images
     # Filled by `bind`: the number of classes the union bound spreads the error over.
     _n_classes: int = field(default=0, repr=False, compare=False)

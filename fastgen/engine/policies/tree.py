@@ -51,7 +51,7 @@ class LabelTreePolicy(Policy):
     look_every: int = 2
     noise_profile: str | tuple[str, ...] = ""  # with `confidence`: the known-variance boundary of a profile
     coverage: str = "per-image"  # with `noise_profile`: the error per image, or on average over pairs
-    check_level: float = 0.01  # with `noise_profile`: the noise check's level per look
+    check_level: float = 0.1  # with `noise_profile`: the noise check's level per look
     self_normalised_share: float = 0.1  # with `noise_profile`: the error kept for switched images
     # Filled by `bind` for one set of classes: unit -> children units (inner nodes only),
     # the first round's units, and the inner nodes' (name, prompts).
