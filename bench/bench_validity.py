@@ -6,6 +6,7 @@ with independent noise for every image and every run.
         --out bench/results/validity_synthetic.json
     python bench/bench_validity.py digits --conditions clean,blur:1.0,contrast:0.3,noise:0.2,inverted \
         --images 40 --seeds 25 --reference-samples 256 --out bench/results/validity_digits.json
+    python bench/bench_validity.py calls --out bench/results/validity_calls_digits.json
 
 `synthetic`: error tables drawn from the model's own profile: every class has the same expected
 error at every timestep (all nine comparisons with class 0 are exactly null, the case the bound
@@ -21,6 +22,10 @@ mean error over `--reference-samples` exhaustive samples on noise of its own (se
 image); each image is then classified `--seeds` times by the default rule, run r with seed
 1_000_000 + 1000 x image + r (independent of the reference and of every other run), and a run
 counts as a drop when the true winner is not among its survivors.
+
+`calls`: where the default rule's calls go on all 450 held-out digits: the samples of the last
+class standing beside the winner, the calls of the others, and the floor the decisive comparison
+alone sets.
 
 Rates come with exact (Clopper-Pearson) 95% intervals; the stated rate is 1 - confidence.
 """
@@ -166,6 +171,37 @@ def cmd_digits(args) -> dict[str, object]:
     return out
 
 
+# -- where the calls go -----------------------------------------------------------------------------
+def cmd_calls(args) -> dict[str, object]:
+    """The default rule on every held-out digit: how many samples the decisive comparison (the
+    winner against the last class standing beside it) took, against the rest."""
+    _, _, test_x, test_y = digits_split()
+    pixels = test_x.reshape(-1, 8, 8).astype(np.float32) / 255.0
+    results = default_classifier().classify([torch.from_numpy(p[None].copy()) for p in pixels])
+    decisive, rest, calls = [], [], []
+    for result in results:
+        samples = np.sort(result.n_samples)[::-1]
+        decisive.append(int(samples[1]))  # the last rival's samples; the winner has at least as many
+        rest.append(int(samples[2:].sum()))
+        calls.append(result.unet_evals)
+    decisive, rest, calls = np.array(decisive), np.array(rest), np.array(calls)
+    # Were every other class dropped at the first look, an image would still cost the winner and
+    # its last rival their samples (at least 2 x the rival's) and the first look of the others.
+    floor = 2 * decisive + args.min_samples * (len(CLASS_NAMES) - 2)
+    summary = {
+        "images": len(results),
+        "accuracy": float(np.mean([r.prediction == CLASS_NAMES[y] for r, y in zip(results, test_y)])),
+        "calls_per_image": float(calls.mean()),
+        "last_rival_samples_mean": float(decisive.mean()),
+        "last_rival_samples_median": float(np.median(decisive)),
+        "other_classes_calls_mean": float(rest.mean()),
+        "floor_if_the_others_went_at_once": float(floor.mean()),
+        "images_at_most_40_calls": int((calls <= 40).sum()),
+    }
+    print(json.dumps(summary), flush=True)
+    return {"bench": "validity calls", **summary, "policy": default_classifier().config.as_dict()["policy"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,13 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     digits.add_argument("--images", type=int, default=40)
     digits.add_argument("--seeds", type=int, default=25)
     digits.add_argument("--reference-samples", type=int, default=256)
-    for each in (synthetic, digits):
+    calls = sub.add_parser("calls")
+    calls.add_argument("--min-samples", type=int, default=2, help="the rule's first look (its min_samples)")
+    for each in (synthetic, digits, calls):
         each.add_argument("--out", type=Path, default=None)
         each.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    report = cmd_synthetic(args) if args.command == "synthetic" else cmd_digits(args)
+    report = {"synthetic": cmd_synthetic, "digits": cmd_digits, "calls": cmd_calls}[args.command](args)
     report.update(
         command="python bench/bench_validity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         seconds=round(time.perf_counter() - start, 1), threads=args.threads, **cpu(),
