@@ -33,6 +33,7 @@ Rates come with exact (Clopper-Pearson) 95% intervals; the stated rate is 1 - co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -70,8 +71,9 @@ def default_classifier(**kwargs) -> DiffusionClassifier:
 
 
 # -- synthetic tables ----------------------------------------------------------------------------
-def run_table(policy, table: torch.Tensor) -> tuple[list[int], int, object]:
-    """(classes standing at the end, calls, the image's state) of `policy` on errors [K, N]."""
+def run_table(policy, table: torch.Tensor) -> tuple[list[int], dict[int, int], object]:
+    """(classes standing at the end, each class's samples, the image's state) of `policy` on
+    errors [K, N]."""
     alive, n, state = list(range(table.shape[0])), policy.first_round(), policy.start_image()
     stopped: dict[int, int] = {}
     while True:
@@ -81,13 +83,15 @@ def run_table(policy, table: torch.Tensor) -> tuple[list[int], int, object]:
                 stopped[k] = n
         alive = kept
         if next_n is None:
-            return alive, sum(stopped.values()), state
+            return alive, stopped, state
         n = next_n
 
 
 def cmd_synthetic(args) -> dict[str, object]:
     clf = default_classifier()
     policy = clf.config.policy.bind(clf.classes.names)
+    if args.check_level is not None:  # the noise check's level, as chosen: see docs/embedded-models.md
+        policy = dataclasses.replace(policy, check_level=args.check_level)
     profile = policy._profile
     n, k = policy.max_samples, len(clf.classes)
     sd = profile.sample_sd(n)
@@ -96,21 +100,31 @@ def cmd_synthetic(args) -> dict[str, object]:
     rows = []
     for scale in (float(s) for s in args.scales.split(",")):
         rng = np.random.default_rng(args.seed)
-        drops, calls, switched = 0, [], 0
+        drops, calls, switched, drop_looks = 0, [], 0, []
         for _ in range(args.tables):
             noise = rng.standard_normal((k, n)) * scale * sd / math.sqrt(2.0)
-            alive, used, state = run_table(policy, torch.from_numpy(level + noise))
-            drops += 0 not in alive
-            calls.append(used)
-            switched += getattr(state, "switched_at", None) is not None
+            alive, samples, state = run_table(policy, torch.from_numpy(level + noise))
+            calls.append(sum(samples.values()))
+            switched_at = getattr(state, "switched_at", None)
+            switched += switched_at is not None
+            if 0 not in alive:
+                drops += 1
+                # which boundary dropped it: the profile's until the look the check switched at
+                by_profile = switched_at is None or switched_at > samples[0]
+                drop_looks.append({"samples": samples[0], "boundary": "profile" if by_profile else "self-normalised"})
         row = {
             "scale": scale, "tables": args.tables, "drops": drops, "rate": drops / args.tables,
             "interval95": interval(drops, args.tables), "stated": round(1 - policy.confidence, 6),
             "switched_share": switched / args.tables, "calls_per_table": float(np.mean(calls)),
+            "drops_at": drop_looks,
         }  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
-    return {"bench": "validity synthetic", "policy": clf.config.as_dict()["policy"], "rows": rows}
+    return {
+        "bench": "validity synthetic",
+        "policy": {**clf.config.as_dict()["policy"], "check_level": policy.check_level},
+        "rows": rows,
+    }
 
 
 # -- digits --------------------------------------------------------------------------------------
@@ -209,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     synthetic.add_argument("--scales", default="1,1.5,2,3")
     synthetic.add_argument("--tables", type=int, default=2000)
     synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument(
+        "--check-level", type=float, default=None, help="the noise check's level (default: the rule's)"
+    )
     digits = sub.add_parser("digits")
     digits.add_argument("--conditions", default="clean,blur:1.0,contrast:0.3,noise:0.2,inverted")
     digits.add_argument("--images", type=int, default=40)
