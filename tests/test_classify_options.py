@@ -181,6 +181,17 @@ def test_sequential_confidence_sets_the_calls(classify):
     assert all(s >= lo for s, lo in zip(_evals(sure), _evals(loose))) and sum(_evals(sure)) > sum(_evals(loose))
 
 
+def test_the_noise_check_level_reaches_the_default_rule_and_moves_images(classify):
+    """`--check-level` sets the model's own rule's check: at 0.999 per look every image's noise
+    looks too high at once and each record says it was bounded without the profile."""
+    default_settings, default = classify("--max-samples", "6", model_options=())
+    settings, records = classify("--check-level", "0.999", "--max-samples", "6", model_options=())
+    assert default_settings["policy"]["check_level"] == 0.1 and settings["policy"]["check_level"] == 0.999
+    assert {r["noise_check"]["bound"] for r in records.values()} == {"self-normalised"}
+    assert {r["noise_check"]["switched_at"] for r in records.values()} == {2}
+    assert any(r["noise_check"]["bound"] == "profile" for r in default.values())
+
+
 def test_screening_round_sets_the_calls(classify):
     options = ["--policy", "paired", "--alpha", "1e-12", "--min-samples", "3", "--max-samples", "4"]
     settings, records = classify(*options, "--screen-samples", "2", "--screen-keep", "3", model_options=())

@@ -145,6 +145,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "training pairs)",
     )  # fmt: skip
     policy.add_argument(
+        "--check-level", type=open_probability,
+        help="sequential, tree with a noise profile: the noise check's false-alarm level per look (default 0.1); "
+        "a false alarm moves the image to the self-normalised boundary (more calls), a late one lets an image "
+        "noisier than the profile be judged by it",
+    )  # fmt: skip
+    policy.add_argument(
         "--tightest-at", type=positive_float, help="sequential: samples where the mixture boundary is tightest"
     )
     policy.add_argument(
