@@ -2,10 +2,11 @@
 elimination on its noise profile, with the noise check) drops the class of lowest expected error,
 with independent noise for every image and every run.
 
-    python bench/bench_validity.py synthetic --scales 1,1.5,2,3 --tables 2000 \
+    python bench/bench_validity.py synthetic --scales 1,1.25,1.5,2,3 --tables 1000 \
         --out bench/results/validity_synthetic.json
-    python bench/bench_validity.py digits --conditions clean,blur:1.0,contrast:0.3,noise:0.2,inverted \
-        --images 40 --seeds 25 --reference-samples 256 --out bench/results/validity_digits.json
+    python bench/bench_validity.py digits --conditions clean,noise:0.2,inverted \
+        --images 20 --seeds 20 --reference-samples 128 \
+        --out bench/results/validity_digits_clean_noise_inverted.json
     python bench/bench_validity.py calls --out bench/results/validity_calls_digits.json
 
 `synthetic`: error tables drawn from the model's own profile: every class has the same expected
@@ -191,7 +192,8 @@ def cmd_calls(args) -> dict[str, object]:
     winner against the last class standing beside it) took, against the rest."""
     _, _, test_x, test_y = digits_split()
     pixels = test_x.reshape(-1, 8, 8).astype(np.float32) / 255.0
-    results = default_classifier().classify([torch.from_numpy(p[None].copy()) for p in pixels])
+    clf = default_classifier()
+    results = clf.classify([torch.from_numpy(p[None].copy()) for p in pixels])
     decisive, rest, calls = [], [], []
     for result in results:
         samples = np.sort(result.n_samples)[::-1]
@@ -201,7 +203,7 @@ def cmd_calls(args) -> dict[str, object]:
     decisive, rest, calls = np.array(decisive), np.array(rest), np.array(calls)
     # Were every other class dropped at the first look, an image would still cost the winner and
     # its last rival their samples (at least 2 x the rival's) and the first look of the others.
-    floor = 2 * decisive + args.min_samples * (len(CLASS_NAMES) - 2)
+    floor = 2 * decisive + clf.policy.min_samples * (len(CLASS_NAMES) - 2)
     summary = {
         "images": len(results),
         "accuracy": float(np.mean([r.prediction == CLASS_NAMES[y] for r, y in zip(results, test_y)])),
@@ -213,7 +215,7 @@ def cmd_calls(args) -> dict[str, object]:
         "images_at_most_40_calls": int((calls <= 40).sum()),
     }
     print(json.dumps(summary), flush=True)
-    return {"bench": "validity calls", **summary, "policy": default_classifier().config.as_dict()["policy"]}
+    return {"bench": "validity calls", **summary, "policy": clf.config.as_dict()["policy"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,7 +234,6 @@ def main(argv: list[str] | None = None) -> int:
     digits.add_argument("--seeds", type=int, default=25)
     digits.add_argument("--reference-samples", type=int, default=256)
     calls = sub.add_parser("calls")
-    calls.add_argument("--min-samples", type=int, default=2, help="the rule's first look (its min_samples)")
     for each in (synthetic, digits, calls):
         each.add_argument("--out", type=Path, default=None)
         each.add_argument("--threads", type=int, default=1)
