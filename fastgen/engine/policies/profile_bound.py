@@ -48,6 +48,21 @@ from scipy import special, stats
 from fastgen.engine.policies.noise_profile import NoiseProfile
 
 COVERAGES = ("per-image", "pair-average")
+# The defaults of every rule with a profile (`SequentialElimination`, `LabelTreePolicy`): the
+# check's false-alarm level per look (why 0.1: the module docstring) and the share of the error
+# kept for images the check moves.
+CHECK_LEVEL = 0.1
+SELF_NORMALISED_SHARE = 0.1
+
+
+def check_watch_options(coverage: str, check_level: float, self_normalised_share: float) -> None:
+    """A ValueError for a coverage, check level or self-normalised share no rule can use."""
+    if coverage not in COVERAGES:
+        raise ValueError(f"coverage must be one of {COVERAGES}, got {coverage!r}")
+    if not 0 < check_level < 1 or not 0 < self_normalised_share < 1:
+        raise ValueError(
+            f"check_level and self_normalised_share must be in (0, 1), got {check_level}, {self_normalised_share}"
+        )
 
 
 def mixture_sum_boundary(variance: float, alpha: float, rho: float) -> float:
@@ -94,8 +109,8 @@ def profile_decisions(
     *,
     coverage: str = "per-image",
     max_samples: int = 0,
-    check_level: float = 0.1,
-    self_normalised_share: float = 0.1,
+    check_level: float = CHECK_LEVEL,
+    self_normalised_share: float = SELF_NORMALISED_SHARE,
     watch: ImageWatch | None = None,
 ) -> np.ndarray:
     """Per row: whether it is worse than row `best` at error `alpha` for this comparison (the

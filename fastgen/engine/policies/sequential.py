@@ -19,8 +19,10 @@ from fastgen.engine.policies.base import Policy, best_row
 from fastgen.engine.policies.noise_profile import NoiseProfile, ProfileMismatch
 from fastgen.engine.policies.paired import paired_p_values
 from fastgen.engine.policies.profile_bound import (
-    COVERAGES,
+    CHECK_LEVEL,
+    SELF_NORMALISED_SHARE,
     ImageWatch,
+    check_watch_options,
     profile_decisions,
 )
 
@@ -98,8 +100,8 @@ class SequentialElimination(Policy):
     tightest_at: float = 2.0
     noise_profile: str | tuple[str, ...] = ""  # bound="profile": the profile file(s)
     coverage: str = "per-image"  # bound="profile": per image, or on average over pairs
-    check_level: float = 0.1  # bound="profile": the noise check's false-alarm level per look
-    self_normalised_share: float = 0.1  # bound="profile": share of the error kept for switched images
+    check_level: float = CHECK_LEVEL  # bound="profile": the noise check's false-alarm level per look
+    self_normalised_share: float = SELF_NORMALISED_SHARE  # bound="profile": error kept for switched images
     # Filled by `bind`: the number of classes the union bound spreads the error over.
     _n_classes: int = field(default=0, repr=False, compare=False)
     # bound="profile": every file's profile, and the one used (the first fitted for the run).
@@ -119,13 +121,7 @@ class SequentialElimination(Policy):
             raise ValueError(f"tightest_at must be > 0, got {self.tightest_at}")
         if (self.bound == "profile") != bool(self.noise_profile):
             raise ValueError("bound='profile' and noise_profile=FILE go together: give both or neither")
-        if self.coverage not in COVERAGES:
-            raise ValueError(f"coverage must be one of {COVERAGES}, got {self.coverage!r}")
-        if not 0 < self.check_level < 1 or not 0 < self.self_normalised_share < 1:
-            raise ValueError(
-                f"check_level and self_normalised_share must be in (0, 1), got {self.check_level}, "
-                f"{self.self_normalised_share}"
-            )
+        check_watch_options(self.coverage, self.check_level, self.self_normalised_share)
         load_profiles(self)
 
     def check_scoring(self, settings: dict[str, Any]) -> None:

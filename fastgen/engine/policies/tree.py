@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 from fastgen.engine.policies.base import Policy, best_row, mean_errors
 from fastgen.engine.policies.noise_profile import NoiseProfile
 from fastgen.engine.policies.paired import paired_p_values
-from fastgen.engine.policies.profile_bound import COVERAGES, ImageWatch, profile_decisions
+from fastgen.engine.policies.profile_bound import (
+    CHECK_LEVEL,
+    SELF_NORMALISED_SHARE,
+    ImageWatch,
+    check_watch_options,
+    profile_decisions,
+)
 from fastgen.engine.policies.sequential import choose_profile, load_profiles, look_level
 from fastgen.inputs.label_tree import LabelTree, load_label_tree
 
@@ -51,8 +57,8 @@ class LabelTreePolicy(Policy):
     look_every: int = 2
     noise_profile: str | tuple[str, ...] = ""  # with `confidence`: the known-variance boundary of a profile
     coverage: str = "per-image"  # with `noise_profile`: the error per image, or on average over pairs
-    check_level: float = 0.1  # with `noise_profile`: the noise check's level per look
-    self_normalised_share: float = 0.1  # with `noise_profile`: the error kept for switched images
+    check_level: float = CHECK_LEVEL  # with `noise_profile`: the noise check's level per look
+    self_normalised_share: float = SELF_NORMALISED_SHARE  # with `noise_profile`: error kept for switched images
     # Filled by `bind` for one set of classes: unit -> children units (inner nodes only),
     # the first round's units, and the inner nodes' (name, prompts).
     _children: dict[int, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
@@ -90,13 +96,7 @@ class LabelTreePolicy(Policy):
             raise ValueError(f"look_every must be >= 1, got {self.look_every}")
         if self.noise_profile and self.confidence is None:
             raise ValueError("noise_profile is used by the sequential rule: give confidence as well")
-        if self.coverage not in COVERAGES:
-            raise ValueError(f"coverage must be one of {COVERAGES}, got {self.coverage!r}")
-        if not 0 < self.check_level < 1 or not 0 < self.self_normalised_share < 1:
-            raise ValueError(
-                f"check_level and self_normalised_share must be in (0, 1), got {self.check_level}, "
-                f"{self.self_normalised_share}"
-            )
+        check_watch_options(self.coverage, self.check_level, self.self_normalised_share)
         if self.coverage == "pair-average" and not self.noise_profile:
             raise ValueError("coverage='pair-average' needs a noise profile")
         load_profiles(self)
