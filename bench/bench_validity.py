@@ -191,7 +191,7 @@ def cmd_calls(args) -> dict[str, object]:
     """The default rule on every held-out digit: how many samples the decisive comparison (the
     winner against the last class standing beside it) took, against the rest."""
     _, _, test_x, test_y = digits_split()
-    pixels = test_x.reshape(-1, 8, 8).astype(np.float32) / 255.0
+    pixels, _ = condition_images("clean", test_x.reshape(-1, 8, 8))
     clf = default_classifier()
     results = clf.classify([torch.from_numpy(p[None].copy()) for p in pixels])
     decisive, rest, calls = [], [], []
